@@ -1,0 +1,143 @@
+"""The ``mlops`` command.
+
+``mlops step <name>`` is the single entrypoint every execution mode calls (in
+process, subprocess, container, Kubernetes pod). Its result is the step's JSON
+document, printed on stdout and written to ``--result-file`` (by default
+``/airflow/xcom/return.json`` when that folder exists, as in a pod).
+
+Exit codes: 0 done, 99 the step decided to skip (e.g. the gate rejected the
+candidate), 3 bad input or config that a retry cannot fix, 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+from pipelines.errors import PipelineError
+
+EXIT_SKIPPED = 99
+EXIT_NOT_RETRYABLE = 3
+XCOM_RESULT = Path("/airflow/xcom/return.json")
+
+
+def _json_arg(value: str) -> Any:
+    """Parse a JSON argument, or ``@path`` to read it from a file."""
+    text = Path(value[1:]).read_text() if value.startswith("@") else value
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from exc
+
+
+def _param(value: str) -> tuple[str, Any]:
+    name, sep, raw = value.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {value!r}")
+    try:
+        return name, json.loads(raw)
+    except json.JSONDecodeError:
+        return name, raw
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dag-id", default="training")
+    parser.add_argument("--run-id", default=None, help="default: a new manual run id")
+    parser.add_argument("--interval-start", default=None, help="default: interval end minus one month")
+    parser.add_argument("--interval-end", default="2013-04-01", help="end of the data interval (exclusive)")
+    parser.add_argument(
+        "--param",
+        action="append",
+        type=_param,
+        default=[],
+        metavar="NAME=VALUE",
+        help="run parameter, e.g. estimator=logistic_regression, window_months=2",
+    )
+
+
+def _context_from_args(args: argparse.Namespace):
+    import pandas as pd
+
+    from pipelines.context import StepContext
+
+    if getattr(args, "context", None):
+        return StepContext.create(**args.context)
+    end = pd.Timestamp(args.interval_end)
+    start = pd.Timestamp(args.interval_start) if args.interval_start else end - pd.DateOffset(months=1)
+    return StepContext.create(
+        dag_id=args.dag_id,
+        run_id=args.run_id or f"manual__{uuid.uuid4().hex[:12]}",
+        interval_start=start,
+        interval_end=end,
+        overrides=dict(args.param),
+    )
+
+
+def _cmd_step(args: argparse.Namespace) -> int:
+    from pipelines.runner import execute_step, is_skipped
+
+    ctx = _context_from_args(args)
+    result = execute_step(args.name, ctx, args.inputs or {})
+    target = args.result_file or (XCOM_RESULT if XCOM_RESULT.parent.is_dir() else None)
+    if target:
+        Path(target).write_text(json.dumps(result))
+    print(json.dumps(result))
+    return EXIT_SKIPPED if is_skipped(result) else 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from pipelines.pipeline import PIPELINES
+    from pipelines.runner import run_pipeline
+
+    ctx = _context_from_args(args)
+    results = run_pipeline(PIPELINES[args.pipeline], ctx, echo=True)
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlops", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    step = sub.add_parser("step", help="run one pipeline step and print its JSON result")
+    step.add_argument("name", help="ingest, validate, train, evaluate or register")
+    step.add_argument("--context", type=_json_arg, help="run context as JSON or @file (as Airflow passes it)")
+    step.add_argument("--inputs", type=_json_arg, help="upstream results as JSON or @file")
+    step.add_argument("--result-file", help="also write the result here")
+    _add_run_arguments(step)
+    step.set_defaults(func=_cmd_step)
+
+    run = sub.add_parser("run", help="run a whole pipeline in this process, without Airflow")
+    run.add_argument("pipeline", nargs="?", default="training")
+    _add_run_arguments(run)
+    run.set_defaults(func=_cmd_run)
+
+    from pipelines import localstack
+
+    localstack.add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``mlops`` command."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return args.func(args)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1 if exc.retryable else EXIT_NOT_RETRYABLE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""Pipeline configuration: the dataset, the training recipe, the gate and the registry.
+
+A dataset is configuration, not code: a user points the pipeline at their own
+table with one YAML file (``MLOPS_CONFIG``). The bundled NYC flights dataset is
+simply the default file, ``pipelines/datasets/flights.yaml``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipelines.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Join(_Strict):
+    """A lookup table joined onto every ingested row (e.g. weather by origin and hour)."""
+
+    uri: str
+    keys: list[str]
+    columns: list[str]
+    format: Literal["csv", "parquet"] | None = None
+
+
+class Source(_Strict):
+    """Where raw rows come from: a file (local path, ``package://`` or any fsspec URL) or SQL."""
+
+    kind: Literal["file", "sql"]
+    uri: str | None = None
+    format: Literal["csv", "parquet"] | None = None
+    url: str | None = None
+    table: str | None = None
+    joins: list[Join] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> Source:
+        if self.kind == "file" and not self.uri:
+            raise ValueError("source.kind 'file' needs source.uri")
+        if self.kind == "sql" and not (self.url and self.table):
+            raise ValueError("source.kind 'sql' needs source.url and source.table")
+        return self
+
+
+class Target(_Strict):
+    """The label: a boolean pandas expression over raw columns."""
+
+    name: str
+    expression: str
+    # Rows with a null in any of these cannot be labelled (e.g. cancelled flights): dropped, counted.
+    required: list[str] = Field(default_factory=list)
+
+
+class Features(_Strict):
+    numeric: list[str] = Field(default_factory=list)
+    categorical: list[str] = Field(default_factory=list)
+
+    @property
+    def all(self) -> list[str]:
+        return [*self.numeric, *self.categorical]
+
+
+class Dataset(_Strict):
+    name: str
+    description: str = ""
+    source: Source
+    time_column: str
+    key: list[str]
+    target: Target
+    features: Features
+    slices: list[str] = Field(default_factory=list)
+    expectations: str
+
+    @property
+    def columns(self) -> list[str]:
+        """Columns a snapshot keeps: key, time, features, label (leaky raw columns are dropped)."""
+        ordered = [*self.key, self.time_column, *self.features.all, *self.slices, self.target.name]
+        return list(dict.fromkeys(ordered))
+
+
+class Schedule(_Strict):
+    cron: str = "@monthly"
+    start_date: str = "2013-01-01"
+    timezone: str = "UTC"
+
+
+class Ingest(_Strict):
+    window_months: int = Field(3, ge=1, le=120)
+
+
+class Search(_Strict):
+    enabled: bool = False
+    n_iter: int = Field(6, ge=1, le=200)
+    space: dict[str, list[Any]] = Field(default_factory=dict)
+
+
+class Training(_Strict):
+    estimator: Literal["hist_gradient_boosting", "logistic_regression"] = "hist_gradient_boosting"
+    params: dict[str, Any] = Field(default_factory=dict)
+    validation_fraction: float = Field(0.15, gt=0, lt=0.5)
+    test_fraction: float = Field(0.15, gt=0, lt=0.5)
+    search: Search = Field(default_factory=Search)
+    random_state: int = 42
+    # Test hook and sanity check: train on permuted labels; such a model must never pass the gate.
+    shuffle_labels: bool = False
+
+
+class Gate(_Strict):
+    metric: Literal["roc_auc", "pr_auc", "f1", "neg_log_loss"] = "roc_auc"
+    min_value: float = 0.65
+    # The candidate may be at most this much worse than the champion on the same test set.
+    max_drop: float = Field(0.01, ge=0)
+
+
+class Registry(_Strict):
+    model_name: str
+    experiment: str
+
+
+class PipelineConfig(_Strict):
+    dataset: Dataset
+    schedule: Schedule = Field(default_factory=Schedule)
+    ingest: Ingest = Field(default_factory=Ingest)
+    training: Training = Field(default_factory=Training)
+    gate: Gate = Field(default_factory=Gate)
+    registry: Registry
+    base_dir: str = ""
+
+    @property
+    def expectations_path(self) -> Path:
+        return Path(self.base_dir) / self.dataset.expectations
+
+    def with_overrides(self, overrides: dict[str, Any] | None) -> PipelineConfig:
+        """Apply run-time parameters (Airflow params form, CLI) by their flat names."""
+        data = self.model_dump()
+        for name, value in (overrides or {}).items():
+            if value is None or value == "":
+                continue
+            if name not in RUN_PARAMETERS:
+                raise ConfigError(f"unknown run parameter {name!r}; known: {sorted(RUN_PARAMETERS)}")
+            *parents, leaf = RUN_PARAMETERS[name]
+            node = data
+            for part in parents:
+                node = node[part]
+            node[leaf] = value
+        return _build(data)
+
+
+# Run-time parameter name -> path in the config. These are the fields of the Airflow params form.
+RUN_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "window_months": ("ingest", "window_months"),
+    "estimator": ("training", "estimator"),
+    "search": ("training", "search", "enabled"),
+    "shuffle_labels": ("training", "shuffle_labels"),
+    "min_value": ("gate", "min_value"),
+    "max_drop": ("gate", "max_drop"),
+}
+
+
+def _build(data: dict[str, Any]) -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
+        raise ConfigError(f"invalid pipeline config: {problems}") from exc
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Read a pipeline config YAML file; relative paths in it resolve against its folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"pipeline config not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"pipeline config {path} must be a mapping")
+    data.setdefault("base_dir", str(path.parent.resolve()))
+    return _build(data).with_overrides(overrides)
+
+
+def load_expectations(config: PipelineConfig) -> list[dict[str, Any]]:
+    """The expectation suite kept next to the config, as a list of {type, kwargs} entries."""
+    path = config.expectations_path
+    if not path.is_file():
+        raise ConfigError(f"expectation suite not found: {path}")
+    suite = yaml.safe_load(path.read_text()) or {}
+    expectations = suite.get("expectations")
+    if not isinstance(expectations, list):
+        raise ConfigError(f"{path}: top-level 'expectations' must be a list")
+    return expectations

@@ -1,0 +1,100 @@
+"""What a step knows about the run it belongs to.
+
+The orchestrator (Airflow, or the plain runner) builds a :class:`StepContext`
+and hands it to ``step.run(ctx, inputs)``. It carries identifiers and the
+effective config, never data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+
+from pipelines.config import PipelineConfig, load_config
+from pipelines.errors import ConfigError
+from pipelines.settings import Settings
+from pipelines.storage import step_dir
+
+
+def parse_time(value: str | datetime, name: str) -> datetime:
+    """A timezone-aware UTC datetime from an ISO string or datetime."""
+    try:
+        stamp = pd.Timestamp(value)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{name} is not a date or timestamp: {value!r}") from exc
+    if stamp is pd.NaT:
+        raise ConfigError(f"{name} is empty")
+    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    return stamp.to_pydatetime()
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """Identity of the run, its data interval, the effective config and the stores."""
+
+    dag_id: str
+    run_id: str
+    interval_start: datetime
+    interval_end: datetime
+    config: PipelineConfig
+    settings: Settings
+    try_number: int = 1
+    run_type: str = "manual"
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.interval_end <= self.interval_start:
+            raise ConfigError(
+                f"data interval is empty: start {self.interval_start} is not before end {self.interval_end}"
+            )
+
+    @property
+    def run_key(self) -> str:
+        """Globally unique name of this pipeline run, used to make retries idempotent."""
+        return f"{self.dag_id}/{self.run_id}"
+
+    def artifact_dir(self, step: str) -> str:
+        return step_dir(self.settings.artifact_root, self.dag_id, self.run_id, step)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form passed to ``mlops step`` in a subprocess, container or pod."""
+        return {
+            "dag_id": self.dag_id,
+            "run_id": self.run_id,
+            "interval_start": self.interval_start.isoformat(),
+            "interval_end": self.interval_end.isoformat(),
+            "try_number": self.try_number,
+            "run_type": self.run_type,
+            "overrides": self.overrides,
+        }
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        dag_id: str,
+        run_id: str,
+        interval_start: str | datetime,
+        interval_end: str | datetime,
+        overrides: dict[str, Any] | None = None,
+        try_number: int = 1,
+        run_type: str = "manual",
+        settings: Settings | None = None,
+    ) -> StepContext:
+        """Build a context from plain values, loading the config named by the settings."""
+        settings = settings or Settings.from_env()
+        overrides = {k: v for k, v in (overrides or {}).items() if v not in (None, "")}
+        return cls(
+            dag_id=dag_id,
+            run_id=run_id,
+            interval_start=parse_time(interval_start, "interval_start"),
+            interval_end=parse_time(interval_end, "interval_end"),
+            config=load_config(settings.config_path, overrides),
+            settings=settings,
+            try_number=try_number,
+            run_type=run_type,
+            overrides=overrides,
+        )

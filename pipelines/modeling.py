@@ -1,0 +1,206 @@
+"""The model: time-ordered splits, the scikit-learn Pipeline, metrics and the reference profile.
+
+One ``Pipeline`` holds preprocessing and estimator, so serving applies exactly
+the features training saw.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import (
+    average_precision_score,
+    brier_score_loss,
+    f1_score,
+    log_loss,
+    precision_recall_curve,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
+
+from pipelines.config import Dataset, Training
+from pipelines.errors import DataError
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: pd.DataFrame
+    validation: pd.DataFrame
+    test: pd.DataFrame
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.train), "validation": len(self.validation), "test": len(self.test)}
+
+
+def time_split(frame: pd.DataFrame, time_column: str, validation: float, test: float) -> Splits:
+    """Split by time: train is oldest, test newest; one timestamp never straddles two splits."""
+    times = frame[time_column]
+    cut_val = times.quantile(1 - validation - test, interpolation="lower")
+    cut_test = times.quantile(1 - test, interpolation="lower")
+    splits = Splits(
+        train=frame.loc[times < cut_val],
+        validation=frame.loc[(times >= cut_val) & (times < cut_test)],
+        test=frame.loc[times >= cut_test],
+    )
+    for name, part in vars(splits).items():
+        if len(part) == 0 or part.iloc[:, 0].size == 0:
+            raise DataError(f"the {name} split is empty: the window has too few distinct times")
+    return splits
+
+
+def features_and_label(frame: pd.DataFrame, dataset: Dataset) -> tuple[pd.DataFrame, np.ndarray]:
+    """Model input (typed feature columns) and the boolean label as 0/1."""
+    return model_input(frame, dataset), frame[dataset.target.name].astype(int).to_numpy()
+
+
+def model_input(frame: pd.DataFrame, dataset: Dataset) -> pd.DataFrame:
+    """Feature columns with stable dtypes: numbers as float64, categories as strings."""
+    missing = [c for c in dataset.features.all if c not in frame.columns]
+    if missing:
+        raise DataError(f"feature columns missing: {missing}")
+    out = pd.DataFrame(index=frame.index)
+    for col in dataset.features.numeric:
+        out[col] = pd.to_numeric(frame[col], errors="raise").astype("float64")
+    for col in dataset.features.categorical:
+        out[col] = frame[col].astype("string").astype(object).where(frame[col].notna(), None)
+    return out
+
+
+ESTIMATOR_DEFAULTS: dict[str, dict[str, Any]] = {
+    "hist_gradient_boosting": {"learning_rate": 0.1, "max_leaf_nodes": 31, "min_samples_leaf": 20},
+    "logistic_regression": {"C": 1.0, "max_iter": 1000},
+}
+
+
+def build_pipeline(dataset: Dataset, training: Training, params: dict[str, Any] | None = None):
+    """The preprocessing + estimator Pipeline for the configured estimator."""
+    numeric, categorical = dataset.features.numeric, dataset.features.categorical
+    kwargs = {**ESTIMATOR_DEFAULTS[training.estimator], **training.params, **(params or {})}
+    if training.estimator == "hist_gradient_boosting":
+        # Native categorical support: ordinal codes, unknown categories become missing.
+        pre = ColumnTransformer(
+            [
+                ("num", "passthrough", numeric),
+                (
+                    "cat",
+                    OrdinalEncoder(
+                        handle_unknown="use_encoded_value",
+                        unknown_value=np.nan,
+                        encoded_missing_value=np.nan,
+                        max_categories=250,
+                    ),
+                    categorical,
+                ),
+            ],
+            verbose_feature_names_out=False,
+        )
+        mask = [False] * len(numeric) + [True] * len(categorical)
+        estimator = HistGradientBoostingClassifier(
+            categorical_features=mask,
+            early_stopping=True,
+            random_state=training.random_state,
+            **kwargs,
+        )
+        return Pipeline([("preprocess", pre), ("model", estimator)])
+    pre = ColumnTransformer(
+        [
+            ("num", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), numeric),
+            (
+                "cat",
+                make_pipeline(
+                    SimpleImputer(strategy="constant", fill_value="missing"),
+                    OneHotEncoder(handle_unknown="ignore", min_frequency=20),
+                ),
+                categorical,
+            ),
+        ],
+        verbose_feature_names_out=False,
+    )
+    return Pipeline([("preprocess", pre), ("model", LogisticRegression(**kwargs))])
+
+
+def best_f1_threshold(y_true: np.ndarray, proba: np.ndarray) -> float:
+    """The decision threshold that maximises F1 (chosen on validation data, applied to test)."""
+    precision, recall, thresholds = precision_recall_curve(y_true, proba)
+    f1 = np.divide(
+        2 * precision * recall,
+        precision + recall,
+        out=np.zeros_like(precision),
+        where=(precision + recall) > 0,
+    )
+    best = int(np.argmax(f1[:-1])) if len(thresholds) else 0
+    return float(thresholds[best]) if len(thresholds) else 0.5
+
+
+def calibration_bins(y_true: np.ndarray, proba: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
+    """Reliability table: per probability bin, mean predicted vs observed rate."""
+    edges = np.linspace(0, 1, bins + 1)
+    index = np.clip(np.digitize(proba, edges[1:-1]), 0, bins - 1)
+    table = []
+    for b in range(bins):
+        sel = index == b
+        if sel.any():
+            table.append(
+                {
+                    "bin_low": float(edges[b]),
+                    "bin_high": float(edges[b + 1]),
+                    "count": int(sel.sum()),
+                    "mean_predicted": float(proba[sel].mean()),
+                    "observed_rate": float(y_true[sel].mean()),
+                }
+            )
+    return table
+
+
+def classification_metrics(y_true: np.ndarray, proba: np.ndarray, threshold: float) -> dict[str, Any]:
+    """ROC AUC, PR AUC, log loss, Brier, F1/precision/recall at the threshold, calibration error."""
+    both = len(np.unique(y_true)) == 2
+    pred = (proba >= threshold).astype(int)
+    bins = calibration_bins(y_true, proba)
+    ece = sum(b["count"] * abs(b["mean_predicted"] - b["observed_rate"]) for b in bins) / max(len(y_true), 1)
+    return {
+        "rows": len(y_true),
+        "positive_rate": float(np.mean(y_true)) if len(y_true) else float("nan"),
+        "roc_auc": float(roc_auc_score(y_true, proba)) if both else None,
+        "pr_auc": float(average_precision_score(y_true, proba)) if both else None,
+        "log_loss": float(log_loss(y_true, proba, labels=[0, 1])),
+        "brier": float(brier_score_loss(y_true, proba)),
+        "f1": float(f1_score(y_true, pred, zero_division=0)),
+        "precision": float(precision_score(y_true, pred, zero_division=0)),
+        "recall": float(recall_score(y_true, pred, zero_division=0)),
+        "threshold": float(threshold),
+        "expected_calibration_error": float(ece),
+    }
+
+
+def reference_profile(frame: pd.DataFrame, dataset: Dataset) -> dict[str, Any]:
+    """Summary of the training data that later validation (and drift checks) compare against."""
+    profile: dict[str, Any] = {"rows": len(frame), "numeric": {}, "categorical": {}}
+    for col in dataset.features.numeric:
+        values = pd.to_numeric(frame[col], errors="coerce")
+        q = values.quantile([0.0, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 1.0])
+        profile["numeric"][col] = {
+            "null_fraction": float(values.isna().mean()),
+            "mean": float(values.mean()),
+            "std": float(values.std()),
+            "quantiles": {f"{k:g}": float(v) for k, v in q.items()},
+        }
+    for col in dataset.features.categorical:
+        counts = frame[col].astype("string").value_counts(normalize=True, dropna=True)
+        profile["categorical"][col] = {
+            "null_fraction": float(frame[col].isna().mean()),
+            "frequencies": {str(k): float(v) for k, v in counts.items()},
+        }
+    label = frame[dataset.target.name].astype(float)
+    profile["label"] = {"name": dataset.target.name, "positive_rate": float(label.mean())}
+    return profile

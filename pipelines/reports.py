@@ -1,0 +1,144 @@
+"""Reports people would rather look at than read: self-contained HTML with embedded plots."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from typing import Any
+
+import numpy as np
+
+
+def _figure_png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def comparison_figure(curves: dict[str, dict[str, np.ndarray]], slices: dict[str, Any]):
+    """ROC, precision-recall and calibration curves per model, plus ROC AUC by slice."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    from sklearn.calibration import calibration_curve
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    n_slices = len(slices)
+    fig, axes = plt.subplots(1, 3 + n_slices, figsize=(5 * (3 + n_slices), 4.2))
+    for label, data in curves.items():
+        y, p = data["y"], data["proba"]
+        fpr, tpr, _ = roc_curve(y, p)
+        axes[0].plot(fpr, tpr, label=label)
+        prec, rec, _ = precision_recall_curve(y, p)
+        axes[1].plot(rec, prec, label=label)
+        obs, pred = calibration_curve(y, p, n_bins=10, strategy="quantile")
+        axes[2].plot(pred, obs, marker="o", label=label)
+    axes[0].plot([0, 1], [0, 1], ls=":", c="grey")
+    axes[2].plot([0, 1], [0, 1], ls=":", c="grey")
+    for ax, title, xl, yl in [
+        (axes[0], "ROC", "false positive rate", "true positive rate"),
+        (axes[1], "Precision-recall", "recall", "precision"),
+        (axes[2], "Calibration", "mean predicted", "observed rate"),
+    ]:
+        ax.set(title=title, xlabel=xl, ylabel=yl)
+        ax.legend(loc="best", fontsize=8)
+    for ax, (column, table) in zip(axes[3:], slices.items(), strict=True):
+        names = list(table)
+        models = sorted({m for row in table.values() for m in row["roc_auc"]})
+        width = 0.8 / max(len(models), 1)
+        for i, model in enumerate(models):
+            values = [table[n]["roc_auc"].get(model) or np.nan for n in names]
+            ax.bar(np.arange(len(names)) + i * width, values, width, label=model)
+        ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names, rotation=60, fontsize=7)
+        ax.set(title=f"ROC AUC by {column}", ylim=(0.4, 1.0))
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4f}"
+        return html.escape("" if v is None else str(v))
+
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{cell(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def evaluation_html(evaluation: dict[str, Any], figure_png: str) -> str:
+    """The candidate-vs-champion comparison page."""
+    decision = evaluation["decision"]
+    verdict = "PASSED" if decision["passed"] else "REJECTED"
+    colour = "#1a7f37" if decision["passed"] else "#cf222e"
+    metric_names = [
+        "roc_auc",
+        "pr_auc",
+        "log_loss",
+        "brier",
+        "f1",
+        "precision",
+        "recall",
+        "threshold",
+        "expected_calibration_error",
+        "rows",
+        "positive_rate",
+    ]
+    models = {"candidate": evaluation["candidate"]["metrics"]}
+    if evaluation.get("champion"):
+        models[f"champion v{evaluation['champion']['version']}"] = evaluation["champion"]["metrics"]
+    metric_rows = [{"metric": m, **{k: v.get(m) for k, v in models.items()}} for m in metric_names]
+    check_rows = [
+        {k: c.get(k) for k in ("check", "metric", "candidate", "champion", "threshold", "passed", "reason")}
+        for c in decision["checks"]
+    ]
+    slice_html = ""
+    for column, table in evaluation["slices"].items():
+        rows = [
+            {
+                column: name,
+                "rows": s["rows"],
+                "positive_rate": s["positive_rate"],
+                **{f"roc_auc {m}": v for m, v in s["roc_auc"].items()},
+            }
+            for name, s in table.items()
+        ]
+        cols = [
+            column,
+            "rows",
+            "positive_rate",
+            *sorted({k for r in rows for k in r if k.startswith("roc_auc")}),
+        ]
+        slice_html += f"<h3>By {html.escape(column)}</h3>" + _table(rows, cols)
+    return f"""<!doctype html><html><head><meta charset="utf-8">
+<title>Evaluation {html.escape(evaluation["run_key"])}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;color:#1f2328}}
+table{{border-collapse:collapse;margin:.5em 0 1.5em}}
+td,th{{border:1px solid #d0d7de;padding:.3em .6em;text-align:right}}
+th{{background:#f6f8fa}}td:first-child{{text-align:left}}.verdict{{color:{colour};font-weight:bold}}</style>
+</head><body>
+<h1>Evaluation: <span class="verdict">{verdict}</span></h1>
+<p>{html.escape(decision["reason"])}</p>
+<p>Run <code>{html.escape(evaluation["run_key"])}</code>,
+data hash <code>{html.escape(evaluation["data_hash"][:16])}</code>,
+test split {evaluation["candidate"]["metrics"]["rows"]} rows from the newest part of the window.</p>
+<h2>Gate</h2>{_table(check_rows, list(check_rows[0]))}
+<h2>Metrics on the same test set</h2>{_table(metric_rows, ["metric", *models])}
+<img alt="curves" style="max-width:100%" src="data:image/png;base64,{figure_png}">
+<h2>Slices</h2>{slice_html}
+</body></html>"""
+
+
+def render_evaluation(
+    evaluation: dict[str, Any], curves: dict[str, dict[str, np.ndarray]]
+) -> tuple[str, bytes]:
+    """HTML page and the PNG of its figure."""
+    import matplotlib.pyplot as plt
+
+    fig = comparison_figure(curves, evaluation["slices"])
+    png = _figure_png(fig)
+    plt.close(fig)
+    return evaluation_html(evaluation, png), base64.b64decode(png)

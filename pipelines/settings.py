@@ -1,0 +1,41 @@
+"""Where things live: the profile, read from the environment.
+
+Switching from the embedded default to production is a matter of environment
+variables, never code: point ``MLFLOW_TRACKING_URI`` at a server or a
+PostgreSQL database and ``MLOPS_ARTIFACT_ROOT`` at ``s3://...``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_CONFIG = Path(__file__).parent / "datasets" / "flights.yaml"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Locations of the stores a step reads and writes."""
+
+    home: Path
+    artifact_root: str
+    tracking_uri: str
+    config_path: str
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        """Build settings from ``MLOPS_*`` / ``MLFLOW_TRACKING_URI`` variables with local defaults."""
+        env = dict(os.environ if env is None else env)
+        home = Path(env.get("MLOPS_HOME") or Path.cwd() / ".mlops").resolve()
+        return cls(
+            home=home,
+            artifact_root=env.get("MLOPS_ARTIFACT_ROOT") or str(home / "artifacts"),
+            tracking_uri=env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}",
+            config_path=env.get("MLOPS_CONFIG") or str(DEFAULT_CONFIG),
+        )
+
+    @property
+    def tracking_is_database(self) -> bool:
+        """True when MLflow is used without a server (the client writes the database itself)."""
+        return self.tracking_uri.split(":", 1)[0] in {"sqlite", "postgresql", "mysql", "mssql"}

@@ -1,0 +1,138 @@
+"""Data sources behind one interface: ``read(start, end) -> DataFrame``.
+
+A source returns the raw rows whose time column falls in ``[start, end)``,
+with the configured lookup tables joined on. Kinds:
+
+- ``file``: CSV or Parquet at a local path, a ``package://`` path (data that
+  ships inside a Python package, like the bundled flights) or any fsspec URL;
+- ``sql``: a table read through SQLAlchemy, the time filter pushed down.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Protocol
+
+import fsspec
+import pandas as pd
+import sqlalchemy as sa
+
+from pipelines import config as cfg
+from pipelines.errors import DataError
+from pipelines.storage import resolve
+
+
+class DataSource(Protocol):
+    def read(self, start: datetime, end: datetime) -> pd.DataFrame: ...
+
+
+def _format(uri: str, declared: str | None) -> str:
+    if declared:
+        return declared
+    name = uri.lower()
+    if name.endswith((".parquet", ".pq")):
+        return "parquet"
+    if name.endswith((".csv", ".csv.gz", ".csv.zip", ".csv.bz2", ".csv.xz")):
+        return "csv"
+    raise DataError(f"cannot tell the format of {uri}: set 'format: csv' or 'format: parquet'")
+
+
+def read_table(uri: str, fmt: str | None = None) -> pd.DataFrame:
+    """Read a whole CSV or Parquet file from a path or fsspec URL."""
+    path = resolve(uri)
+    kind = _format(uri, fmt)
+    try:
+        with fsspec.open(path, "rb", compression="infer") as fh:
+            if kind == "parquet":
+                return pd.read_parquet(fh)
+            return pd.read_csv(fh, low_memory=False)
+    except FileNotFoundError as exc:
+        raise DataError(f"source file not found: {uri}") from exc
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{uri} is not valid UTF-8 text: {exc.reason} at byte {exc.start}") from exc
+    except (ValueError, OSError) as exc:
+        raise DataError(f"cannot read {uri} as {kind}: {exc}") from exc
+
+
+def _to_utc(series: pd.Series, column: str) -> pd.Series:
+    try:
+        return pd.to_datetime(series, utc=True, format="ISO8601")
+    except (ValueError, TypeError) as exc:
+        raise DataError(f"time column {column!r} has values that are not timestamps: {exc}") from exc
+
+
+def _in_window(frame: pd.DataFrame, column: str, start: datetime, end: datetime) -> pd.DataFrame:
+    if column not in frame.columns:
+        raise DataError(f"time column {column!r} is missing from the source")
+    times = _to_utc(frame[column], column)
+    mask = (times >= pd.Timestamp(start)) & (times < pd.Timestamp(end))
+    out = frame.loc[mask].copy()
+    out[column] = times[mask]
+    return out
+
+
+class FileSource:
+    """A CSV or Parquet file; read whole, then filtered to the window."""
+
+    def __init__(self, source: cfg.Source, time_column: str):
+        self.source, self.time_column = source, time_column
+
+    def read(self, start: datetime, end: datetime) -> pd.DataFrame:
+        frame = read_table(self.source.uri or "", self.source.format)
+        return _in_window(frame, self.time_column, start, end)
+
+
+class SqlSource:
+    """A SQL table; only the window's rows leave the database."""
+
+    def __init__(self, source: cfg.Source, time_column: str):
+        self.source, self.time_column = source, time_column
+
+    def read(self, start: datetime, end: datetime) -> pd.DataFrame:
+        engine = sa.create_engine(self.source.url or "")
+        try:
+            table = sa.Table(self.source.table or "", sa.MetaData(), autoload_with=engine)
+            if self.time_column not in table.c:
+                raise DataError(f"time column {self.time_column!r} is missing from table {table.name!r}")
+            column = table.c[self.time_column]
+            query = sa.select(table).where(column >= start, column < end).order_by(column)
+            with engine.connect() as conn:
+                frame = pd.read_sql(query, conn)
+        except sa.exc.NoSuchTableError as exc:
+            raise DataError(f"table {self.source.table!r} not found at the SQL source") from exc
+        except sa.exc.OperationalError as exc:
+            raise DataError(f"cannot read the SQL source: {exc.orig}") from exc
+        finally:
+            engine.dispose()
+        frame[self.time_column] = _to_utc(frame[self.time_column], self.time_column)
+        return frame
+
+
+def _apply_join(frame: pd.DataFrame, join: cfg.Join, time_column: str) -> pd.DataFrame:
+    lookup = read_table(join.uri, join.format)
+    missing = [c for c in [*join.keys, *join.columns] if c not in lookup.columns]
+    if missing:
+        raise DataError(f"join table {join.uri} lacks columns {missing}")
+    lookup = lookup[[*join.keys, *join.columns]]
+    if time_column in join.keys:
+        lookup[time_column] = _to_utc(lookup[time_column], time_column)
+    absent = [c for c in join.keys if c not in frame.columns]
+    if absent:
+        raise DataError(f"cannot join {join.uri}: the data lacks join columns {absent}")
+    overlap = [c for c in join.columns if c in frame.columns]
+    lookup = lookup.drop_duplicates(join.keys)
+    return frame.drop(columns=overlap).merge(lookup, on=join.keys, how="left", validate="many_to_one")
+
+
+def open_source(dataset: cfg.Dataset) -> DataSource:
+    """The source a dataset config names."""
+    kinds = {"file": FileSource, "sql": SqlSource}
+    return kinds[dataset.source.kind](dataset.source, dataset.time_column)
+
+
+def read_window(dataset: cfg.Dataset, start: datetime, end: datetime) -> pd.DataFrame:
+    """Raw rows of ``[start, end)`` with the lookup tables joined on."""
+    frame = open_source(dataset).read(start, end)
+    for join in dataset.source.joins:
+        frame = _apply_join(frame, join, dataset.time_column)
+    return frame.sort_values(dataset.time_column, kind="stable").reset_index(drop=True)

@@ -1,0 +1,122 @@
+"""Evaluate: the candidate and the current champion on the same test set, then the gate.
+
+Writes ``evaluation.json`` (metrics overall and by slice, calibration, the gate
+decision) and ``comparison.html`` (with ROC, PR and calibration curves) to the
+artifact store and to the pipeline's MLflow run.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_auc_score
+
+from pipelines import gate, modeling, reports, storage, tracking
+from pipelines.context import StepContext
+
+log = logging.getLogger(__name__)
+MIN_SLICE_ROWS = 100
+
+
+def slice_metrics(
+    test: pd.DataFrame, y: np.ndarray, scores: dict[str, np.ndarray], columns: list[str]
+) -> dict[str, dict[str, Any]]:
+    """ROC AUC per model for each value of each slice column with enough rows."""
+    out: dict[str, dict[str, Any]] = {}
+    for column in columns:
+        if column not in test.columns:
+            continue
+        table = {}
+        values = test[column].astype("string").fillna("<missing>").to_numpy()
+        for value in sorted(set(values)):
+            sel = values == value
+            if sel.sum() < MIN_SLICE_ROWS:
+                continue
+            both = len(np.unique(y[sel])) == 2
+            table[str(value)] = {
+                "rows": int(sel.sum()),
+                "positive_rate": float(y[sel].mean()),
+                "roc_auc": {
+                    name: (float(roc_auc_score(y[sel], p[sel])) if both else None)
+                    for name, p in scores.items()
+                },
+            }
+        out[column] = table
+    return out
+
+
+def _load(model_uri: str):
+    import mlflow.sklearn
+
+    return mlflow.sklearn.load_model(model_uri)
+
+
+def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Score candidate and champion on the test split, decide, report."""
+    import mlflow
+
+    trained = inputs["train"]
+    dataset = ctx.config.dataset
+    test = storage.read_parquet(trained["test_uri"])
+    x_test, y_test = modeling.features_and_label(test, dataset)
+
+    candidate = _load(trained["model_uri"])
+    scores = {"candidate": candidate.predict_proba(x_test)[:, 1]}
+    candidate_metrics = modeling.classification_metrics(y_test, scores["candidate"], trained["threshold"])
+
+    champion = None
+    version = tracking.champion_version(ctx.settings, ctx.config.registry.model_name)
+    if version is not None:
+        champion_model = _load(f"models:/{version.name}/{version.version}")
+        scores["champion"] = champion_model.predict_proba(x_test)[:, 1]
+        threshold = float(version.tags.get("threshold", 0.5))
+        champion = {
+            "version": version.version,
+            "run_id": version.run_id,
+            "metrics": modeling.classification_metrics(y_test, scores["champion"], threshold),
+        }
+
+    decision = gate.decide(ctx.config.gate, candidate_metrics, champion and champion["metrics"])
+    evaluation = {
+        "run_key": ctx.run_key,
+        "data_hash": trained["data_hash"],
+        "candidate": {"model_uri": trained["model_uri"], "metrics": candidate_metrics},
+        "champion": champion,
+        "slices": slice_metrics(test, y_test, scores, dataset.slices),
+        "calibration": modeling.calibration_bins(y_test, scores["candidate"]),
+        "decision": decision,
+    }
+    page, png = reports.render_evaluation(
+        evaluation, {name: {"y": y_test, "proba": p} for name, p in scores.items()}
+    )
+    out_dir = ctx.artifact_dir("evaluate")
+    json_uri = storage.write_json(storage.join(out_dir, "evaluation.json"), evaluation)
+    html_uri = storage.write_text(storage.join(out_dir, "comparison.html"), page)
+    storage.write_bytes(storage.join(out_dir, "comparison.png"), png)
+
+    with tracking.pipeline_run(ctx, "evaluate"):
+        mlflow.log_metrics({f"test_{k}": v for k, v in candidate_metrics.items() if isinstance(v, float)})
+        if champion:
+            mlflow.log_metrics(
+                {f"champion_test_{k}": v for k, v in champion["metrics"].items() if isinstance(v, float)}
+            )
+        mlflow.set_tags(
+            {"gate.passed": str(decision["passed"]).lower(), "gate.reason": decision["reason"][:500]}
+        )
+        mlflow.log_dict(evaluation, "evaluation/evaluation.json")
+        mlflow.log_text(page, "evaluation/comparison.html")
+
+    log.info("gate %s: %s", "passed" if decision["passed"] else "REJECTED", decision["reason"])
+    return {
+        "passed": decision["passed"],
+        "reason": decision["reason"],
+        "metrics": {k: candidate_metrics[k] for k in ("roc_auc", "pr_auc", "log_loss", "f1", "brier")},
+        "champion_version": champion and champion["version"],
+        "champion_metrics": champion
+        and {k: champion["metrics"][k] for k in ("roc_auc", "pr_auc", "log_loss", "f1", "brier")},
+        "evaluation_uri": json_uri,
+        "report_uri": html_uri,
+    }

@@ -1,0 +1,81 @@
+"""Ingest: read the training window ending at the data interval's end, write a snapshot.
+
+The window is ``[interval_end - window_months, interval_end)``. Rows that
+cannot be labelled (e.g. cancelled flights) are dropped and counted. The
+snapshot keeps only the key, time, feature and label columns, so columns that
+leak the outcome never reach training. Its content hash is the data version.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pandas as pd
+
+from pipelines import sources, storage
+from pipelines.context import StepContext
+from pipelines.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+def training_window(ctx: StepContext) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """The window this run trains on: ``window_months`` back from the interval's end."""
+    end = pd.Timestamp(ctx.interval_end)
+    return end - pd.DateOffset(months=ctx.config.ingest.window_months), end
+
+
+def add_label(frame: pd.DataFrame, ctx: StepContext) -> tuple[pd.DataFrame, int]:
+    """Evaluate the target expression; drop rows that cannot be labelled and count them."""
+    target = ctx.config.dataset.target
+    missing = [c for c in target.required if c not in frame.columns]
+    if missing:
+        raise DataError(f"columns needed for the label {target.name!r} are missing: {missing}")
+    unlabelled = frame[target.required].isna().any(axis=1) if target.required else None
+    dropped = int(unlabelled.sum()) if unlabelled is not None else 0
+    if dropped:
+        frame = frame.loc[~unlabelled].copy()
+    try:
+        label = frame.eval(target.expression)
+    except Exception as exc:
+        raise DataError(f"cannot evaluate target {target.expression!r}: {exc}") from exc
+    frame[target.name] = label.astype(bool)
+    return frame, dropped
+
+
+def select_columns(frame: pd.DataFrame, ctx: StepContext) -> pd.DataFrame:
+    """Keep the configured columns; a missing one is left out here and named by validate."""
+    wanted = ctx.config.dataset.columns
+    present = [c for c in wanted if c in frame.columns]
+    absent = sorted(set(wanted) - set(present))
+    if absent:
+        log.warning("source lacks configured columns %s; validate will report them", absent)
+    return frame[present]
+
+
+def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Read the window, label it, write the snapshot; return its URI, size and hash."""
+    start, end = training_window(ctx)
+    log.info("ingesting %s rows scheduled in [%s, %s)", ctx.config.dataset.name, start, end)
+    raw = sources.read_window(ctx.config.dataset, start.to_pydatetime(), end.to_pydatetime())
+    if raw.empty:
+        raise DataError(f"no rows in the source between {start} and {end}")
+    labelled, dropped = add_label(raw, ctx)
+    snapshot = select_columns(labelled, ctx).reset_index(drop=True)
+    data_hash = storage.frame_hash(snapshot)
+    uri = storage.write_parquet(storage.join(ctx.artifact_dir("ingest"), "snapshot.parquet"), snapshot)
+    in_interval = snapshot[ctx.config.dataset.time_column] >= pd.Timestamp(ctx.interval_start)
+    result = {
+        "snapshot_uri": uri,
+        "rows": len(snapshot),
+        "rows_in_interval": int(in_interval.sum()),
+        "dropped_unlabelled": dropped,
+        "data_hash": data_hash,
+        "columns": list(snapshot.columns),
+        "interval": {"start": ctx.interval_start.isoformat(), "end": ctx.interval_end.isoformat()},
+        "window": {"start": start.isoformat(), "end": end.isoformat()},
+    }
+    storage.write_json(storage.join(ctx.artifact_dir("ingest"), "result.json"), result)
+    log.info("snapshot: %d rows (%d dropped as unlabelled), hash %s", len(snapshot), dropped, data_hash[:12])
+    return result

@@ -1,0 +1,91 @@
+"""Register: only a candidate that passed the gate becomes a registry version.
+
+The new version gets the alias ``challenger`` (and ``champion`` when there is no
+champion yet) and lineage tags. Idempotent: the version is keyed by the MLflow
+run of this pipeline run, so a retried task or a re-run of the same DAG run
+finds the version it made before instead of creating a second one.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pipelines import tracking
+from pipelines.context import StepContext
+
+log = logging.getLogger(__name__)
+
+
+def lineage_tags(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, str]:
+    """Where the version came from: data, code, run, metrics and the gate's decision."""
+    ingest, trained, evaluation = inputs["ingest"], inputs["train"], inputs["evaluate"]
+    tags = {
+        "data_hash": ingest["data_hash"],
+        "data.window_start": ingest["window"]["start"],
+        "data.window_end": ingest["window"]["end"],
+        "data.rows": str(ingest["rows"]),
+        "mlflow_run_id": trained["mlflow_run_id"],
+        "airflow.dag_id": ctx.dag_id,
+        "airflow.run_id": ctx.run_id,
+        tracking.RUN_KEY_TAG: ctx.run_key,
+        "code_version": tracking.code_version(),
+        "estimator": trained["estimator"],
+        "threshold": f"{trained['threshold']:.6f}",
+        "gate.passed": str(evaluation["passed"]).lower(),
+        "gate.reason": evaluation["reason"][:500],
+        "evaluation_uri": evaluation["evaluation_uri"],
+        "reference_profile_uri": trained["reference_profile_uri"],
+    }
+    tags.update({f"test.{k}": f"{v:.6f}" for k, v in evaluation["metrics"].items() if v is not None})
+    return tags
+
+
+def _existing_version(client, name: str, run_id: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    except MlflowException:
+        return None
+    return max(found, key=lambda v: int(v.version)) if found else None
+
+
+def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Create (or find) the model version, set aliases and lineage tags."""
+    evaluation, trained = inputs["evaluate"], inputs["train"]
+    name = ctx.config.registry.model_name
+    if not evaluation["passed"]:
+        log.info("not registering: the gate rejected the candidate (%s)", evaluation["reason"])
+        return {"status": "skipped", "registered": False, "reason": f"gate rejected: {evaluation['reason']}"}
+
+    client = tracking.client(ctx.settings)
+    tags = lineage_tags(ctx, inputs)
+    version = _existing_version(client, name, trained["mlflow_run_id"])
+    created = version is None
+    if created:
+        version = tracking.register_version(
+            ctx.settings, name, trained["model_uri"], trained["mlflow_run_id"], tags
+        )
+    else:
+        log.info("version %s already registered by this run: reusing it", version.version)
+        for key, value in tags.items():
+            client.set_model_version_tag(name, version.version, key, value)
+
+    aliases = [tracking.CHALLENGER]
+    champion = tracking.champion_version(ctx.settings, name)
+    if champion is None or str(champion.version) == str(version.version):
+        aliases.append(tracking.CHAMPION)
+    for alias in aliases:
+        client.set_registered_model_alias(name, alias, version.version)
+    client.set_registered_model_tag(name, "dataset", ctx.config.dataset.name)
+    log.info("registered %s version %s with aliases %s", name, version.version, aliases)
+    return {
+        "status": "registered",
+        "registered": True,
+        "created": created,
+        "model_name": name,
+        "version": str(version.version),
+        "aliases": aliases,
+        "model_uri": f"models:/{name}/{version.version}",
+    }

@@ -1,0 +1,131 @@
+"""Train: time-ordered split, the configured Pipeline, an optional small search, one MLflow model.
+
+The decision threshold is the one that maximises F1 on the validation split.
+The test split and the training data's reference profile are written to the
+artifact store for evaluate, validate (next runs) and monitoring.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+from sklearn.model_selection import ParameterSampler
+
+from pipelines import modeling, storage, tracking
+from pipelines.context import StepContext
+
+log = logging.getLogger(__name__)
+
+
+def _search(ctx: StepContext, splits: modeling.Splits) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Random search over the configured space, each candidate scored on the validation split."""
+    import mlflow
+
+    training, dataset = ctx.config.training, ctx.config.dataset
+    x_train, y_train = modeling.features_and_label(splits.train, dataset)
+    x_val, y_val = modeling.features_and_label(splits.validation, dataset)
+    space = {k: v for k, v in training.search.space.items() if k in _tunable(ctx)}
+    candidates = list(
+        ParameterSampler(space, n_iter=training.search.n_iter, random_state=training.random_state)
+    )
+    trials = []
+    for i, params in enumerate(candidates, 1):
+        model = modeling.build_pipeline(dataset, training, params).fit(x_train, y_train)
+        auc = modeling.classification_metrics(y_val, model.predict_proba(x_val)[:, 1], 0.5)["roc_auc"]
+        trials.append({"params": params, "validation_roc_auc": auc})
+        with mlflow.start_run(run_name=f"search-{i}", nested=True):
+            mlflow.log_params(params)
+            mlflow.log_metric("validation_roc_auc", auc or float("nan"))
+        log.info("search %d/%d: %s -> validation ROC AUC %.4f", i, len(candidates), params, auc or 0)
+    best = max(trials, key=lambda t: t["validation_roc_auc"] or -1.0)
+    return best["params"], trials
+
+
+def _tunable(ctx: StepContext) -> set[str]:
+    probe = modeling.build_pipeline(ctx.config.dataset, ctx.config.training)
+    return set(probe.named_steps["model"].get_params())
+
+
+def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Fit the model on the snapshot of ``inputs['ingest']`` and log it to MLflow."""
+    import mlflow
+
+    snapshot_info = inputs["ingest"]
+    dataset, training = ctx.config.dataset, ctx.config.training
+    frame = storage.read_parquet(snapshot_info["snapshot_uri"])
+    splits = modeling.time_split(
+        frame, dataset.time_column, training.validation_fraction, training.test_fraction
+    )
+    x_train, y_train = modeling.features_and_label(splits.train, dataset)
+    x_val, y_val = modeling.features_and_label(splits.validation, dataset)
+    if training.shuffle_labels:
+        y_train = np.random.default_rng(training.random_state).permutation(y_train)
+
+    out_dir = ctx.artifact_dir("train")
+    with tracking.pipeline_run(ctx, "train") as run:
+        params, trials = ({}, [])
+        if training.search.enabled:
+            params, trials = _search(ctx, splits)
+        started = time.perf_counter()
+        model = modeling.build_pipeline(dataset, training, params).fit(x_train, y_train)
+        fit_seconds = time.perf_counter() - started
+        val_proba = model.predict_proba(x_val)[:, 1]
+        threshold = modeling.best_f1_threshold(y_val, val_proba)
+        val_metrics = modeling.classification_metrics(y_val, val_proba, threshold)
+        profile = modeling.reference_profile(splits.train, dataset)
+
+        test_uri = storage.write_parquet(storage.join(out_dir, "test.parquet"), splits.test)
+        profile_uri = storage.write_json(storage.join(out_dir, "reference_profile.json"), profile)
+
+        chosen = {**modeling.ESTIMATOR_DEFAULTS[training.estimator], **training.params, **params}
+        mlflow.log_params(
+            {
+                "estimator": training.estimator,
+                "window_months": ctx.config.ingest.window_months,
+                "shuffle_labels": training.shuffle_labels,
+                "search": training.search.enabled,
+                **{f"rows_{k}": v for k, v in splits.sizes().items()},
+                **{f"model.{k}": v for k, v in chosen.items()},
+            }
+        )
+        mlflow.log_metrics(
+            {f"validation_{k}": v for k, v in val_metrics.items() if isinstance(v, float)}
+            | {"fit_seconds": fit_seconds}
+        )
+        mlflow.set_tags(
+            {
+                "data_hash": snapshot_info["data_hash"],
+                "data.snapshot_uri": snapshot_info["snapshot_uri"],
+                "data.window_start": snapshot_info["window"]["start"],
+                "data.window_end": snapshot_info["window"]["end"],
+                "threshold": f"{threshold:.6f}",
+            }
+        )
+        mlflow.log_dict(profile, "reference_profile.json")
+        if trials:
+            mlflow.log_dict({"trials": trials, "best": params}, "search.json")
+        model_uri = tracking.log_model(model, x_train.head(5))
+    log.info(
+        "trained %s on %d rows in %.1fs; validation ROC AUC %.4f",
+        training.estimator,
+        len(x_train),
+        fit_seconds,
+        val_metrics["roc_auc"] or float("nan"),
+    )
+    result = {
+        "mlflow_run_id": run.info.run_id,
+        "model_uri": model_uri,
+        "estimator": training.estimator,
+        "best_params": params,
+        "threshold": threshold,
+        "validation": val_metrics,
+        "rows": splits.sizes(),
+        "test_uri": test_uri,
+        "reference_profile_uri": profile_uri,
+        "data_hash": snapshot_info["data_hash"],
+    }
+    storage.write_json(storage.join(out_dir, "result.json"), result)
+    return result

@@ -1,0 +1,77 @@
+"""Validate: the snapshot against the expectation suite and the champion's reference profile.
+
+On failure the step raises :class:`ValidationFailed` naming each failed
+expectation and its columns, after storing the report (JSON and Data Docs) with
+the run and in MLflow, so nothing downstream runs and the evidence is kept.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pipelines import storage, tracking, validation
+from pipelines.config import load_expectations
+from pipelines.context import StepContext
+from pipelines.errors import ValidationFailed
+
+log = logging.getLogger(__name__)
+
+
+def _reference_profile(ctx: StepContext) -> tuple[dict[str, Any] | None, str | None]:
+    """The training profile of the current champion, if there is a champion that has one."""
+    version = tracking.champion_version(ctx.settings, ctx.config.registry.model_name)
+    uri = version.tags.get("reference_profile_uri") if version else None
+    if not uri or not storage.exists(uri):
+        return None, None
+    return storage.read_json(uri), version.version
+
+
+def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Run the suite; raise with every failure named, or return the report's location."""
+    import mlflow
+
+    snapshot = storage.read_parquet(inputs["ingest"]["snapshot_uri"])
+    spec = load_expectations(ctx.config)
+    profile, reference_version = _reference_profile(ctx)
+    if profile:
+        spec = spec + validation.reference_expectations(profile)
+    out_dir = ctx.artifact_dir("validate")
+    docs_dir = storage.local_path(storage.join(out_dir, "data_docs")) or storage.join(
+        ctx.settings.home.as_posix(), "tmp", "data_docs"
+    )
+    report = validation.validate_frame(snapshot, spec, ctx.config.dataset.name, docs_dir)
+    report["reference_model_version"] = reference_version
+    report_uri = storage.write_json(storage.join(out_dir, "validation.json"), report)
+
+    failures = [r for r in report["results"] if not r["success"]]
+    with tracking.pipeline_run(ctx, "validate"):
+        stats = report["statistics"]
+        mlflow.log_metrics(
+            {
+                "validation_expectations": stats["evaluated_expectations"],
+                "validation_failed": stats["unsuccessful_expectations"],
+            }
+        )
+        mlflow.set_tag("validation.passed", str(report["success"]).lower())
+        mlflow.log_dict(report, "validation/validation.json")
+        mlflow.log_artifacts(docs_dir, "validation/data_docs")
+    if failures:
+        lines = [validation.describe_failure(f) for f in failures]
+        message = (
+            f"data validation failed: {len(failures)} of {stats['evaluated_expectations']} expectations "
+            f"(report: {report_uri})\n  - " + "\n  - ".join(lines)
+        )
+        raise ValidationFailed(message, failures, report_uri)
+    log.info(
+        "validation passed: %d expectations%s",
+        stats["evaluated_expectations"],
+        f" (incl. reference profile of champion v{reference_version})" if reference_version else "",
+    )
+    return {
+        "passed": True,
+        "expectations": stats["evaluated_expectations"],
+        "reference_model_version": reference_version,
+        "report_uri": report_uri,
+        "data_docs_uri": storage.join(out_dir, "data_docs", "index.html"),
+    }
