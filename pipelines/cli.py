@@ -117,10 +117,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("pipeline", nargs="?", default="training")
     _add_run_arguments(run)
     run.set_defaults(func=_cmd_run)
-
-    from pipelines import localstack
-
-    localstack.add_commands(sub)
     return parser
 
 

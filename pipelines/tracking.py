@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -160,7 +161,9 @@ def log_model(model, example) -> str:
     import skops.io
     from mlflow.models import infer_signature
 
-    trusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
+    with warnings.catch_warnings():  # skops probes modules by name; Airflow's shims warn on access
+        warnings.simplefilter("ignore")
+        trusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
     info = mlflow.sklearn.log_model(
         model,
         name="model",

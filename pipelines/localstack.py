@@ -1,5 +1,0 @@
-"""Placeholder replaced below."""
-
-
-def add_commands(sub) -> None:
-    return None

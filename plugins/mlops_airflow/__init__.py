@@ -1,0 +1,1 @@
+"""Airflow glue for the ``pipelines`` package: the step-task factory and DAG settings."""

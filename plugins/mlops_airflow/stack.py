@@ -1,0 +1,248 @@
+"""The embedded local stack: Airflow on SQLite, MLflow on SQLite, artifacts on disk.
+
+    python -m mlops_airflow.stack demo    # train Jan-Mar 2013 through Airflow, print where to look
+    python -m mlops_airflow.stack up      # Airflow UI :8080 and MLflow UI :5000 on the same stores
+    python -m mlops_airflow.stack down
+
+Everything lives under ``MLOPS_HOME`` (default ``<repo>/.mlops``). The Makefile
+wraps these. Airflow reads its configuration at import, so the environment is
+set before anything imports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+AIRFLOW_PORT, MLFLOW_PORT = 8080, 5000
+
+
+def stack_env(home: Path | None = None, root: Path = ROOT) -> dict[str, str]:
+    """Environment of every process of the local stack (scheduler, tasks, demo, tests)."""
+    home = Path(home or os.environ.get("MLOPS_HOME") or root / ".mlops").resolve()
+    bin_dir = str(Path(sys.executable).parent)
+    return {
+        "MLOPS_HOME": str(home),
+        "AIRFLOW_HOME": str(home / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(root / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(root / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+        "AIRFLOW__API__PORT": str(AIRFLOW_PORT),
+        "PYTHONPATH": os.pathsep.join(p for p in [str(root / "plugins"), os.environ.get("PYTHONPATH")] if p),
+        "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+    }
+
+
+def _apply_env(home: Path | None = None) -> dict[str, str]:
+    env = stack_env(home)
+    os.environ.update(env)
+    for path in env["PYTHONPATH"].split(os.pathsep):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    return env
+
+
+def migrate() -> None:
+    """Create or upgrade Airflow's metadata database (idempotent, ~5 s)."""
+    subprocess.run(["airflow", "db", "migrate"], check=True, stdout=subprocess.DEVNULL)
+
+
+def _months(first: str, last: str) -> list[str]:
+    import pendulum
+
+    start, end = pendulum.parse(first), pendulum.parse(last)
+    months = []
+    while start <= end:
+        months.append(start.format("YYYY-MM"))
+        start = start.add(months=1)
+    return months
+
+
+def run_training(months: list[str], conf: dict | None = None) -> list:
+    """Run the training DAG once per month through Airflow (``dag.test``), oldest first."""
+    import pendulum
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
+    if bag.import_errors:
+        raise SystemExit(f"DAG import errors: {bag.import_errors}")
+    dag = bag.get_dag("training")
+    tz = dag.timezone
+    runs = []
+    for i, month in enumerate(months, 1):
+        # A manual run at logical date D gets the last complete interval before D.
+        logical = pendulum.parse(f"{month}-01", tz=tz).add(months=1)
+        print(f"[{i}/{len(months)}] training run for {month} (window ends {logical:%Y-%m-%d}) ...", flush=True)
+        started = time.time()
+        run = dag.test(logical_date=logical, run_conf=conf or None)
+        states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+        print(f"[{i}/{len(months)}] {month}: run {run.state} in {time.time() - started:.0f}s  {states}", flush=True)
+        runs.append(run)
+    return runs
+
+
+def summary(runs: list) -> str:
+    """Where to look: each run's MLflow run, gate decision, reports; the registry's aliases."""
+    from pipelines import tracking
+    from pipelines.config import load_config
+    from pipelines.settings import Settings
+    from pipelines.storage import step_dir
+
+    settings = Settings.from_env()
+    config = load_config(settings.config_path)
+    client = tracking.client(settings)
+    lines = ["", "Training runs (Airflow, dag_id=training):"]
+    for run in runs:
+        lines.append(f"  {run.run_id}: {run.state}")
+        evaluation = Path(step_dir(settings.artifact_root, run.dag_id, run.run_id, "evaluate"))
+        validation = Path(step_dir(settings.artifact_root, run.dag_id, run.run_id, "validate"))
+        if (evaluation / "evaluation.json").exists():
+            ev = json.loads((evaluation / "evaluation.json").read_text())
+            verdict = "passed" if ev["decision"]["passed"] else "rejected"
+            lines.append(f"    gate {verdict}: {ev['decision']['reason']}")
+            lines.append(f"    comparison report: {evaluation / 'comparison.html'}")
+        lines.append(f"    validation report: {validation / 'validation.json'}")
+        lines.append(f"    data docs:         {validation / 'data_docs' / 'index.html'}")
+    name = config.registry.model_name
+    try:
+        model = client.get_registered_model(name)
+        versions = client.search_model_versions(f"name = '{name}'")
+    except Exception:  # nothing registered yet
+        model, versions = None, []
+    lines.append(f"\nRegistry ({settings.tracking_uri}):")
+    for version in sorted(versions, key=lambda v: int(v.version)):
+        aliases = [a for a, v in (model.aliases if model else {}).items() if str(v) == str(version.version)]
+        lines.append(
+            f"  {name} v{version.version} {aliases or ''} test ROC AUC {version.tags.get('test.roc_auc', '?')}"
+            f", data {version.tags.get('data_hash', '?')[:12]}, MLflow run {version.run_id}"
+        )
+    if not versions:
+        lines.append("  no model version registered")
+    lines += [
+        "",
+        "Open the UIs on this data:  make up   (Airflow http://127.0.0.1:8080, MLflow http://127.0.0.1:5000)",
+        "Stop them:                  make down",
+    ]
+    return "\n".join(lines)
+
+
+def demo(args: argparse.Namespace) -> int:
+    _apply_env()
+    os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
+    print(f"MLOPS_HOME={os.environ['MLOPS_HOME']}; preparing Airflow's metadata database ...", flush=True)
+    migrate()
+    runs = run_training(_months(args.first, args.last))
+    print(summary(runs))
+    return 0 if all(str(r.state) == "success" for r in runs) else 1
+
+
+# -- up / down: the UIs -------------------------------------------------------------------------
+
+
+def _pid_file(name: str) -> Path:
+    return Path(os.environ["MLOPS_HOME"]) / "run" / f"{name}.pid"
+
+
+def _wait_http(url: str, timeout: float) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status < 500:
+                    return True
+        except OSError:
+            time.sleep(1)
+    return False
+
+
+def _start(name: str, cmd: list[str], env: dict[str, str]) -> None:
+    pid_file = _pid_file(name)
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    log_path = pid_file.parent.parent / "logs" / f"{name}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log_file:
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    pid_file.write_text(str(proc.pid))
+    print(f"started {name} (pid {proc.pid}), log: {log_path}")
+
+
+def mlflow_server_cmd(home: Path, port: int) -> list[str]:
+    """The MLflow tracking server on the embedded store (one worker: two processes, not fifteen)."""
+    return [
+        "mlflow", "server",
+        "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
+        "--artifacts-destination", str(home / "artifacts" / "mlflow-server"),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+
+
+def up(args: argparse.Namespace) -> int:
+    env = {**os.environ, **_apply_env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    home = Path(env["MLOPS_HOME"])
+    migrate()
+    subprocess.run(["airflow", "dags", "reserialize"], env=env, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(["airflow", "dags", "unpause", "training"], env=env, stdout=subprocess.DEVNULL)
+    _start("mlflow", mlflow_server_cmd(home, MLFLOW_PORT), env)
+    _start("airflow", ["airflow", "standalone"], env)
+    ok_mlflow = _wait_http(f"http://127.0.0.1:{MLFLOW_PORT}/health", 90)
+    ok_airflow = _wait_http(f"http://127.0.0.1:{AIRFLOW_PORT}/api/v2/monitor/health", 120)
+    print(f"MLflow  UI: http://127.0.0.1:{MLFLOW_PORT}  {'ready' if ok_mlflow else 'NOT READY (see log)'}")
+    print(f"Airflow UI: http://127.0.0.1:{AIRFLOW_PORT}  {'ready' if ok_airflow else 'NOT READY (see log)'}")
+    print("Trigger 'training' with the params form (Trigger DAG), e.g. interval_end 2013-06-01.")
+    return 0 if ok_mlflow and ok_airflow else 1
+
+
+def down(args: argparse.Namespace) -> int:
+    _apply_env()
+    for name in ("airflow", "mlflow"):
+        pid_file = _pid_file(name)
+        if not pid_file.exists():
+            continue
+        pgid = int(pid_file.read_text())
+        # airflow standalone stops cleanly on SIGINT only; its workers may linger, hence SIGKILL after.
+        for sig, wait in ((signal.SIGINT, 20), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.time() + wait
+            while time.time() < deadline:
+                try:
+                    os.killpg(pgid, 0)
+                    time.sleep(0.5)
+                except ProcessLookupError:
+                    break
+        pid_file.unlink(missing_ok=True)
+        print(f"stopped {name}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mlops_airflow.stack")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("demo", help="train through Airflow on the bundled data, then print where to look")
+    run.add_argument("--first", default="2013-01", help="first monthly interval (YYYY-MM)")
+    run.add_argument("--last", default="2013-03", help="last monthly interval (YYYY-MM)")
+    run.set_defaults(func=demo)
+    sub.add_parser("up", help="start the Airflow and MLflow UIs").set_defaults(func=up)
+    sub.add_parser("down", help="stop them").set_defaults(func=down)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""The step-task factory: a step name and the execution mode give an Airflow task.
+
+Every mode runs the same entrypoint, ``mlops step <name>``, with the same two
+JSON documents: the run context (ids, data interval, run parameters) and the
+upstream results. Modes:
+
+- ``local`` (default): in the worker's process, calling the CLI's function;
+- ``subprocess``: the ``mlops step`` command in a child process;
+- ``docker`` / ``kubernetes``: the same command in a container or a pod, its
+  result read back from ``/airflow/xcom/return.json`` (not implemented yet).
+
+Nothing here imports an ML library at DAG-parse time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterable
+from datetime import timedelta
+from typing import Any
+
+from airflow.providers.standard.operators.python import PythonOperator
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from pipelines.config import RUN_PARAMETERS
+from pipelines.pipeline import StepSpec
+
+MODE_ENV = "MLOPS_EXECUTION_MODE"
+EXIT_SKIPPED, EXIT_NOT_RETRYABLE = 99, 3  # the CLI's exit codes (pipelines.cli)
+DEFAULT_ARGS = {"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True}
+
+
+def run_context(context: dict[str, Any]) -> dict[str, Any]:
+    """The step's run context from the Airflow task context.
+
+    The data interval comes from the run, unless the run's params name one
+    (a manual trigger from the params form, or a run without an interval).
+    """
+    params = context.get("params") or {}
+    end = params.get("interval_end") or context.get("data_interval_end")
+    if not end:
+        raise AirflowFailException(
+            "this run has no data interval: trigger it with a logical date or set the interval_end param"
+        )
+    start = params.get("interval_start") or (
+        context.get("data_interval_start") if not params.get("interval_end") else None
+    )
+    if not start:
+        import pendulum
+
+        start = pendulum.parse(str(end)).subtract(months=1)
+    dag_run = context["dag_run"]
+    return {
+        "dag_id": dag_run.dag_id,
+        "run_id": dag_run.run_id,
+        "interval_start": str(start),
+        "interval_end": str(end),
+        "try_number": context["ti"].try_number,
+        "run_type": str(getattr(dag_run.run_type, "value", dag_run.run_type)),
+        "overrides": {k: params[k] for k in RUN_PARAMETERS if params.get(k) not in (None, "")},
+    }
+
+
+def _skip_if_skipped(result: dict[str, Any]) -> dict[str, Any]:
+    if result.get("status") == "skipped":
+        raise AirflowSkipException(result.get("reason", "the step decided to skip"))
+    return result
+
+
+def run_step_in_process(step: str, inputs: dict[str, Any], **context: Any) -> dict[str, Any]:
+    """Mode ``local``: run the step in this worker process."""
+    from pipelines.context import StepContext
+    from pipelines.errors import PipelineError
+    from pipelines.runner import execute_step
+
+    try:
+        ctx = StepContext.create(**run_context(context))
+        return _skip_if_skipped(execute_step(step, ctx, inputs))
+    except PipelineError as exc:
+        if not exc.retryable:  # bad data or config: a retry cannot help
+            raise AirflowFailException(str(exc)) from exc
+        raise
+
+
+def run_step_in_subprocess(step: str, inputs: dict[str, Any], **context: Any) -> dict[str, Any]:
+    """Mode ``subprocess``: run ``mlops step`` as a child process and read its result file."""
+    with tempfile.TemporaryDirectory(prefix=f"mlops-{step}-") as tmp:
+        result_file = os.path.join(tmp, "return.json")
+        cmd = [
+            sys.executable, "-m", "pipelines.cli", "step", step,
+            "--context", json.dumps(run_context(context)),
+            "--inputs", json.dumps(inputs),
+            "--result-file", result_file,
+        ]  # fmt: skip
+        proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        sys.stderr.write(proc.stderr)
+        if proc.returncode == EXIT_SKIPPED:
+            return _skip_if_skipped(json.loads(open(result_file).read()))
+        if proc.returncode == EXIT_NOT_RETRYABLE:
+            raise AirflowFailException(_last_error(proc.stderr) or f"mlops step {step} failed")
+        if proc.returncode != 0:
+            raise RuntimeError(_last_error(proc.stderr) or f"mlops step {step} exited {proc.returncode}")
+        with open(result_file) as fh:
+            return json.load(fh)
+
+
+def _last_error(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    start = max((i for i, line in enumerate(lines) if line.startswith("error:")), default=len(lines) - 1)
+    return "\n".join(lines[start:]).removeprefix("error: ")
+
+
+def _python_task(callable_: Callable[..., Any]) -> Callable[..., PythonOperator]:
+    def build(step: str, inputs: dict[str, Any], **kwargs: Any) -> PythonOperator:
+        return PythonOperator(
+            task_id=step,
+            python_callable=callable_,
+            op_kwargs={"step": step, "inputs": inputs},
+            doc_md=f"Runs `mlops step {step}`.",
+            **kwargs,
+        )
+
+    return build
+
+
+def _not_yet(mode: str) -> Callable[..., Any]:
+    def build(step: str, inputs: dict[str, Any], **kwargs: Any) -> Any:
+        raise NotImplementedError(
+            f"execution mode {mode!r} is not available yet; use {MODE_ENV}=local or subprocess"
+        )
+
+    return build
+
+
+MODES: dict[str, Callable[..., Any]] = {
+    "local": _python_task(run_step_in_process),
+    "subprocess": _python_task(run_step_in_subprocess),
+    "docker": _not_yet("docker"),
+    "kubernetes": _not_yet("kubernetes"),
+}
+
+
+def step_task(step: str, inputs: dict[str, Any] | None = None, *, mode: str | None = None, **kwargs: Any):
+    """Build the Airflow task that runs ``step``; ``inputs`` maps upstream step names to their XComArgs."""
+    mode = mode or os.environ.get(MODE_ENV, "local")
+    if mode not in MODES:
+        raise ValueError(f"unknown execution mode {mode!r}; choose one of {sorted(MODES)}")
+    return MODES[mode](step, inputs or {}, **kwargs)
+
+
+def pipeline_tasks(
+    spec: Iterable[StepSpec], *, outlets: dict[str, list[Any]] | None = None, mode: str | None = None
+) -> dict[str, Any]:
+    """One task per step of ``spec``, each fed the results of its inputs (which also orders them)."""
+    tasks: dict[str, Any] = {}
+    for step in spec:
+        inputs = {name: tasks[name].output for name in step.inputs}
+        tasks[step.name] = step_task(step.name, inputs, mode=mode, outlets=(outlets or {}).get(step.name, []))
+    return tasks

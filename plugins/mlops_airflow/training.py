@@ -1,0 +1,96 @@
+"""What the training DAG needs from the pipeline config: schedule, params form, assets.
+
+Read at DAG-parse time, so it only touches the YAML config (no ML library).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import pendulum
+from airflow.sdk import Asset, Param
+from airflow.timetables.assets import AssetOrTimeSchedule
+from airflow.timetables.interval import CronDataIntervalTimetable
+
+from pipelines.config import PipelineConfig, load_config
+from pipelines.settings import Settings
+
+
+@cache
+def pipeline_config() -> PipelineConfig:
+    return load_config(Settings.from_env().config_path)
+
+
+def model_assets(config: PipelineConfig) -> tuple[Asset, Asset]:
+    """(challenger registered, retrain requested) assets of the configured model."""
+    name = config.registry.model_name
+    return (
+        Asset(name=f"{name}.challenger", uri=f"mlops://registry/{name}/challenger"),
+        Asset(name=f"{name}.retrain", uri=f"mlops://registry/{name}/retrain"),
+    )
+
+
+def schedule(config: PipelineConfig) -> AssetOrTimeSchedule:
+    """Monthly data intervals in the dataset's timezone, or a retrain asset event, whichever comes."""
+    timetable = CronDataIntervalTimetable(config.schedule.cron, timezone=config.schedule.timezone)
+    return AssetOrTimeSchedule(timetable=timetable, assets=[model_assets(config)[1]])
+
+
+def _date(value: str | None, config: PipelineConfig) -> pendulum.DateTime | None:
+    return pendulum.parse(value, tz=config.schedule.timezone) if value else None
+
+
+def params_form(config: PipelineConfig) -> dict[str, Param]:
+    """The manual-trigger form; defaults are the config's values."""
+    return {
+        "interval_end": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            title="Train up to (exclusive)",
+            description="End of the training window, e.g. 2013-04-01. Empty: the run's data interval.",
+        ),
+        "window_months": Param(
+            config.ingest.window_months, type="integer", minimum=1, maximum=120, title="Window (months)"
+        ),
+        "estimator": Param(
+            config.training.estimator,
+            enum=["hist_gradient_boosting", "logistic_regression"],
+            title="Estimator",
+        ),
+        "search": Param(config.training.search.enabled, type="boolean", title="Hyperparameter search"),
+        "min_value": Param(
+            config.gate.min_value,
+            type="number",
+            minimum=-100,
+            maximum=100,
+            title=f"Gate: minimum {config.gate.metric}",
+        ),
+        "max_drop": Param(
+            config.gate.max_drop,
+            type="number",
+            minimum=0,
+            maximum=100,
+            title="Gate: largest allowed drop vs champion",
+        ),
+        "shuffle_labels": Param(
+            False,
+            type="boolean",
+            title="Sanity check: shuffle labels",
+            description="Train on permuted labels; the gate must reject such a model.",
+        ),
+    }
+
+
+def dag_kwargs(config: PipelineConfig) -> dict[str, Any]:
+    """Common DAG arguments derived from the config."""
+    return {
+        "schedule": schedule(config),
+        "start_date": _date(config.schedule.start_date, config),
+        "end_date": _date(config.schedule.end_date, config),
+        "catchup": False,
+        "max_active_runs": 1,
+        "params": params_form(config),
+        "doc_md": f"Train `{config.registry.model_name}` on {config.dataset.description or config.dataset.name}.",
+    }
