@@ -84,11 +84,16 @@ def run_training(months: list[str], conf: dict | None = None) -> list:
     for i, month in enumerate(months, 1):
         # A manual run at logical date D gets the last complete interval before D.
         logical = pendulum.parse(f"{month}-01", tz=tz).add(months=1)
-        print(f"[{i}/{len(months)}] training run for {month} (window ends {logical:%Y-%m-%d}) ...", flush=True)
+        print(
+            f"[{i}/{len(months)}] training run for {month} (window ends {logical:%Y-%m-%d}) ...", flush=True
+        )
         started = time.time()
         run = dag.test(logical_date=logical, run_conf=conf or None)
         states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
-        print(f"[{i}/{len(months)}] {month}: run {run.state} in {time.time() - started:.0f}s  {states}", flush=True)
+        print(
+            f"[{i}/{len(months)}] {month}: run {run.state} in {time.time() - started:.0f}s  {states}",
+            flush=True,
+        )
         runs.append(run)
     return runs
 

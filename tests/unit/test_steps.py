@@ -1,0 +1,176 @@
+"""Each step on a slice of the real flights data, with a real MLflow (SQLite) store."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import dataset_config
+
+from pipelines import modeling, storage, tracking
+from pipelines.context import StepContext
+from pipelines.errors import DataError, ValidationFailed
+from pipelines.pipeline import TRAINING
+from pipelines.runner import execute_step, run_pipeline
+from pipelines.settings import Settings
+
+LEAKY = {"dep_delay", "dep_time", "arr_time", "air_time", "arr_delay"}
+
+
+@pytest.fixture
+def sliced(store, tmp_path, flights_frame, monkeypatch):
+    """Every 4th flight of Jan-Mar 2013 as a Parquet file, and a dataset config pointing at it."""
+    path = tmp_path / "flights_slice.parquet"
+    flights_frame.iloc[::4].to_parquet(path)
+    monkeypatch.setenv("MLOPS_CONFIG", str(dataset_config(tmp_path, str(path))))
+    return flights_frame.iloc[::4]
+
+
+def make_ctx(run_id: str = "run-1", end: str = "2013-04-01", **overrides) -> StepContext:
+    return StepContext.create(
+        dag_id="training",
+        run_id=run_id,
+        interval_start=pd.Timestamp(end) - pd.DateOffset(months=1),
+        interval_end=end,
+        overrides=overrides,
+    )
+
+
+def test_ingest_writes_a_labelled_snapshot_without_leaky_columns(sliced):
+    result = execute_step("ingest", make_ctx(), {})
+    snapshot = storage.read_parquet(result["snapshot_uri"])
+    window = sliced[sliced["time_hour"] < pd.Timestamp("2013-04-01", tz="UTC")]
+    assert result["dropped_unlabelled"] == window["arr_delay"].isna().sum() > 0
+    assert result["rows"] == len(snapshot) == window["arr_delay"].notna().sum()
+    assert not LEAKY & set(snapshot.columns)
+    expected_late = (window["arr_delay"].dropna() > 15).mean()
+    assert snapshot["late"].mean() == pytest.approx(expected_late)
+    assert result["window"]["start"].startswith("2013-01-01")
+    # The data version depends on content only: another run over the same window gets the same hash.
+    again = execute_step("ingest", make_ctx("run-2"), {})
+    assert again["data_hash"] == result["data_hash"]
+    assert again["snapshot_uri"] != result["snapshot_uri"]
+
+
+def test_ingest_window_follows_config_and_empty_window_is_named(sliced):
+    one_month = execute_step("ingest", make_ctx(window_months=1), {})
+    snapshot = storage.read_parquet(one_month["snapshot_uri"])
+    assert snapshot["time_hour"].min() >= pd.Timestamp("2013-03-01", tz="UTC")
+    with pytest.raises(DataError, match="no rows in the source"):
+        execute_step("ingest", make_ctx(end="2015-06-01"), {})
+
+
+def test_validate_passes_on_real_data_and_stores_the_report(sliced):
+    ctx = make_ctx()
+    result = execute_step("validate", ctx, {"ingest": execute_step("ingest", ctx, {})})
+    assert result["passed"] and result["expectations"] >= 30
+    assert storage.read_json(result["report_uri"])["success"] is True
+    assert storage.exists(result["data_docs_uri"])
+
+
+def _broken(kind: str, frame: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    frame = frame.copy()
+    if kind == "missing column":
+        return frame.drop(columns=["temp"]), "column 'temp' is missing"
+    if kind == "wrong type":
+        frame["distance"] = frame["distance"].astype(str) + " miles"
+        return frame, "distance"
+    frame.loc[frame.index[::10], "humid"] = 250.0  # out of range: humidity is a percentage
+    return frame, "expect_column_values_to_be_between(humid)"
+
+
+@pytest.mark.parametrize("kind", ["missing column", "wrong type", "out of range"])
+def test_validate_names_each_failed_expectation(sliced, kind):
+    ctx = make_ctx()
+    ingested = execute_step("ingest", ctx, {})
+    bad, expected = _broken(kind, storage.read_parquet(ingested["snapshot_uri"]))
+    storage.write_parquet(ingested["snapshot_uri"], bad)
+    with pytest.raises(ValidationFailed) as failure:
+        execute_step("validate", ctx, {"ingest": ingested})
+    assert expected in str(failure.value)
+    report = storage.read_json(failure.value.report_uri)
+    assert report["success"] is False and any(not r["success"] for r in report["results"])
+
+
+def test_reference_profile_catches_a_unit_change(sliced):
+    from pipelines import validation
+
+    ctx = make_ctx()
+    snapshot = storage.read_parquet(execute_step("ingest", ctx, {})["snapshot_uri"])
+    profile = modeling.reference_profile(snapshot, ctx.config.dataset)
+    checks = validation.reference_expectations(profile)
+    docs = str(ctx.settings.home / "docs")
+    assert validation.validate_frame(snapshot, checks, "ref", docs)["success"]
+    kelvin = snapshot.assign(temp=(snapshot["temp"] - 32) * 5 / 9 + 273.15)
+    report = validation.validate_frame(kelvin, checks, "ref", docs)
+    failed = [validation.describe_failure(r) for r in report["results"] if not r["success"]]
+    assert failed and all("temp" in line for line in failed)
+
+
+def test_time_split_never_mixes_times(sliced):
+    ctx = make_ctx()
+    snapshot = storage.read_parquet(execute_step("ingest", ctx, {})["snapshot_uri"])
+    splits = modeling.time_split(snapshot, "time_hour", 0.15, 0.15)
+    assert splits.train["time_hour"].max() < splits.validation["time_hour"].min()
+    assert splits.validation["time_hour"].max() < splits.test["time_hour"].min()
+    assert sum(splits.sizes().values()) == len(snapshot)
+
+
+def test_pipeline_registers_once_and_gate_rejects_a_shuffled_model(sliced):
+    first = run_pipeline(TRAINING, make_ctx("run-1"))
+    reg = first["register"]
+    assert reg["registered"] and reg["version"] == "1"
+    assert set(reg["aliases"]) == {"champion", "challenger"}
+
+    settings = Settings.from_env()
+    client = tracking.client(settings)
+    version = client.get_model_version("flights-delay", "1")
+    assert version.tags["data_hash"] == first["ingest"]["data_hash"]
+    assert version.tags["airflow.run_id"] == "run-1"
+    assert version.tags["gate.passed"] == "true"
+
+    import mlflow.pyfunc
+
+    model = mlflow.pyfunc.load_model("models:/flights-delay@champion")
+    test = storage.read_parquet(first["train"]["test_uri"])
+    proba = model.predict(modeling.model_input(test.head(50), make_ctx().config.dataset))
+    assert np.asarray(proba).shape == (50, 2)
+    assert np.allclose(np.asarray(proba).sum(axis=1), 1.0)
+
+    # A retried register task (same DAG run) finds its version instead of creating another.
+    retry = execute_step(
+        "register", make_ctx("run-1"), {k: first[k] for k in ("ingest", "train", "evaluate")}
+    )
+    assert retry["version"] == "1" and retry["created"] is False
+
+    # A model trained on shuffled labels must not pass; nothing is registered, champion stays.
+    shuffled = run_pipeline(TRAINING, make_ctx("run-shuffled", shuffle_labels=True))
+    assert shuffled["evaluate"]["passed"] is False
+    assert shuffled["evaluate"]["metrics"]["roc_auc"] < 0.56
+    assert shuffled["register"]["status"] == "skipped"
+    assert len(client.search_model_versions("name = 'flights-delay'")) == 1
+    assert client.get_model_version_by_alias("flights-delay", "champion").version in (1, "1")
+
+
+def test_logistic_regression_and_search(sliced):
+    ctx = make_ctx("run-lr", estimator="logistic_regression")
+    results = run_pipeline(TRAINING[:3], ctx)
+    assert results["train"]["estimator"] == "logistic_regression"
+    assert results["train"]["validation"]["roc_auc"] > 0.6
+
+    ctx = make_ctx("run-search", search=True)
+    ctx = StepContext(
+        **{
+            **ctx.__dict__,
+            "config": ctx.config.model_copy(
+                update={
+                    "training": ctx.config.training.model_copy(
+                        update={"search": ctx.config.training.search.model_copy(update={"n_iter": 2})}
+                    )
+                }
+            ),
+        }
+    )
+    results = run_pipeline(TRAINING[:3], ctx)
+    assert set(results["train"]["best_params"]) <= set(ctx.config.training.search.space)
+    assert results["train"]["best_params"]
