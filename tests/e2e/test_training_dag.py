@@ -1,0 +1,136 @@
+"""The training DAG through Airflow (dag.test) against a real MLflow server on loopback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pendulum
+import pytest
+
+from conftest import dataset_config
+from pipelines import storage
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = "flights-delay"
+
+
+@pytest.fixture(scope="module")
+def env(mlflow_server, airflow_db, tmp_path_factory):
+    """Tasks talk to the MLflow server; artifacts go to a fresh store."""
+    home = tmp_path_factory.mktemp("e2e-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+        mp.setenv("MLOPS_HOME", str(home))
+        mp.setenv("MLOPS_CONFIG", str(ROOT / "pipelines" / "datasets" / "flights.yaml"))
+        yield mp
+
+
+@pytest.fixture(scope="module")
+def dag(env):
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    assert bag.import_errors == {}
+    return bag.get_dag("training")
+
+
+@pytest.fixture(scope="module")
+def client(mlflow_server):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
+
+
+def run(dag, conf=None):
+    run = dag.test(logical_date=pendulum.datetime(2013, 4, 1, tz=dag.timezone), run_conf=conf)
+    return run, {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+
+
+@pytest.fixture(scope="module")
+def first_run(dag):
+    return run(dag)
+
+
+def test_training_run_registers_a_champion_with_lineage(first_run, client):
+    dag_run, states = first_run
+    assert str(dag_run.state) == "success"
+    assert set(states.values()) == {"success"}, states
+
+    model = client.get_registered_model(MODEL)
+    assert model.aliases == {"champion": "1", "challenger": "1"} or model.aliases == {
+        "champion": 1,
+        "challenger": 1,
+    }
+    version = client.get_model_version(MODEL, "1")
+    for tag in ("data_hash", "mlflow_run_id", "airflow.run_id", "code_version", "test.roc_auc", "threshold"):
+        assert version.tags.get(tag), f"lineage tag {tag} missing"
+    assert version.tags["airflow.run_id"] == dag_run.run_id
+    assert version.tags["gate.passed"] == "true"
+    assert float(version.tags["test.roc_auc"]) > 0.6
+
+    run = client.get_run(version.run_id)
+    assert run.data.tags["data_hash"] == version.tags["data_hash"]
+    assert run.data.tags["airflow.dag_id"] == "training"
+    assert run.data.metrics["test_roc_auc"] == pytest.approx(float(version.tags["test.roc_auc"]))
+    logged = {a.path for a in client.list_artifacts(version.run_id, "validation")}
+    logged |= {a.path for a in client.list_artifacts(version.run_id, "evaluation")}
+    assert {"validation/validation.json", "validation/data_docs", "evaluation/comparison.html"} <= logged
+
+    evaluation = storage.read_json(version.tags["evaluation_uri"])
+    assert evaluation["decision"]["passed"] and evaluation["champion"] is None
+    assert {"carrier", "origin"} <= set(evaluation["slices"])
+    html = Path(version.tags["evaluation_uri"]).with_name("comparison.html").read_text()
+    assert "data:image/png;base64," in html and "PASSED" in html
+
+
+def test_shuffled_labels_are_rejected_and_champion_stays(first_run, dag, client):
+    dag_run, states = run(dag, {"shuffle_labels": True})
+    assert str(dag_run.state) == "success"
+    assert states["evaluate"] == "success" and states["register"] == "skipped"
+    assert len(client.search_model_versions(f"name = '{MODEL}'")) == 1
+    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"
+
+    (rejected,) = client.search_runs(
+        [client.get_experiment_by_name(MODEL).experiment_id],
+        filter_string=f"tags.`airflow.run_id` = '{dag_run.run_id}'",
+    )
+    assert rejected.data.tags["gate.passed"] == "false"
+    assert rejected.data.metrics["champion_test_roc_auc"] > rejected.data.metrics["test_roc_auc"]
+
+
+def _bad(kind, frame):
+    frame = frame.copy()
+    if kind == "missing column":
+        return frame.drop(columns=["humid"]), "humid"
+    if kind == "wrong type":
+        frame["temp"] = "warm"
+        return frame, "temp"
+    frame.loc[frame.index[::7], "distance"] = -500
+    return frame, "distance"
+
+
+@pytest.mark.parametrize("kind", ["missing column", "wrong type", "out of range"])
+def test_bad_data_stops_at_validate_and_registers_nothing(first_run, dag, client, env, tmp_path, flights_frame, kind):
+    bad, column = _bad(kind, flights_frame)
+    path = tmp_path / "bad.parquet"
+    bad.to_parquet(path)
+    env.setenv("MLOPS_CONFIG", str(dataset_config(tmp_path, str(path))))
+    try:
+        dag_run, states = run(dag)
+    finally:
+        env.setenv("MLOPS_CONFIG", str(ROOT / "pipelines" / "datasets" / "flights.yaml"))
+    assert str(dag_run.state) == "failed"
+    assert states["ingest"] == "success" and states["validate"] == "failed"
+    assert {states[t] for t in ("train", "evaluate", "register")} == {"upstream_failed"}
+    assert len(client.search_model_versions(f"name = '{MODEL}'")) == 1
+    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"
+
+    from pipelines.settings import Settings
+
+    report = storage.read_json(
+        storage.step_dir(Settings.from_env().artifact_root, "training", dag_run.run_id, "validate")
+        + "/validation.json"
+    )
+    failed = [r for r in report["results"] if not r["success"]]
+    assert failed and all(column in r["columns"] for r in failed)
