@@ -61,10 +61,14 @@ def mlflow_server(tmp_path_factory) -> str:
     home = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    log = open(home / "server.log", "wb")
-    proc = subprocess.Popen(
-        mlflow_server_cmd(home, port), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
+    with open(home / "server.log", "wb") as log:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            mlflow_server_cmd(home, port),
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{url}/health", 90)
@@ -77,7 +81,6 @@ def mlflow_server(tmp_path_factory) -> str:
         proc.wait(15)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-    log.close()
 
 
 @pytest.fixture

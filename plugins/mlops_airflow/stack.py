@@ -129,9 +129,10 @@ def summary(runs: list) -> str:
     lines.append(f"\nRegistry ({settings.tracking_uri}):")
     for version in sorted(versions, key=lambda v: int(v.version)):
         aliases = [a for a, v in (model.aliases if model else {}).items() if str(v) == str(version.version)]
+        tags = version.tags
         lines.append(
-            f"  {name} v{version.version} {aliases or ''} test ROC AUC {version.tags.get('test.roc_auc', '?')}"
-            f", data {version.tags.get('data_hash', '?')[:12]}, MLflow run {version.run_id}"
+            f"  {name} v{version.version} {aliases or ''} test ROC AUC {tags.get('test.roc_auc', '?')}"
+            f", data {tags.get('data_hash', '?')[:12]}, MLflow run {version.run_id}"
         )
     if not versions:
         lines.append("  no model version registered")

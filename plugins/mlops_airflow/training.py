@@ -92,5 +92,5 @@ def dag_kwargs(config: PipelineConfig) -> dict[str, Any]:
         "catchup": False,
         "max_active_runs": 1,
         "params": params_form(config),
-        "doc_md": f"Train `{config.registry.model_name}` on {config.dataset.description or config.dataset.name}.",
+        "doc_md": f"Train `{config.registry.model_name}` on {config.dataset.description}.",
     }

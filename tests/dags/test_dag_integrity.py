@@ -80,7 +80,9 @@ def test_monthly_data_intervals_in_the_dataset_timezone(dagbag):
     import pendulum
 
     dag = dagbag.dags["training"]
-    interval = dag.timetable.infer_manual_data_interval(run_after=pendulum.datetime(2013, 4, 1, tz=dag.timezone))
+    interval = dag.timetable.infer_manual_data_interval(
+        run_after=pendulum.datetime(2013, 4, 1, tz=dag.timezone)
+    )
     assert interval.start == pendulum.datetime(2013, 3, 1, tz="America/New_York")
     assert interval.end == pendulum.datetime(2013, 4, 1, tz="America/New_York")
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pendulum
 import pytest
-
 from conftest import dataset_config
+
 from pipelines import storage
 
 pytestmark = pytest.mark.e2e
@@ -111,7 +111,9 @@ def _bad(kind, frame):
 
 
 @pytest.mark.parametrize("kind", ["missing column", "wrong type", "out of range"])
-def test_bad_data_stops_at_validate_and_registers_nothing(first_run, dag, client, env, tmp_path, flights_frame, kind):
+def test_bad_data_stops_at_validate_and_registers_nothing(
+    first_run, dag, client, env, tmp_path, flights_frame, kind
+):
     bad, column = _bad(kind, flights_frame)
     path = tmp_path / "bad.parquet"
     bad.to_parquet(path)

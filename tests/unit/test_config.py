@@ -48,5 +48,5 @@ def test_source_kind_needs_its_fields(tmp_path):
     text = DEFAULT_CONFIG.read_text().replace("kind: file", "kind: sql", 1)
     path = tmp_path / "bad.yaml"
     path.write_text(text)
-    with pytest.raises(ConfigError, match="needs source.url and source.table"):
+    with pytest.raises(ConfigError, match=r"needs source\.url and source\.table"):
         load_config(path)
