@@ -6,9 +6,9 @@ them (see ``pipelines.pipeline.TRAINING``).
 """
 
 from airflow.sdk import dag
+
 from mlops_airflow.step_tasks import DEFAULT_ARGS, pipeline_tasks
 from mlops_airflow.training import dag_kwargs, model_assets, pipeline_config
-
 from pipelines.pipeline import TRAINING
 
 config = pipeline_config()

@@ -14,6 +14,10 @@ import pytest
 from conftest import free_port, wait_http
 
 pytestmark = [pytest.mark.e2e, pytest.mark.scheduler]
+STACK = (
+    "airflow api-server -H 127.0.0.1 -p $AIRFLOW__API__PORT -w 1 & "
+    "airflow dag-processor & airflow scheduler --skip-serve-logs & wait"
+)
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -69,7 +73,7 @@ def _runs(env) -> list[dict]:
 
 
 def test_backfill_over_three_months_gives_one_model_per_month(scheduler):
-    env, home = scheduler
+    env, _ = scheduler
     subprocess.run(
         ["airflow", "backfill", "create", "--dag-id", "training",
          "--from-date", "2013-01-01", "--to-date", "2013-03-02", "--max-active-runs", "1"],

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pendulum
 import pytest
-from conftest import dataset_config
 
+from conftest import dataset_config
 from pipelines import storage
 
 pytestmark = pytest.mark.e2e

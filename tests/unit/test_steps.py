@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import dataset_config
 
+from conftest import dataset_config
 from pipelines import modeling, storage, tracking
 from pipelines.context import StepContext
 from pipelines.errors import DataError, ValidationFailed
