@@ -18,6 +18,10 @@ STACK = (
     "airflow api-server -H 127.0.0.1 -p $AIRFLOW__API__PORT -w 1 & "
     "airflow dag-processor & airflow scheduler --skip-serve-logs & wait"
 )
+STACK = (
+    "airflow api-server -H 127.0.0.1 -p $AIRFLOW__API__PORT -w 1 & "
+    "airflow dag-processor & airflow scheduler --skip-serve-logs & wait"
+)
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -43,11 +47,7 @@ def scheduler(airflow_db, tmp_path_factory):
     subprocess.run(["airflow", "dags", "unpause", "training"], env=env, check=True, capture_output=True)
     log = open(home / "airflow.log", "wb")  # noqa: SIM115 - held open for the processes' lifetime
     group = subprocess.Popen(
-        [
-            "bash",
-            "-c",
-            "airflow api-server -H 127.0.0.1 -p $AIRFLOW__API__PORT -w 1 & airflow dag-processor & airflow scheduler --skip-serve-logs & wait",
-        ],
+        ["bash", "-c", STACK],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
