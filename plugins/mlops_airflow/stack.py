@@ -22,7 +22,8 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-AIRFLOW_PORT, MLFLOW_PORT = 8080, 5000
+AIRFLOW_PORT = int(os.environ.get("MLOPS_AIRFLOW_PORT", "8080"))
+MLFLOW_PORT = int(os.environ.get("MLOPS_MLFLOW_PORT", "5000"))
 
 
 def stack_env(home: Path | None = None, root: Path = ROOT) -> dict[str, str]:
@@ -39,6 +40,8 @@ def stack_env(home: Path | None = None, root: Path = ROOT) -> dict[str, str]:
         "AIRFLOW__CORE__PARALLELISM": "4",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
         "AIRFLOW__API__PORT": str(AIRFLOW_PORT),
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{AIRFLOW_PORT}/execution/",
         "PYTHONPATH": os.pathsep.join(p for p in [str(root / "plugins"), os.environ.get("PYTHONPATH")] if p),
         "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),

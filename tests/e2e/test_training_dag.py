@@ -136,3 +136,25 @@ def test_bad_data_stops_at_validate_and_registers_nothing(
     )
     failed = [r for r in report["results"] if not r["success"]]
     assert failed and all(column in r["columns"] for r in failed)
+
+
+def test_subprocess_mode_runs_each_step_as_mlops_step(first_run, client, env):
+    """The same DAG with MLOPS_EXECUTION_MODE=subprocess: every task runs `mlops step` in a child process."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    env.setenv("MLOPS_EXECUTION_MODE", "subprocess")
+    try:
+        dag = DagBag(dag_folder=str(ROOT / "dags")).dags["training"]
+    finally:
+        env.delenv("MLOPS_EXECUTION_MODE")
+    assert dag.get_task("train").python_callable.__name__ == "run_step_in_subprocess"
+    dag_run, states = run(dag, {"shuffle_labels": True})
+    assert str(dag_run.state) == "success"
+    assert states == {
+        "ingest": "success",
+        "validate": "success",
+        "train": "success",
+        "evaluate": "success",
+        "register": "skipped",  # exit code 99 from `mlops step register`
+    }
+    assert len(client.search_model_versions(f"name = '{MODEL}'")) == 1
