@@ -26,7 +26,10 @@ def comparison_figure(curves: dict[str, dict[str, np.ndarray]], slices: dict[str
     from sklearn.metrics import precision_recall_curve, roc_curve
 
     n_slices = len(slices)
-    fig, axes = plt.subplots(1, 3 + n_slices, figsize=(5 * (3 + n_slices), 4.2))
+    rows = 2 if n_slices else 1
+    fig = plt.figure(figsize=(15, 4.5 * rows))
+    axes = [fig.add_subplot(rows, 3, i + 1) for i in range(3)]
+    axes += [fig.add_subplot(rows, n_slices, n_slices + j + 1) for j in range(n_slices)]
     for label, data in curves.items():
         y, p = data["y"], data["proba"]
         fpr, tpr, _ = roc_curve(y, p)

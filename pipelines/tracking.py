@@ -35,6 +35,8 @@ for _name, _value in {
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     "MLFLOW_RECORD_ENV_VARS_IN_MODEL_LOGGING": "false",
+    # MLflow logs INFO to stderr, which Airflow's task log shows as errors.
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
 }.items():
     os.environ.setdefault(_name, _value)
 
