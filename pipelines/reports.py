@@ -27,7 +27,7 @@ def comparison_figure(curves: dict[str, dict[str, np.ndarray]], slices: dict[str
 
     n_slices = len(slices)
     rows = 2 if n_slices else 1
-    fig = plt.figure(figsize=(15, 4.5 * rows))
+    fig = plt.figure(figsize=(15, 4.5 * rows), layout="constrained")
     axes = [fig.add_subplot(rows, 3, i + 1) for i in range(3)]
     axes += [fig.add_subplot(rows, n_slices, n_slices + j + 1) for j in range(n_slices)]
     for label, data in curves.items():
@@ -57,7 +57,6 @@ def comparison_figure(curves: dict[str, dict[str, np.ndarray]], slices: dict[str
         ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names, rotation=60, fontsize=7)
         ax.set(title=f"ROC AUC by {column}", ylim=(0.4, 1.0))
         ax.legend(fontsize=8)
-    fig.tight_layout()
     return fig
 
 

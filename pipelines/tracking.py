@@ -40,6 +40,10 @@ for _name, _value in {
 }.items():
     os.environ.setdefault(_name, _value)
 
+# skops probes modules by attribute name while (de)serialising; under Airflow that touches
+# Airflow's deprecation shims, which warn on every access (1,000+ lines per run).
+warnings.filterwarnings("ignore", module=r"skops\.io\._utils")
+
 # What a served model needs, pinned to what trained it; inferring it costs ~10 s per model.
 MODEL_REQUIREMENTS = ("mlflow", "scikit-learn", "skops", "pandas", "numpy", "scipy", "pyarrow")
 
@@ -163,9 +167,7 @@ def log_model(model, example) -> str:
     import skops.io
     from mlflow.models import infer_signature
 
-    with warnings.catch_warnings():  # skops probes modules by name; Airflow's shims warn on access
-        warnings.simplefilter("ignore")
-        trusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
+    trusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
     info = mlflow.sklearn.log_model(
         model,
         name="model",

@@ -149,6 +149,9 @@ def summary(runs: list) -> str:
 
 def demo(args: argparse.Namespace) -> int:
     _apply_env()
+    import warnings
+
+    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
     os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
     print(f"MLOPS_HOME={os.environ['MLOPS_HOME']}; preparing Airflow's metadata database ...", flush=True)
     migrate()

@@ -47,6 +47,21 @@ def run(dag, conf=None):
     return run, {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
 
 
+def emitted_assets(run_id: str) -> list[str]:
+    """Names of the assets a DAG run emitted events for, from Airflow's metadata database."""
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = (
+            session.query(AssetModel.name)
+            .join(AssetEvent, AssetEvent.asset_id == AssetModel.id)
+            .filter(AssetEvent.source_run_id == run_id)
+            .all()
+        )
+    return [name for (name,) in rows]
+
+
 @pytest.fixture(scope="module")
 def first_run(dag):
     return run(dag)
@@ -77,6 +92,8 @@ def test_training_run_registers_a_champion_with_lineage(first_run, client):
     logged |= {a.path for a in client.list_artifacts(version.run_id, "evaluation")}
     assert {"validation/validation.json", "validation/data_docs", "evaluation/comparison.html"} <= logged
 
+    assert emitted_assets(dag_run.run_id) == [f"{MODEL}.challenger"]  # the deploy DAG's trigger
+
     evaluation = storage.read_json(version.tags["evaluation_uri"])
     assert evaluation["decision"]["passed"] and evaluation["champion"] is None
     assert {"carrier", "origin"} <= set(evaluation["slices"])
@@ -88,6 +105,7 @@ def test_shuffled_labels_are_rejected_and_champion_stays(first_run, dag, client)
     dag_run, states = run(dag, {"shuffle_labels": True})
     assert str(dag_run.state) == "success"
     assert states["evaluate"] == "success" and states["register"] == "skipped"
+    assert emitted_assets(dag_run.run_id) == []  # nothing to deploy
     assert len(client.search_model_versions(f"name = '{MODEL}'")) == 1
     assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"
 
