@@ -19,15 +19,17 @@ from pipelines.settings import Settings
 from pipelines.storage import step_dir
 
 
-def parse_time(value: str | datetime, name: str) -> datetime:
-    """A timezone-aware UTC datetime from an ISO string or datetime."""
+def parse_time(value: str | datetime, name: str, timezone: str = "UTC") -> datetime:
+    """A UTC datetime from an ISO string or datetime; a naive value is read in ``timezone``."""
     try:
         stamp = pd.Timestamp(value)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{name} is not a date or timestamp: {value!r}") from exc
     if stamp is pd.NaT:
         raise ConfigError(f"{name} is empty")
-    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    if stamp.tzinfo is None:
+        stamp = stamp.tz_localize(timezone)
+    stamp = stamp.tz_convert("UTC")
     return stamp.to_pydatetime()
 
 
@@ -87,12 +89,14 @@ class StepContext:
         """Build a context from plain values, loading the config named by the settings."""
         settings = settings or Settings.from_env()
         overrides = {k: v for k, v in (overrides or {}).items() if v not in (None, "")}
+        config = load_config(settings.config_path, overrides)
+        tz = config.schedule.timezone  # "2013-06-01" means midnight where the DAG's months start
         return cls(
             dag_id=dag_id,
             run_id=run_id,
-            interval_start=parse_time(interval_start, "interval_start"),
-            interval_end=parse_time(interval_end, "interval_end"),
-            config=load_config(settings.config_path, overrides),
+            interval_start=parse_time(interval_start, "interval_start", tz),
+            interval_end=parse_time(interval_end, "interval_end", tz),
+            config=config,
             settings=settings,
             try_number=try_number,
             run_type=run_type,

@@ -21,9 +21,14 @@ log = logging.getLogger(__name__)
 
 
 def training_window(ctx: StepContext) -> tuple[pd.Timestamp, pd.Timestamp]:
-    """The window this run trains on: ``window_months`` back from the interval's end."""
-    end = pd.Timestamp(ctx.interval_end)
-    return end - pd.DateOffset(months=ctx.config.ingest.window_months), end
+    """The window this run trains on: ``window_months`` back from the interval's end.
+
+    Counted in the dataset's timezone, so a window that crosses a DST change
+    still starts at local midnight.
+    """
+    end = pd.Timestamp(ctx.interval_end).tz_convert(ctx.config.schedule.timezone)
+    start = end - pd.DateOffset(months=ctx.config.ingest.window_months)
+    return start.tz_convert("UTC"), end.tz_convert("UTC")
 
 
 def add_label(frame: pd.DataFrame, ctx: StepContext) -> tuple[pd.DataFrame, int]:
