@@ -61,19 +61,15 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _context_from_args(args: argparse.Namespace):
-    import pandas as pd
-
     from pipelines.context import StepContext
 
     if getattr(args, "context", None):
         return StepContext.create(**args.context)
-    end = pd.Timestamp(args.interval_end)
-    start = pd.Timestamp(args.interval_start) if args.interval_start else end - pd.DateOffset(months=1)
     return StepContext.create(
         dag_id=args.dag_id,
         run_id=args.run_id or f"manual__{uuid.uuid4().hex[:12]}",
-        interval_start=start,
-        interval_end=end,
+        interval_start=args.interval_start,
+        interval_end=args.interval_end,
         overrides=dict(args.param),
     )
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipelines.errors import ConfigError
 
@@ -77,6 +78,13 @@ class Dataset(_Strict):
     slices: list[str] = Field(default_factory=list)
     expectations: str
 
+    @model_validator(mode="after")
+    def _label_is_not_a_feature(self) -> Dataset:
+        leaking = {self.target.name, *self.target.required} & set(self.features.all)
+        if leaking:
+            raise ValueError(f"label columns {sorted(leaking)} cannot be features: they leak the outcome")
+        return self
+
     @property
     def columns(self) -> list[str]:
         """Columns a snapshot keeps: key, time, features, label (leaky raw columns are dropped)."""
@@ -89,6 +97,15 @@ class Schedule(_Strict):
     start_date: str = "2013-01-01"
     end_date: str | None = None  # no scheduled runs past this (e.g. a historical dataset's end)
     timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown timezone {value!r}") from exc
+        return value
 
 
 class Ingest(_Strict):
@@ -177,11 +194,29 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Pi
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"pipeline config not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = _read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"pipeline config {path} must be a mapping")
     data.setdefault("base_dir", str(path.parent.resolve()))
+    source = (data.get("dataset") or {}).get("source") or {}
+    for entry in [source, *(source.get("joins") or [])]:
+        if isinstance(entry, dict) and entry.get("uri"):
+            entry["uri"] = _relative_to(entry["uri"], data["base_dir"])
     return _build(data).with_overrides(overrides)
+
+
+def _relative_to(uri: str, base_dir: str) -> str:
+    """A relative local path in a config file means relative to that file, not to the worker's cwd."""
+    if "://" in uri or Path(uri).is_absolute():
+        return uri
+    return str(Path(base_dir) / uri)
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
 
 
 def load_expectations(config: PipelineConfig) -> list[dict[str, Any]]:
@@ -189,8 +224,8 @@ def load_expectations(config: PipelineConfig) -> list[dict[str, Any]]:
     path = config.expectations_path
     if not path.is_file():
         raise ConfigError(f"expectation suite not found: {path}")
-    suite = yaml.safe_load(path.read_text()) or {}
-    expectations = suite.get("expectations")
+    suite = _read_yaml(path)
+    expectations = suite.get("expectations") if isinstance(suite, dict) else None
     if not isinstance(expectations, list):
         raise ConfigError(f"{path}: top-level 'expectations' must be a list")
     return expectations

@@ -79,23 +79,32 @@ class StepContext:
         *,
         dag_id: str,
         run_id: str,
-        interval_start: str | datetime,
+        interval_start: str | datetime | None,
         interval_end: str | datetime,
         overrides: dict[str, Any] | None = None,
         try_number: int = 1,
         run_type: str = "manual",
         settings: Settings | None = None,
     ) -> StepContext:
-        """Build a context from plain values, loading the config named by the settings."""
+        """Build a context from plain values, loading the config named by the settings.
+
+        Without a start, the interval is the month before its end, counted in the dataset's timezone.
+        """
         settings = settings or Settings.from_env()
-        overrides = {k: v for k, v in (overrides or {}).items() if v not in (None, "")}
+        overrides = dict(overrides or {})
         config = load_config(settings.config_path, overrides)
         tz = config.schedule.timezone  # "2013-06-01" means midnight where the DAG's months start
+        end = parse_time(interval_end, "interval_end", tz)
+        if interval_start is None:
+            local_end = pd.Timestamp(end).tz_convert(tz)
+            start = (local_end - pd.DateOffset(months=1)).tz_convert("UTC").to_pydatetime()
+        else:
+            start = parse_time(interval_start, "interval_start", tz)
         return cls(
             dag_id=dag_id,
             run_id=run_id,
-            interval_start=parse_time(interval_start, "interval_start", tz),
-            interval_end=parse_time(interval_end, "interval_end", tz),
+            interval_start=start,
+            interval_end=end,
             config=config,
             settings=settings,
             try_number=try_number,

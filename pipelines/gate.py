@@ -7,6 +7,7 @@ enters as ``neg_log_loss``.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from pipelines.config import Gate
@@ -17,16 +18,18 @@ def metric_value(metrics: dict[str, Any] | None, name: str) -> float | None:
         return None
     if name == "neg_log_loss":
         value = metrics.get("log_loss")
-        return None if value is None else -float(value)
+        return None if value is None or math.isnan(float(value)) else -float(value)
     value = metrics.get(name)
-    return None if value is None else float(value)
+    return None if value is None or math.isnan(float(value)) else float(value)
 
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def decide(gate: Gate, candidate: dict[str, Any], champion: dict[str, Any] | None) -> dict[str, Any]:
+def decide(
+    gate: Gate, candidate: dict[str, Any], champion: dict[str, Any] | None, not_comparable: str | None = None
+) -> dict[str, Any]:
     """Return the decision with each check's numbers, so the reason is never a mystery."""
     value = metric_value(candidate, gate.metric)
     checks = []
@@ -41,8 +44,13 @@ def decide(gate: Gate, candidate: dict[str, Any], champion: dict[str, Any] | Non
         }
     )
     champion_value = metric_value(champion, gate.metric)
-    if champion_value is None:
-        checks.append({"check": "vs_champion", "skipped": True, "reason": "no champion yet", "passed": True})
+    if champion is None or not_comparable or champion_value is None:
+        reason = (
+            "no champion yet"
+            if champion is None
+            else not_comparable or f"the champion has no {gate.metric} on this test set"
+        )
+        checks.append({"check": "vs_champion", "skipped": True, "reason": reason, "passed": True})
     else:
         floor = champion_value - gate.max_drop
         checks.append(

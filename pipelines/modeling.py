@@ -53,7 +53,7 @@ def time_split(frame: pd.DataFrame, time_column: str, validation: float, test: f
         test=frame.loc[times >= cut_test],
     )
     for name, part in vars(splits).items():
-        if len(part) == 0 or part.iloc[:, 0].size == 0:
+        if len(part) == 0:
             raise DataError(f"the {name} split is empty: the window has too few distinct times")
     return splits
 
@@ -70,7 +70,10 @@ def model_input(frame: pd.DataFrame, dataset: Dataset) -> pd.DataFrame:
         raise DataError(f"feature columns missing: {missing}")
     out = pd.DataFrame(index=frame.index)
     for col in dataset.features.numeric:
-        out[col] = pd.to_numeric(frame[col], errors="raise").astype("float64")
+        try:
+            out[col] = pd.to_numeric(frame[col], errors="raise").astype("float64")
+        except (ValueError, TypeError) as exc:
+            raise DataError(f"numeric feature {col!r} has values that are not numbers: {exc}") from exc
     for col in dataset.features.categorical:
         out[col] = frame[col].astype("string").astype(object).where(frame[col].notna(), None)
     return out

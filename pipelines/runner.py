@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from pipelines.context import StepContext
+from pipelines.errors import PipelineError
 from pipelines.pipeline import StepSpec
 from pipelines.steps import get_step
 
@@ -25,7 +26,7 @@ def execute_step(name: str, ctx: StepContext, inputs: dict[str, Any]) -> dict[st
     result = get_step(name)(ctx, inputs)
     encoded = json.dumps(result, default=str)
     if len(encoded) > MAX_RESULT_BYTES:
-        raise ValueError(
+        raise PipelineError(
             f"step {name} returned {len(encoded)} bytes; results must stay under {MAX_RESULT_BYTES}"
         )
     log.info("step %s finished in %.1fs", name, time.perf_counter() - started)

@@ -18,7 +18,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from pipelines import config as cfg
-from pipelines.errors import DataError
+from pipelines.errors import DataError, PipelineError
 from pipelines.storage import resolve
 
 
@@ -48,6 +48,8 @@ def read_table(uri: str, fmt: str | None = None) -> pd.DataFrame:
             return pd.read_csv(fh, low_memory=False)
     except FileNotFoundError as exc:
         raise DataError(f"source file not found: {uri}") from exc
+    except (ConnectionError, TimeoutError) as exc:  # the store is unreachable: a retry may help
+        raise PipelineError(f"cannot reach {uri}: {exc}") from exc
     except UnicodeDecodeError as exc:
         raise DataError(f"{uri} is not valid UTF-8 text: {exc.reason} at byte {exc.start}") from exc
     except (ValueError, OSError) as exc:
@@ -100,8 +102,8 @@ class SqlSource:
                 frame = pd.read_sql(query, conn)
         except sa.exc.NoSuchTableError as exc:
             raise DataError(f"table {self.source.table!r} not found at the SQL source") from exc
-        except sa.exc.OperationalError as exc:
-            raise DataError(f"cannot read the SQL source: {exc.orig}") from exc
+        except sa.exc.OperationalError as exc:  # connection refused, timeout: a retry may help
+            raise PipelineError(f"cannot read the SQL source: {exc.orig}") from exc
         finally:
             engine.dispose()
         frame[self.time_column] = _to_utc(frame[self.time_column], self.time_column)

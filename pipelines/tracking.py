@@ -22,7 +22,7 @@ from pipelines.settings import Settings
 from pipelines.storage import join
 
 RUN_KEY_TAG = "mlops.run_key"
-CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
+CHAMPION, CHALLENGER = "champion", "challenger"
 
 log = logging.getLogger(__name__)
 

@@ -10,6 +10,8 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
+from pipelines.errors import ConfigError
+
 STEP_NAMES = ("ingest", "validate", "train", "evaluate", "register")
 
 StepFn = Callable[..., dict[str, Any]]
@@ -18,5 +20,5 @@ StepFn = Callable[..., dict[str, Any]]
 def get_step(name: str) -> StepFn:
     """The ``run`` function of a step, imported on demand (steps pull in heavy libraries)."""
     if name not in STEP_NAMES:
-        raise KeyError(f"unknown step {name!r}; steps are: {', '.join(STEP_NAMES)}")
+        raise ConfigError(f"unknown step {name!r}; steps are: {', '.join(STEP_NAMES)}")
     return importlib.import_module(f"pipelines.steps.{name}").run

@@ -48,6 +48,20 @@ def slice_metrics(
     return out
 
 
+def _overlap(version, test_start: pd.Timestamp) -> str | None:
+    """Why the champion cannot be compared on this test set (it trained on part of it), or None.
+
+    Happens when a backfill or a manual run trains on an earlier window than the champion's.
+    """
+    trained_until = version.tags.get("data.window_end")
+    if trained_until and pd.Timestamp(trained_until) > test_start:
+        return (
+            f"champion v{version.version} was trained on data up to {trained_until}, "
+            f"after this test set starts ({test_start.isoformat()})"
+        )
+    return None
+
+
 def _load(model_uri: str):
     import mlflow.sklearn
 
@@ -67,19 +81,22 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
     scores = {"candidate": candidate.predict_proba(x_test)[:, 1]}
     candidate_metrics = modeling.classification_metrics(y_test, scores["candidate"], trained["threshold"])
 
-    champion = None
+    champion, not_comparable = None, None
     version = tracking.champion_version(ctx.settings, ctx.config.registry.model_name)
     if version is not None:
+        not_comparable = _overlap(version, test[dataset.time_column].min())
         champion_model = _load(f"models:/{version.name}/{version.version}")
         scores["champion"] = champion_model.predict_proba(x_test)[:, 1]
         threshold = float(version.tags.get("threshold", 0.5))
         champion = {
-            "version": version.version,
+            "version": str(version.version),
             "run_id": version.run_id,
             "metrics": modeling.classification_metrics(y_test, scores["champion"], threshold),
         }
 
-    decision = gate.decide(ctx.config.gate, candidate_metrics, champion and champion["metrics"])
+    decision = gate.decide(
+        ctx.config.gate, candidate_metrics, champion and champion["metrics"], not_comparable
+    )
     evaluation = {
         "run_key": ctx.run_key,
         "data_hash": trained["data_hash"],

@@ -45,6 +45,11 @@ def add_label(frame: pd.DataFrame, ctx: StepContext) -> tuple[pd.DataFrame, int]
         label = frame.eval(target.expression)
     except Exception as exc:
         raise DataError(f"cannot evaluate target {target.expression!r}: {exc}") from exc
+    if not pd.api.types.is_bool_dtype(label):
+        raise DataError(
+            f"target {target.expression!r} must give true/false, got {label.dtype} values "
+            f"(write a comparison such as 'arr_delay > 15')"
+        )
     frame[target.name] = label.astype(bool)
     return frame, dropped
 

@@ -41,14 +41,19 @@ def lineage_tags(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, str]:
     return tags
 
 
-def _existing_version(client, name: str, run_id: str):
+def _existing_version(client, name: str, run_id: str, model_uri: str):
+    """The version this run already made of this very model (a retry), if any."""
     from mlflow.exceptions import MlflowException
 
     try:
         found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
-    except MlflowException:
-        return None
-    return max(found, key=lambda v: int(v.version)) if found else None
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":  # no registered model yet
+            return None
+        raise
+    # A re-run of train in the same DAG run logs a new model: that one needs its own version.
+    same = [v for v in found if v.source == model_uri]
+    return max(same, key=lambda v: int(v.version)) if same else None
 
 
 def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -61,7 +66,7 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
 
     client = tracking.client(ctx.settings)
     tags = lineage_tags(ctx, inputs)
-    version = _existing_version(client, name, trained["mlflow_run_id"])
+    version = _existing_version(client, name, trained["mlflow_run_id"], trained["model_uri"])
     created = version is None
     if created:
         version = tracking.register_version(

@@ -20,13 +20,11 @@ from pipelines.context import StepContext
 log = logging.getLogger(__name__)
 
 
-def _search(ctx: StepContext, splits: modeling.Splits) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def _search(ctx: StepContext, x_train, y_train, x_val, y_val) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Random search over the configured space, each candidate scored on the validation split."""
     import mlflow
 
     training, dataset = ctx.config.training, ctx.config.dataset
-    x_train, y_train = modeling.features_and_label(splits.train, dataset)
-    x_val, y_val = modeling.features_and_label(splits.validation, dataset)
     space = {k: v for k, v in training.search.space.items() if k in _tunable(ctx)}
     candidates = list(
         ParameterSampler(space, n_iter=training.search.n_iter, random_state=training.random_state)
@@ -68,7 +66,7 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
     with tracking.pipeline_run(ctx, "train") as run:
         params, trials = ({}, [])
         if training.search.enabled:
-            params, trials = _search(ctx, splits)
+            params, trials = _search(ctx, x_train, y_train, x_val, y_val)
         started = time.perf_counter()
         model = modeling.build_pipeline(dataset, training, params).fit(x_train, y_train)
         fit_seconds = time.perf_counter() - started

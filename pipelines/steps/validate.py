@@ -56,13 +56,13 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
         mlflow.set_tag("validation.passed", str(report["success"]).lower())
         mlflow.log_dict(report, "validation/validation.json")
         mlflow.log_artifacts(docs_dir, "validation/data_docs")
-    if failures:
-        lines = [validation.describe_failure(f) for f in failures]
-        message = (
-            f"data validation failed: {len(failures)} of {stats['evaluated_expectations']} expectations "
-            f"(report: {report_uri})\n  - " + "\n  - ".join(lines)
-        )
-        raise ValidationFailed(message, failures, report_uri)
+        if failures:  # raised inside the run, so MLflow marks it FAILED
+            lines = [validation.describe_failure(f) for f in failures]
+            message = (
+                f"data validation failed: {len(failures)} of {stats['evaluated_expectations']} "
+                f"expectations (report: {report_uri})\n  - " + "\n  - ".join(lines)
+            )
+            raise ValidationFailed(message, failures, report_uri)
     log.info(
         "validation passed: %d expectations%s",
         stats["evaluated_expectations"],

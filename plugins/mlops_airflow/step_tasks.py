@@ -26,42 +26,47 @@ from typing import Any
 from airflow.providers.standard.operators.python import PythonOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from pipelines.cli import EXIT_NOT_RETRYABLE, EXIT_SKIPPED
 from pipelines.config import RUN_PARAMETERS
 from pipelines.pipeline import StepSpec
 
 MODE_ENV = "MLOPS_EXECUTION_MODE"
-EXIT_SKIPPED, EXIT_NOT_RETRYABLE = 99, 3  # the CLI's exit codes (pipelines.cli)
 DEFAULT_ARGS = {"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True}
+
+
+def _asset_interval_end(context: dict[str, Any]) -> Any:
+    """``interval_end`` carried in the extra of the asset event that triggered this run, if any."""
+    for events in (context.get("triggering_asset_events") or {}).values():
+        for event in events:
+            if (event.extra or {}).get("interval_end"):
+                return event.extra["interval_end"]
+    return None
 
 
 def run_context(context: dict[str, Any]) -> dict[str, Any]:
     """The step's run context from the Airflow task context.
 
-    The data interval comes from the run, unless the run's params name one
-    (a manual trigger from the params form, or a run without an interval).
+    The window ends at, in order: the ``interval_end`` the run was triggered with
+    (params form, conf), the run's data interval, the ``interval_end`` of the
+    asset event that triggered it, or the time the run was due. Only parameters
+    the run's conf sets override the config: a form default never masks it.
     """
-    params = context.get("params") or {}
-    end = params.get("interval_end") or context.get("data_interval_end")
-    if not end:
-        raise AirflowFailException(
-            "this run has no data interval: trigger it with a logical date or set the interval_end param"
-        )
-    start = params.get("interval_start") or (
-        context.get("data_interval_start") if not params.get("interval_end") else None
-    )
-    if not start:
-        import pendulum
-
-        start = pendulum.parse(str(end)).subtract(months=1)
     dag_run = context["dag_run"]
+    conf = dag_run.conf or {}
+    params = context.get("params") or {}
+    start = None
+    end = conf.get("interval_end")
+    if not end and context.get("data_interval_end"):
+        start, end = context.get("data_interval_start"), context["data_interval_end"]
+    end = end or _asset_interval_end(context) or dag_run.run_after
     return {
         "dag_id": dag_run.dag_id,
         "run_id": dag_run.run_id,
-        "interval_start": str(start),
+        "interval_start": str(start) if start else None,
         "interval_end": str(end),
         "try_number": context["ti"].try_number,
         "run_type": str(getattr(dag_run.run_type, "value", dag_run.run_type)),
-        "overrides": {k: params[k] for k in RUN_PARAMETERS if params.get(k) not in (None, "")},
+        "overrides": {k: params.get(k, conf[k]) for k in RUN_PARAMETERS if k in conf},
     }
 
 
@@ -89,11 +94,13 @@ def run_step_in_process(step: str, inputs: dict[str, Any], **context: Any) -> di
 def run_step_in_subprocess(step: str, inputs: dict[str, Any], **context: Any) -> dict[str, Any]:
     """Mode ``subprocess``: run ``mlops step`` as a child process and read its result file."""
     with tempfile.TemporaryDirectory(prefix=f"mlops-{step}-") as tmp:
-        result_file = os.path.join(tmp, "return.json")
+        result_file, inputs_file = os.path.join(tmp, "return.json"), os.path.join(tmp, "inputs.json")
+        with open(inputs_file, "w") as fh:  # a file, not argv: upstream results may be large
+            json.dump(inputs, fh)
         cmd = [
             sys.executable, "-m", "pipelines.cli", "step", step,
             "--context", json.dumps(run_context(context)),
-            "--inputs", json.dumps(inputs),
+            "--inputs", f"@{inputs_file}",
             "--result-file", result_file,
         ]  # fmt: skip
         proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -5,19 +5,15 @@ Read at DAG-parse time, so it only touches the YAML config (no ML library).
 
 from __future__ import annotations
 
-from functools import cache
 from typing import Any
 
 import pendulum
-from airflow.sdk import Asset, Param
-from airflow.timetables.assets import AssetOrTimeSchedule
-from airflow.timetables.interval import CronDataIntervalTimetable
+from airflow.sdk import Asset, AssetOrTimeSchedule, CronDataIntervalTimetable, Param
 
 from pipelines.config import PipelineConfig, load_config
 from pipelines.settings import Settings
 
 
-@cache
 def pipeline_config() -> PipelineConfig:
     return load_config(Settings.from_env().config_path)
 

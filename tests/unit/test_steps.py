@@ -54,8 +54,9 @@ def test_ingest_writes_a_labelled_snapshot_without_leaky_columns(sliced):
 
 def test_ingest_window_follows_config_and_empty_window_is_named(sliced):
     one_month = execute_step("ingest", make_ctx(window_months=1), {})
+    assert one_month["window"] == {"start": "2013-03-01T05:00:00+00:00", "end": "2013-04-01T04:00:00+00:00"}
     snapshot = storage.read_parquet(one_month["snapshot_uri"])
-    assert snapshot["time_hour"].min() >= pd.Timestamp("2013-03-01", tz="UTC")
+    assert snapshot["time_hour"].min() >= pd.Timestamp("2013-03-01T05:00", tz="UTC")
     with pytest.raises(DataError, match="no rows in the source"):
         execute_step("ingest", make_ctx(end="2015-06-01"), {})
 
