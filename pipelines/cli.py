@@ -75,7 +75,8 @@ def _context_from_args(args: argparse.Namespace):
 
 
 def _cmd_step(args: argparse.Namespace) -> int:
-    from pipelines.runner import execute_step, is_skipped
+    from pipelines.pipeline import is_skipped
+    from pipelines.runner import execute_step
 
     ctx = _context_from_args(args)
     result = execute_step(args.name, ctx, args.inputs or {})

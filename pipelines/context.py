@@ -7,7 +7,7 @@ effective config, never data.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -45,7 +45,6 @@ class StepContext:
     settings: Settings
     try_number: int = 1
     run_type: str = "manual"
-    overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.interval_end <= self.interval_start:
@@ -60,18 +59,6 @@ class StepContext:
 
     def artifact_dir(self, step: str) -> str:
         return step_dir(self.settings.artifact_root, self.dag_id, self.run_id, step)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON form passed to ``mlops step`` in a subprocess, container or pod."""
-        return {
-            "dag_id": self.dag_id,
-            "run_id": self.run_id,
-            "interval_start": self.interval_start.isoformat(),
-            "interval_end": self.interval_end.isoformat(),
-            "try_number": self.try_number,
-            "run_type": self.run_type,
-            "overrides": self.overrides,
-        }
 
     @classmethod
     def create(
@@ -91,7 +78,6 @@ class StepContext:
         Without a start, the interval is the month before its end, counted in the dataset's timezone.
         """
         settings = settings or Settings.from_env()
-        overrides = dict(overrides or {})
         config = load_config(settings.config_path, overrides)
         tz = config.schedule.timezone  # "2013-06-01" means midnight where the DAG's months start
         end = parse_time(interval_end, "interval_end", tz)
@@ -109,5 +95,4 @@ class StepContext:
             settings=settings,
             try_number=try_number,
             run_type=run_type,
-            overrides=overrides,
         )

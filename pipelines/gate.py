@@ -14,13 +14,12 @@ from pipelines.config import Gate
 
 
 def metric_value(metrics: dict[str, Any] | None, name: str) -> float | None:
-    if not metrics:
+    """The metric as "higher is better", or None when it is missing or NaN."""
+    negate = name == "neg_log_loss"
+    value = (metrics or {}).get("log_loss" if negate else name)
+    if value is None or math.isnan(float(value)):
         return None
-    if name == "neg_log_loss":
-        value = metrics.get("log_loss")
-        return None if value is None or math.isnan(float(value)) else -float(value)
-    value = metrics.get(name)
-    return None if value is None or math.isnan(float(value)) else float(value)
+    return -float(value) if negate else float(value)
 
 
 def _fmt(value: float | None) -> str:

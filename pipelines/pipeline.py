@@ -8,6 +8,9 @@ because the Airflow scheduler parses DAG files every few seconds.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+SKIPPED = "skipped"
 
 
 @dataclass(frozen=True)
@@ -27,3 +30,12 @@ TRAINING: tuple[StepSpec, ...] = (
 )
 
 PIPELINES: dict[str, tuple[StepSpec, ...]] = {"training": TRAINING}
+
+
+def skipped(reason: str, **details: Any) -> dict[str, Any]:
+    """The result of a step that decided not to act; orchestrators mark the task skipped."""
+    return {"status": SKIPPED, "reason": reason, **details}
+
+
+def is_skipped(result: dict[str, Any] | None) -> bool:
+    return bool(result) and result.get("status") == SKIPPED

@@ -13,7 +13,7 @@ from typing import Any
 
 from pipelines.context import StepContext
 from pipelines.errors import PipelineError
-from pipelines.pipeline import StepSpec
+from pipelines.pipeline import StepSpec, is_skipped
 from pipelines.steps import get_step
 
 log = logging.getLogger(__name__)
@@ -31,10 +31,6 @@ def execute_step(name: str, ctx: StepContext, inputs: dict[str, Any]) -> dict[st
         )
     log.info("step %s finished in %.1fs", name, time.perf_counter() - started)
     return json.loads(encoded)
-
-
-def is_skipped(result: dict[str, Any] | None) -> bool:
-    return bool(result) and result.get("status") == "skipped"
 
 
 def run_pipeline(

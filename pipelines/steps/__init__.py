@@ -1,7 +1,7 @@
 """One module per step; each exposes ``run(ctx, inputs) -> result``.
 
 A result is a small JSON document (URIs, versions, metrics, a decision). A step
-that decides not to act returns ``{"status": "skipped", "reason": ...}``.
+that decides not to act returns ``pipelines.pipeline.skipped(reason)``.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from pipelines.context import StepContext
 
 log = logging.getLogger(__name__)
 MIN_SLICE_ROWS = 100
+SUMMARY_METRICS = ("roc_auc", "pr_auc", "log_loss", "f1", "brier")  # what the result (XCom) carries
 
 
 def slice_metrics(
@@ -60,6 +61,10 @@ def _overlap(version, test_start: pd.Timestamp) -> str | None:
             f"after this test set starts ({test_start.isoformat()})"
         )
     return None
+
+
+def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: metrics[k] for k in SUMMARY_METRICS}
 
 
 def _load(model_uri: str):
@@ -130,10 +135,9 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
     return {
         "passed": decision["passed"],
         "reason": decision["reason"],
-        "metrics": {k: candidate_metrics[k] for k in ("roc_auc", "pr_auc", "log_loss", "f1", "brier")},
+        "metrics": _summary(candidate_metrics),
         "champion_version": champion and champion["version"],
-        "champion_metrics": champion
-        and {k: champion["metrics"][k] for k in ("roc_auc", "pr_auc", "log_loss", "f1", "brier")},
+        "champion_metrics": champion and _summary(champion["metrics"]),
         "evaluation_uri": json_uri,
         "report_uri": html_uri,
     }

@@ -13,6 +13,7 @@ from typing import Any
 
 from pipelines import tracking
 from pipelines.context import StepContext
+from pipelines.pipeline import skipped
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
     name = ctx.config.registry.model_name
     if not evaluation["passed"]:
         log.info("not registering: the gate rejected the candidate (%s)", evaluation["reason"])
-        return {"status": "skipped", "registered": False, "reason": f"gate rejected: {evaluation['reason']}"}
+        return skipped(f"gate rejected: {evaluation['reason']}", registered=False)
 
     client = tracking.client(ctx.settings)
     tags = lineage_tags(ctx, inputs)

@@ -171,9 +171,8 @@ def _wait_http(url: str, timeout: float) -> bool:
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status < 500:
-                    return True
+            with urllib.request.urlopen(url, timeout=2):  # raises on error statuses too
+                return True
         except OSError:
             time.sleep(1)
     return False

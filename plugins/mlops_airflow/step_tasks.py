@@ -28,7 +28,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from pipelines.cli import EXIT_NOT_RETRYABLE, EXIT_SKIPPED
 from pipelines.config import RUN_PARAMETERS
-from pipelines.pipeline import StepSpec
+from pipelines.pipeline import StepSpec, is_skipped
 
 MODE_ENV = "MLOPS_EXECUTION_MODE"
 DEFAULT_ARGS = {"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True}
@@ -71,7 +71,7 @@ def run_context(context: dict[str, Any]) -> dict[str, Any]:
 
 
 def _skip_if_skipped(result: dict[str, Any]) -> dict[str, Any]:
-    if result.get("status") == "skipped":
+    if is_skipped(result):
         raise AirflowSkipException(result.get("reason", "the step decided to skip"))
     return result
 
