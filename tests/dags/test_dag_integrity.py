@@ -17,6 +17,8 @@ from pipelines.settings import DEFAULT_CONFIG
 ROOT = Path(__file__).resolve().parents[2]
 DAG_FILES = sorted(p for p in (ROOT / "dags").glob("*.py") if p.name != "__init__.py")
 HEAVY = [
+    "pandas",
+    "numpy",
     "sklearn",
     "mlflow",
     "great_expectations",
