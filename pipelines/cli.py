@@ -97,6 +97,52 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    # One OpenMP thread per worker: two workers with two threads each fight over two cores.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if args.version:
+        os.environ["MLOPS_SERVING_VERSION"] = str(args.version)
+    from pipelines.serving.config import ServingSettings
+
+    config = ServingSettings.from_env()  # fail here, with a clear message, not in every worker
+    import uvicorn
+
+    print(
+        f"serving {config.model_name}"
+        + (f" v{config.pinned_version}" if config.pinned_version else " @champion (following the registry)")
+        + f" on http://{args.host}:{args.port}  (auth {'on' if config.token else 'off'})",
+        file=sys.stderr,
+        flush=True,
+    )
+    uvicorn.run(
+        "pipelines.serving.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        loop="uvloop",
+        http="httptools",
+        access_log=args.access_log,
+        log_level="info" if args.verbose else "warning",
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    from pipelines import deploy
+    from pipelines.config import load_config
+    from pipelines.settings import Settings
+
+    settings = Settings.from_env()
+    name = args.model or load_config(settings.config_path).registry.model_name
+    result = deploy.rollback(settings, name, reason=args.reason)
+    print(json.dumps(result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlops", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -114,6 +160,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("pipeline", nargs="?", default="training")
     _add_run_arguments(run)
     run.set_defaults(func=_cmd_run)
+
+    serve = sub.add_parser("serve", help="serve the champion (and any rollout) over HTTP")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--version", help="serve this registered version only (no registry polling)")
+    serve.add_argument("--access-log", action="store_true")
+    serve.set_defaults(func=_cmd_serve)
+
+    rollback = sub.add_parser("rollback", help="move the champion alias back to the previous champion")
+    rollback.add_argument("--model", help="registered model name (default: the config's)")
+    rollback.add_argument("--reason", default="manual rollback from the CLI")
+    rollback.set_defaults(func=_cmd_rollback)
     return parser
 
 

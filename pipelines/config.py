@@ -136,6 +136,50 @@ class Gate(_Strict):
     max_drop: float = Field(0.01, ge=0)
 
 
+class Rollout(_Strict):
+    """How a challenger reaches traffic, and the test, fixed in advance, that decides its fate."""
+
+    strategy: Literal["direct", "canary", "shadow", "ab"] = "canary"
+    # Share of requests the challenger answers (canary, ab). Default: 0.1 for canary, 0.5 for ab.
+    share: float | None = Field(None, gt=0, lt=1)
+    alpha: float = Field(0.05, gt=0, lt=0.5)
+    power: float = Field(0.8, gt=0.5, lt=1)
+    # Smallest change in error rate (absolute) the test must detect; sets the sample size.
+    min_detectable_effect: float = Field(0.03, gt=0, lt=0.5)
+    # No significant difference after the full sample: the challenger already passed the offline
+    # gate, so by default it is promoted; "abort" keeps the champion unless the challenger wins.
+    inconclusive: Literal["promote", "abort"] = "promote"
+    max_wait_hours: float = Field(168, gt=0)
+    poke_seconds: float = Field(60, gt=0)
+
+    @property
+    def effective_share(self) -> float:
+        if self.share is not None:
+            return self.share
+        return 0.5 if self.strategy == "ab" else 0.1
+
+
+class Deploy(_Strict):
+    # Which registered version to deploy; empty: the one behind the ``challenger`` alias.
+    version: str | None = None
+    rollout: Rollout = Field(default_factory=Rollout)
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    # Ask a person in the Airflow UI before a challenger takes traffic.
+    approval: bool = False
+    # Infra validation: the candidate, served in a sandbox, must answer single rows this fast (p95).
+    latency_budget_ms: float = Field(100, gt=0)
+    infra_queries: int = Field(50, ge=1, le=10_000)
+
+
+class Batch(_Strict):
+    chunk_rows: int = Field(20_000, ge=1)
+
+
 class Registry(_Strict):
     model_name: str
     experiment: str
@@ -148,6 +192,8 @@ class PipelineConfig(_Strict):
     training: Training = Field(default_factory=Training)
     gate: Gate = Field(default_factory=Gate)
     registry: Registry
+    deploy: Deploy = Field(default_factory=Deploy)
+    batch: Batch = Field(default_factory=Batch)
     base_dir: str = ""
 
     @property
@@ -178,6 +224,10 @@ RUN_PARAMETERS: dict[str, tuple[str, ...]] = {
     "shuffle_labels": ("training", "shuffle_labels"),
     "min_value": ("gate", "min_value"),
     "max_drop": ("gate", "max_drop"),
+    "strategy": ("deploy", "rollout", "strategy"),
+    "share": ("deploy", "rollout", "share"),
+    "min_detectable_effect": ("deploy", "rollout", "min_detectable_effect"),
+    "version": ("deploy", "version"),
 }
 
 

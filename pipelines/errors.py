@@ -32,3 +32,9 @@ class ValidationFailed(DataError):
         super().__init__(message)
         self.failures = failures
         self.report_uri = report_uri
+
+
+class InfraValidationFailed(PipelineError):
+    """The candidate could not be served: it did not load, answer correctly, or fast enough."""
+
+    retryable = False

@@ -178,6 +178,7 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, threshold: flo
         "pr_auc": float(average_precision_score(y_true, proba)) if both else None,
         "log_loss": float(log_loss(y_true, proba, labels=[0, 1])),
         "brier": float(brier_score_loss(y_true, proba)),
+        "accuracy": float(np.mean(pred == y_true)) if len(y_true) else float("nan"),
         "f1": float(f1_score(y_true, pred, zero_division=0)),
         "precision": float(precision_score(y_true, pred, zero_division=0)),
         "recall": float(recall_score(y_true, pred, zero_division=0)),

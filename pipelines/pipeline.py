@@ -29,7 +29,32 @@ TRAINING: tuple[StepSpec, ...] = (
     StepSpec("register", inputs=("ingest", "train", "evaluate")),
 )
 
-PIPELINES: dict[str, tuple[StepSpec, ...]] = {"training": TRAINING}
+# Deploy: the candidate must serve correctly in a sandbox before it takes any traffic; the
+# rollout's verdict is awaited (polled) and then applied. An approval gate may sit before the rollout.
+DEPLOY: tuple[StepSpec, ...] = (
+    StepSpec("validate_serving"),
+    StepSpec("start_rollout", inputs=("validate_serving",)),
+    StepSpec("analyse_rollout", inputs=("start_rollout",)),
+    StepSpec("conclude_rollout", inputs=("start_rollout", "analyse_rollout")),
+)
+
+ROLLBACK: tuple[StepSpec, ...] = (StepSpec("rollback"),)
+
+BATCH_INFERENCE: tuple[StepSpec, ...] = (
+    StepSpec("ingest_batch"),
+    StepSpec("validate", inputs=("ingest_batch",)),
+    StepSpec("score", inputs=("ingest_batch", "validate")),
+)
+
+# Steps an orchestrator polls until their result says ``status: decided`` (a sensor in Airflow).
+POLLED_STEPS = frozenset({"analyse_rollout"})
+
+PIPELINES: dict[str, tuple[StepSpec, ...]] = {
+    "training": TRAINING,
+    "deploy": DEPLOY,
+    "rollback": ROLLBACK,
+    "batch_inference": BATCH_INFERENCE,
+}
 
 
 def skipped(reason: str, **details: Any) -> dict[str, Any]:

@@ -22,6 +22,9 @@ class Settings:
     artifact_root: str
     tracking_uri: str
     config_path: str
+    # Where the model server logs predictions: empty = Parquet under the artifact root,
+    # or a folder/URL for the Parquet parts, or a postgresql:// URL for a table.
+    prediction_log_url: str = ""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -33,6 +36,7 @@ class Settings:
             artifact_root=env.get("MLOPS_ARTIFACT_ROOT") or str(home / "artifacts"),
             tracking_uri=env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}",
             config_path=env.get("MLOPS_CONFIG") or str(DEFAULT_CONFIG),
+            prediction_log_url=env.get("MLOPS_PREDICTION_LOG", ""),
         )
 
     @property

@@ -65,6 +65,17 @@ def build_expectations(spec: list[dict[str, Any]]) -> list[Any]:
     return expectations
 
 
+def without_columns(spec: list[dict[str, Any]], columns: set[str]) -> list[dict[str, Any]]:
+    """The suite minus the expectations about ``columns`` (e.g. the label, for rows to score)."""
+    kept = []
+    for entry in spec:
+        kwargs = entry.get("kwargs") or {}
+        named = {kwargs.get("column"), *(kwargs.get("column_list") or [])}
+        if not named & columns:
+            kept.append(entry)
+    return kept
+
+
 def validate_frame(
     frame: pd.DataFrame, spec: list[dict[str, Any]], suite_name: str, docs_dir: str
 ) -> dict[str, Any]:

@@ -6,6 +6,7 @@ set here, at collection time, before any test module imports it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -122,3 +123,122 @@ def dataset_config(tmp_path: Path, uri: str, **changes) -> Path:
     path = tmp_path / "dataset.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+# -- serving and deployment -------------------------------------------------------------------------
+SERVING_MODEL = "flights-serving"
+
+
+def serving_config(tmp_path: Path) -> Path:
+    """The flights config under another model name (so it never meets the training tests' model)."""
+    data = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    data["registry"] = {"model_name": SERVING_MODEL, "experiment": SERVING_MODEL}
+    data["dataset"]["expectations"] = str(DEFAULT_CONFIG.parent / data["dataset"]["expectations"])
+    data["deploy"]["rollout"]["poke_seconds"] = 1
+    path = tmp_path / "serving.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture(scope="session")
+def serving_home(mlflow_server, tmp_path_factory) -> dict:
+    """Three registered versions of ``flights-serving`` on the real MLflow server.
+
+    v1 trained on Jan-Mar 2013, v2 on Feb-Apr, v3 on Jan-Mar with shuffled labels (a model
+    that is plainly worse; the gate is relaxed so that it registers). Trained in process by
+    the plain runner: the DAGs themselves are tested elsewhere.
+    """
+    from pipelines.context import StepContext
+    from pipelines.pipeline import TRAINING
+    from pipelines.runner import run_pipeline
+    from pipelines.settings import Settings
+
+    home = tmp_path_factory.mktemp("serving-home")
+    config = serving_config(home)
+    settings = Settings(
+        home=home,
+        artifact_root=str(home / "artifacts"),
+        tracking_uri=mlflow_server,
+        config_path=str(config),
+    )
+    runs = [
+        ("2013-04-01", {}),
+        ("2013-05-01", {}),
+        ("2013-04-01", {"shuffle_labels": True, "min_value": 0.0, "max_drop": 1.0}),
+    ]
+    versions = []
+    for i, (end, overrides) in enumerate(runs, 1):
+        ctx = StepContext.create(
+            dag_id="training",
+            run_id=f"serving-fixture-{i}",
+            interval_start=None,
+            interval_end=end,
+            overrides=overrides,
+            settings=settings,
+        )
+        versions.append(run_pipeline(TRAINING, ctx)["register"]["version"])
+    assert versions == ["1", "2", "3"], versions
+    env = {
+        "MLFLOW_TRACKING_URI": mlflow_server,
+        "MLOPS_HOME": str(home),
+        "MLOPS_CONFIG": str(config),
+        "MLOPS_ARTIFACT_ROOT": str(home / "artifacts"),
+    }
+    return {"settings": settings, "env": env, "home": home, "config": config}
+
+
+class ServerProcess:
+    """``mlops serve`` in its own process group, with its output in a file."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, **extra: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.env = {**os.environ, **env, "MLOPS_SERVING_POLL_SECONDS": "0.3", **extra}
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 90) -> ServerProcess:
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "pipelines.cli", "serve", "--port", str(self.port)],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log_path.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2):
+                    return self
+            except OSError:
+                time.sleep(0.2)
+        self.kill()
+        raise TimeoutError(f"server did not start: {self.log_path.read_text()[-2000:]}")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+    def stop(self) -> None:
+        self.kill(signal.SIGTERM)
+
+
+def reset_deployment(settings, champion: str = "1") -> None:
+    """Champion ``champion``, no challenger, no previous, no rollout."""
+    from pipelines import deploy, tracking
+    from pipelines.serving.policy import POLICY_TAG, Policy
+
+    client = tracking.client(settings)
+    client.set_registered_model_tag(SERVING_MODEL, POLICY_TAG, Policy().to_json())
+    client.set_registered_model_alias(SERVING_MODEL, "champion", champion)
+    for alias in ("challenger", deploy.PREVIOUS):
+        with contextlib.suppress(Exception):  # not set
+            client.delete_registered_model_alias(SERVING_MODEL, alias)

@@ -12,7 +12,23 @@ from typing import Any
 
 from pipelines.errors import ConfigError
 
-STEP_NAMES = ("ingest", "validate", "train", "evaluate", "register")
+STEP_NAMES = (
+    # training
+    "ingest",
+    "validate",
+    "train",
+    "evaluate",
+    "register",
+    # deployment
+    "validate_serving",
+    "start_rollout",
+    "analyse_rollout",
+    "conclude_rollout",
+    "rollback",
+    # batch inference
+    "ingest_batch",
+    "score",
+)
 
 StepFn = Callable[..., dict[str, Any]]
 

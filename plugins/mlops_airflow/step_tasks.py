@@ -24,11 +24,12 @@ from datetime import timedelta
 from typing import Any
 
 from airflow.providers.standard.operators.python import PythonOperator
+from airflow.sdk import PokeReturnValue, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from pipelines.cli import EXIT_NOT_RETRYABLE, EXIT_SKIPPED
 from pipelines.config import RUN_PARAMETERS
-from pipelines.pipeline import StepSpec, is_skipped
+from pipelines.pipeline import POLLED_STEPS, StepSpec, is_skipped
 
 MODE_ENV = "MLOPS_EXECUTION_MODE"
 DEFAULT_ARGS = {"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True}
@@ -151,6 +152,36 @@ MODES: dict[str, Callable[..., Any]] = {
 }
 
 
+def poke_step(step: str, inputs: dict[str, Any], mode: str, **context: Any) -> PokeReturnValue:
+    """One poke of a polled step: done when its result no longer says ``status: waiting``."""
+    runner = run_step_in_subprocess if mode == "subprocess" else run_step_in_process
+    result = runner(step, inputs, **context)
+    return PokeReturnValue(is_done=result.get("status") != "waiting", xcom_value=result)
+
+
+def sensor_task(
+    step: str,
+    inputs: dict[str, Any],
+    *,
+    mode: str,
+    poke_seconds: float = 60,
+    timeout_seconds: float | None = None,
+    **kwargs: Any,
+):
+    """A sensor that re-runs ``step`` until it decides; in reschedule mode it frees its slot in between."""
+    if mode not in ("local", "subprocess"):
+        return MODES[mode](step, inputs, **kwargs)  # raises the mode's own "not yet" error
+    sensor = task.sensor(
+        task_id=step,
+        poke_interval=poke_seconds,
+        timeout=timeout_seconds,
+        mode="reschedule" if poke_seconds >= 60 else "poke",
+        doc_md=f"Polls `mlops step {step}` every {poke_seconds:g} s until it decides.",
+        **kwargs,
+    )(poke_step)
+    return sensor(step=step, inputs=inputs, mode=mode)
+
+
 def step_task(step: str, inputs: dict[str, Any] | None = None, *, mode: str | None = None, **kwargs: Any):
     """Build the Airflow task that runs ``step``; ``inputs`` maps upstream step names to their XComArgs."""
     mode = mode or os.environ.get(MODE_ENV, "local")
@@ -159,12 +190,30 @@ def step_task(step: str, inputs: dict[str, Any] | None = None, *, mode: str | No
     return MODES[mode](step, inputs or {}, **kwargs)
 
 
+def _output(task_or_arg: Any) -> Any:
+    return getattr(task_or_arg, "output", task_or_arg)
+
+
 def pipeline_tasks(
-    spec: Iterable[StepSpec], *, outlets: dict[str, list[Any]] | None = None, mode: str | None = None
+    spec: Iterable[StepSpec],
+    *,
+    outlets: dict[str, list[Any]] | None = None,
+    mode: str | None = None,
+    sensors: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """One task per step of ``spec``, each fed the results of its inputs (which also orders them)."""
+    """One task per step of ``spec``, each fed the results of its inputs (which also orders them).
+
+    Polled steps (``POLLED_STEPS``) become sensors; ``sensors`` gives their poke interval and timeout.
+    """
+    mode = mode or os.environ.get(MODE_ENV, "local")
     tasks: dict[str, Any] = {}
     for step in spec:
-        inputs = {name: tasks[name].output for name in step.inputs}
-        tasks[step.name] = step_task(step.name, inputs, mode=mode, outlets=(outlets or {}).get(step.name, []))
+        inputs = {name: _output(tasks[name]) for name in step.inputs}
+        step_outlets = (outlets or {}).get(step.name, [])
+        if step.name in POLLED_STEPS:
+            tasks[step.name] = sensor_task(
+                step.name, inputs, mode=mode, outlets=step_outlets, **(sensors or {}).get(step.name, {})
+            )
+        else:
+            tasks[step.name] = step_task(step.name, inputs, mode=mode, outlets=step_outlets)
     return tasks

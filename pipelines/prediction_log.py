@@ -1,0 +1,400 @@
+"""The prediction log: one row per scored row, durable, joinable with feedback labels.
+
+Two stores behind one interface:
+
+- **Parquet** (embedded default): the server appends JSON lines to a local
+  spool segment and returns only after the write reached the operating system
+  (``fsync`` too when asked), so an acknowledged prediction survives a crash or
+  restart of the server. Sealed segments are compacted into Parquet parts
+  under ``{artifact_root}/predictions/{model}/date=YYYY-MM-DD/``, written
+  atomically and named after the segment, so a crash between compaction and
+  clean-up rewrites the same part instead of duplicating rows. Readers see the
+  parts and any segment not yet compacted.
+- **PostgreSQL** (production): rows are inserted in the request's transaction,
+  committed before the answer leaves; feedback is an upsert.
+
+Feature values are stored as ``input.<feature>`` columns so that drift checks
+can compare them with the training reference column by column.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pandas as pd
+
+from pipelines import storage
+from pipelines.settings import Settings
+
+log = logging.getLogger(__name__)
+
+INPUT_PREFIX = "input."
+COLUMNS = [
+    "request_id",
+    "row",
+    "ts",
+    "model_name",
+    "model_version",
+    "route",
+    "routing_key",
+    "rollout_id",
+    "probability",
+    "prediction",
+    "latency_ms",
+]
+FEEDBACK_COLUMNS = ["request_id", "row", "label", "ts"]
+
+
+def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Log rows (with an ``inputs`` dict each) as a flat frame with ``input.*`` columns."""
+    if not rows:
+        return pd.DataFrame(columns=COLUMNS)
+    base = pd.DataFrame([{c: r.get(c) for c in COLUMNS} for r in rows], columns=COLUMNS)
+    base["ts"] = pd.to_datetime(base["ts"], unit="ms", utc=True)
+    base["row"] = base["row"].astype("int64")
+    base["model_version"] = base["model_version"].astype(str)
+    inputs = pd.DataFrame([r.get("inputs") or {} for r in rows]).add_prefix(INPUT_PREFIX)
+    return pd.concat([base, inputs], axis=1)
+
+
+def _between(frame: pd.DataFrame, start: pd.Timestamp | None, end: pd.Timestamp | None) -> pd.DataFrame:
+    if start is not None:
+        frame = frame[frame["ts"] >= start]
+    if end is not None:
+        frame = frame[frame["ts"] < end]
+    return frame
+
+
+def _stamp(value: Any) -> pd.Timestamp | None:
+    if value is None:
+        return None
+    stamp = pd.Timestamp(value)
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+
+
+def with_feedback(predictions: pd.DataFrame, feedback: pd.DataFrame) -> pd.DataFrame:
+    """Predictions with a ``label`` column (NaN where no feedback arrived yet)."""
+    if feedback.empty:
+        return predictions.assign(label=float("nan"))
+    labels = feedback.sort_values("ts").drop_duplicates(["request_id", "row"], keep="last")
+    merged = predictions.merge(labels[["request_id", "row", "label"]], on=["request_id", "row"], how="left")
+    return merged
+
+
+@dataclass
+class _Segment:
+    path: Path
+    fd: int
+    opened: float
+    rows: int = 0
+
+
+class ParquetPredictionLog:
+    """Spooled JSON lines, compacted into Parquet parts in the artifact store."""
+
+    def __init__(
+        self,
+        root: str,
+        spool_dir: str | Path,
+        *,
+        fsync: bool = False,
+        segment_rows: int = 50_000,
+        segment_seconds: float = 30.0,
+        writer: bool = True,
+    ):
+        self.root = root
+        self.spool = Path(spool_dir)
+        self.spool.mkdir(parents=True, exist_ok=True)
+        self.fsync = fsync
+        self.segment_rows, self.segment_seconds = segment_rows, segment_seconds
+        self._lock = threading.Lock()
+        self._compact_lock = threading.Lock()
+        self._segment: _Segment | None = None
+        self._stop = threading.Event()
+        self._thread = None
+        if writer:  # a reader never compacts: that is the writers' job, and two would race
+            self.recover()
+            self._thread = threading.Thread(target=self._rotate_when_old, name="predlog", daemon=True)
+            self._thread.start()
+
+    # -- writing -------------------------------------------------------------------------------
+    def append(self, rows: list[dict[str, Any]]) -> None:
+        """Write rows; on return they survive a crash of this process (and of the OS with fsync)."""
+        if not rows:
+            return
+        data = b"".join(orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n" for r in rows)
+        sealed = None
+        with self._lock:
+            segment = self._segment or self._open_segment()
+            written = 0
+            while written < len(data):
+                written += os.write(segment.fd, data[written:])
+            if self.fsync:
+                os.fsync(segment.fd)
+            segment.rows += len(rows)
+            if segment.rows >= self.segment_rows:
+                sealed = self._seal()
+        if sealed:
+            self._compact_async(sealed)
+
+    def append_feedback(self, items: Iterable[dict[str, Any]]) -> int:
+        """Store ground-truth labels by (request id, row); the part is written atomically."""
+        frame = pd.DataFrame(list(items), columns=FEEDBACK_COLUMNS)
+        if frame.empty:
+            return 0
+        frame["ts"] = pd.to_datetime(frame["ts"], unit="ms", utc=True)
+        day = frame["ts"].iloc[0].strftime("%Y-%m-%d")
+        storage.write_parquet(
+            storage.join(self.root, "feedback", f"date={day}", f"{uuid.uuid4().hex}.parquet"), frame
+        )
+        return len(frame)
+
+    def _open_segment(self) -> _Segment:
+        path = self.spool / f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}.open.jsonl"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # marks the segment as owned by a live writer
+        self._segment = _Segment(path, fd, time.monotonic())
+        return self._segment
+
+    def _seal(self) -> Path | None:
+        """Close the current segment (caller holds the lock); return its sealed path."""
+        segment, self._segment = self._segment, None
+        if segment is None:
+            return None
+        sealed = segment.path.with_name(segment.path.name.replace(".open.jsonl", ".jsonl"))
+        os.rename(segment.path, sealed)
+        os.close(segment.fd)
+        return sealed
+
+    def _rotate_when_old(self) -> None:
+        while not self._stop.wait(1.0):
+            sealed = None
+            with self._lock:
+                seg = self._segment
+                if seg and seg.rows and time.monotonic() - seg.opened >= self.segment_seconds:
+                    sealed = self._seal()
+            if sealed:
+                self._compact(sealed)
+
+    def _compact_async(self, sealed: Path) -> None:
+        threading.Thread(target=self._compact, args=(sealed,), daemon=True).start()
+
+    def _compact(self, sealed: Path) -> None:
+        """Sealed segment -> Parquet part(s) per day, then remove the segment."""
+        with self._compact_lock:
+            if not sealed.exists():
+                return
+            try:
+                frame = _frame(_read_lines(sealed))
+                for day, part in frame.groupby(frame["ts"].dt.strftime("%Y-%m-%d")):
+                    name = f"{sealed.name.removesuffix('.jsonl')}.parquet"
+                    storage.write_parquet(
+                        storage.join(self.root, "predictions", f"date={day}", name),
+                        part.reset_index(drop=True),
+                    )
+                sealed.unlink()
+            except Exception:  # the segment stays in the spool; readers still see it, recovery retries
+                log.exception("could not compact prediction log segment %s", sealed)
+
+    def recover(self) -> None:
+        """Compact segments left by a stopped or crashed writer (their lock is free)."""
+        for path in sorted(self.spool.glob("*.jsonl")):
+            if path.name.endswith(".open.jsonl"):
+                try:
+                    fd = os.open(path, os.O_RDONLY)
+                except FileNotFoundError:
+                    continue
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:  # a live writer owns it
+                    os.close(fd)
+                    continue
+                sealed = path.with_name(path.name.replace(".open.jsonl", ".jsonl"))
+                os.rename(path, sealed)
+                os.close(fd)
+                path = sealed
+            self._compact(path)
+
+    def flush(self) -> None:
+        """Seal and compact now (shutdown, tests)."""
+        with self._lock:
+            sealed = self._seal()
+        if sealed:
+            self._compact(sealed)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._segment is not None:
+            self.flush()
+
+    # -- reading -------------------------------------------------------------------------------
+    def read(self, start: Any = None, end: Any = None) -> pd.DataFrame:
+        """Predictions (parts and pending segments) with ``ts`` in [start, end)."""
+        start, end = _stamp(start), _stamp(end)
+        frames = [_read_parts(storage.join(self.root, "predictions"), start, end)]
+        pending = []
+        for path in sorted(self.spool.glob("*.jsonl")):
+            try:
+                pending.extend(_read_lines(path))
+            except FileNotFoundError:  # compacted meanwhile: its part is read on the next call
+                continue
+        frames.append(_frame(pending))
+        frames = [f for f in frames if not f.empty]
+        if not frames:
+            return pd.DataFrame(columns=COLUMNS)
+        frame = pd.concat(frames, ignore_index=True)
+        frame = frame.drop_duplicates(["request_id", "row", "route"], keep="first")
+        return _between(frame, start, end).sort_values("ts", kind="stable").reset_index(drop=True)
+
+    def read_feedback(self) -> pd.DataFrame:
+        frame = _read_parts(storage.join(self.root, "feedback"), None, None)
+        return frame if not frame.empty else pd.DataFrame(columns=FEEDBACK_COLUMNS)
+
+
+def _read_lines(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    with open(path, "rb") as fh:
+        for line in fh:
+            try:
+                rows.append(orjson.loads(line))
+            except orjson.JSONDecodeError:  # a torn last line: that write never returned, never acked
+                log.warning("skipping a torn line in %s", path)
+    return rows
+
+
+def _read_parts(root: str, start: pd.Timestamp | None, end: pd.Timestamp | None) -> pd.DataFrame:
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(root)
+    if not fs.exists(path):
+        return pd.DataFrame()
+    frames = []
+    for day_dir in sorted(fs.ls(path, detail=False)):
+        day = day_dir.rstrip("/").rsplit("date=", 1)[-1]
+        if start is not None and day < start.strftime("%Y-%m-%d"):
+            continue
+        if end is not None and day > end.strftime("%Y-%m-%d"):
+            continue
+        for part in sorted(fs.glob(f"{day_dir}/*.parquet")):
+            with fs.open(part, "rb") as fh:
+                frames.append(pd.read_parquet(fh))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+class SqlPredictionLog:
+    """PostgreSQL tables ``mlops_predictions`` and ``mlops_feedback``; a commit is the acknowledgement."""
+
+    def __init__(self, url: str, model_name: str):
+        import sqlalchemy as sa
+
+        self.model_name = model_name
+        self.engine = sa.create_engine(url, pool_pre_ping=True, pool_size=4)
+        meta = sa.MetaData()
+        self.predictions = sa.Table(
+            "mlops_predictions",
+            meta,
+            sa.Column("request_id", sa.Text, primary_key=True),
+            sa.Column("row", sa.Integer, primary_key=True),
+            sa.Column("route", sa.Text, primary_key=True),
+            sa.Column("ts", sa.DateTime(timezone=True), nullable=False, index=True),
+            sa.Column("model_name", sa.Text, nullable=False, index=True),
+            sa.Column("model_version", sa.Text, nullable=False),
+            sa.Column("routing_key", sa.Text),
+            sa.Column("rollout_id", sa.Text),
+            sa.Column("probability", sa.Float),
+            sa.Column("prediction", sa.Integer),
+            sa.Column("latency_ms", sa.Float),
+            sa.Column("inputs", sa.JSON),
+        )
+        self.feedback = sa.Table(
+            "mlops_feedback",
+            meta,
+            sa.Column("request_id", sa.Text, primary_key=True),
+            sa.Column("row", sa.Integer, primary_key=True),
+            sa.Column("label", sa.Integer, nullable=False),
+            sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
+        )
+        meta.create_all(self.engine, checkfirst=True)
+
+    def append(self, rows: list[dict[str, Any]]) -> None:
+        from sqlalchemy.dialects.postgresql import insert
+
+        if not rows:
+            return
+        values = [
+            {
+                **{c: r.get(c) for c in COLUMNS},
+                "ts": pd.Timestamp(r["ts"], unit="ms", tz="UTC"),
+                "inputs": r["inputs"],
+            }
+            for r in rows
+        ]
+        with self.engine.begin() as conn:
+            conn.execute(insert(self.predictions).on_conflict_do_nothing(), values)
+
+    def append_feedback(self, items: Iterable[dict[str, Any]]) -> int:
+        from sqlalchemy.dialects.postgresql import insert
+
+        values = [{**i, "ts": pd.Timestamp(i["ts"], unit="ms", tz="UTC")} for i in items]
+        if not values:
+            return 0
+        stmt = insert(self.feedback)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["request_id", "row"], set_={"label": stmt.excluded.label, "ts": stmt.excluded.ts}
+        )
+        with self.engine.begin() as conn:
+            conn.execute(stmt, values)
+        return len(values)
+
+    def read(self, start: Any = None, end: Any = None) -> pd.DataFrame:
+        import sqlalchemy as sa
+
+        start, end = _stamp(start), _stamp(end)
+        query = sa.select(self.predictions).where(self.predictions.c.model_name == self.model_name)
+        if start is not None:
+            query = query.where(self.predictions.c.ts >= start.to_pydatetime())
+        if end is not None:
+            query = query.where(self.predictions.c.ts < end.to_pydatetime())
+        with self.engine.connect() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(query.order_by(self.predictions.c.ts))]
+        if not rows:
+            return pd.DataFrame(columns=COLUMNS)
+        frame = pd.DataFrame(rows)
+        inputs = pd.DataFrame(list(frame.pop("inputs"))).add_prefix(INPUT_PREFIX)
+        frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
+        return pd.concat([frame[COLUMNS], inputs], axis=1)
+
+    def read_feedback(self) -> pd.DataFrame:
+        with self.engine.connect() as conn:
+            frame = pd.read_sql(self.feedback.select(), conn)
+        return frame if not frame.empty else pd.DataFrame(columns=FEEDBACK_COLUMNS)
+
+    def flush(self) -> None:
+        """Nothing buffered: every append is committed."""
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def open_log(settings: Settings, model_name: str, *, writer: bool = True, **options: Any):
+    """The prediction log of ``model_name`` in the profile's store (``writer=False`` to only read)."""
+    url = settings.prediction_log_url
+    if url and url.split(":", 1)[0].startswith("postgresql"):
+        return SqlPredictionLog(url, model_name)
+    root = url or storage.join(settings.artifact_root, "prediction_log")
+    return ParquetPredictionLog(
+        storage.join(root, storage.safe_segment(model_name)),
+        settings.home / "serving" / "spool" / storage.safe_segment(model_name),
+        writer=writer,
+        **options,
+    )

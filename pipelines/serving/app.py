@@ -1,0 +1,500 @@
+"""The model server: FastAPI on uvicorn, micro-batched, every answer logged before it is sent.
+
+Endpoints: ``POST /predict``, ``POST /feedback``, ``GET /health``, ``GET /ready``,
+``GET /metrics``. With a token configured, every endpoint but ``/health``
+needs ``Authorization: Bearer <token>``.
+
+The request path is lean on purpose: the body is parsed with orjson and
+checked against the model's signature by hand, concurrent requests are scored
+together in one model call (adaptive micro-batching: it waits, at most
+``max_wait_ms``, only while more requests are in flight), and the model call
+runs in one worker thread so the event loop keeps accepting requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+
+from pipelines.prediction_log import open_log
+from pipelines.serving.config import ServingSettings
+from pipelines.serving.metrics import ServerMetrics
+from pipelines.serving.model import Batch, InvalidInput, LoadedModel, parse_records
+from pipelines.serving.policy import CHALLENGER_ROUTE, CHAMPION_ROUTE, SHADOW_ROUTE, route
+from pipelines.serving.registry import Deployment, RegistryWatcher
+
+log = logging.getLogger("pipelines.serving")
+OPEN_PATHS = frozenset({"/health"})
+
+
+class ORJSONResponse(JSONResponse):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def problem(status: int, message: str, errors: list[dict[str, Any]] | None = None) -> ORJSONResponse:
+    body: dict[str, Any] = {"detail": message}
+    if errors:
+        body["errors"] = errors
+    return ORJSONResponse(body, status_code=status)
+
+
+@dataclass
+class Job:
+    """One request's rows on their way through the batcher."""
+
+    model: LoadedModel
+    batch: Batch
+    request_id: str
+    route: str
+    routing_key: str | None
+    rollout_id: str | None
+    started: float
+    future: asyncio.Future | None = None
+    shadow: LoadedModel | None = None
+    result: np.ndarray | None = field(default=None, repr=False)
+
+
+class Server:
+    """State shared by the endpoints: deployment watcher, batcher, prediction log, metrics."""
+
+    def __init__(self, config: ServingSettings):
+        self.config = config
+        self.metrics = ServerMetrics()
+        self.log = (
+            open_log(config.settings, config.model_name, fsync=config.fsync)
+            if config.log_predictions
+            else None
+        )
+        self.watcher = RegistryWatcher(
+            config.settings,
+            config.model_name,
+            cache=config.model_cache,
+            poll_seconds=config.poll_seconds,
+            pinned_version=config.pinned_version,
+            on_change=self.metrics.show_deployment,
+        )
+        self.inflight = 0
+        self.queue: asyncio.Queue[Job] | None = None
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="model")
+        self.shadow_executor = ThreadPoolExecutor(1, thread_name_prefix="shadow")
+        self.shadow_pending = 0
+        self._batcher: asyncio.Task | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.queue = asyncio.Queue()
+        self._batcher = asyncio.create_task(self._batch_loop())
+        self.watcher.start(on_error=lambda exc: self.metrics.registry_errors.inc())
+
+    async def stop(self) -> None:
+        self.watcher.stop()
+        if self._batcher:
+            self._batcher.cancel()
+        self.executor.shutdown(wait=True)
+        self.shadow_executor.shutdown(wait=True)
+        if self.log:
+            self.log.close()
+
+    # -- batching --------------------------------------------------------------------------------
+    async def submit(self, job: Job) -> np.ndarray:
+        job.future = asyncio.get_running_loop().create_future()
+        self.queue.put_nowait(job)
+        return await job.future
+
+    async def _batch_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        max_wait, max_rows = self.config.max_wait_ms / 1000, self.config.max_batch_rows
+        while True:
+            job = await self.queue.get()
+            jobs, rows = [job], len(job.batch)
+            deadline = loop.time() + max_wait
+            while rows < max_rows:
+                try:
+                    nxt = self.queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    remaining = deadline - loop.time()
+                    if self.inflight <= len(jobs) or remaining <= 0:
+                        break  # nobody else is coming: do not make this request wait
+                    try:
+                        nxt = await asyncio.wait_for(self.queue.get(), remaining)
+                    except TimeoutError:
+                        break
+                jobs.append(nxt)
+                rows += len(nxt.batch)
+            try:
+                await loop.run_in_executor(self.executor, self._score_and_log, jobs)
+            except Exception as exc:
+                for j in jobs:
+                    if not j.future.done():
+                        j.future.set_exception(exc)
+                continue
+            for j in jobs:
+                if not j.future.done():
+                    j.future.set_result(j.result)
+            shadow = [j for j in jobs if j.shadow is not None]
+            if shadow:
+                self._submit_shadow(shadow)
+
+    def _score(self, jobs: list[Job], model_of: Callable[[Job], LoadedModel]) -> None:
+        groups: dict[int, list[Job]] = {}
+        for j in jobs:
+            groups.setdefault(id(model_of(j)), []).append(j)
+        for group in groups.values():
+            model = model_of(group[0])
+            proba = model.predict_proba(Batch.concat([j.batch for j in group]))
+            self.metrics.batch_rows.observe(len(proba))
+            offset = 0
+            for j in group:
+                j.result = proba[offset : offset + len(j.batch)]
+                offset += len(j.batch)
+
+    def _log_rows(self, jobs: list[Job], model_of: Callable[[Job], LoadedModel], route_of) -> list[dict]:
+        now = time.time()
+        rows = []
+        for j in jobs:
+            model = model_of(j)
+            latency_ms = (time.perf_counter() - j.started) * 1000
+            for r, (record, p) in enumerate(
+                zip(j.batch.records(model.schema), j.result.tolist(), strict=True)
+            ):
+                rows.append(
+                    {
+                        "request_id": j.request_id,
+                        "row": r,
+                        "ts": now * 1000,
+                        "model_name": model.name,
+                        "model_version": model.version,
+                        "route": route_of(j),
+                        "routing_key": j.routing_key,
+                        "rollout_id": j.rollout_id,
+                        "probability": p,
+                        "prediction": int(p >= model.threshold),
+                        "latency_ms": latency_ms,
+                        "inputs": record,
+                    }
+                )
+        return rows
+
+    def _score_and_log(self, jobs: list[Job]) -> None:
+        """Score, log durably, count: runs in the model thread. The answer leaves only after this."""
+        self._score(jobs, lambda j: j.model)
+        if self.log:
+            self.log.append(self._log_rows(jobs, lambda j: j.model, lambda j: j.route))
+        m = self.metrics
+        deployment = self.watcher.deployment
+        for j in jobs:
+            m.predictions.labels(j.model.version, j.route).inc(len(j.batch))
+            m.latency.labels(j.route).observe(time.perf_counter() - j.started)
+            for p in j.result.tolist():
+                m.probability.labels(j.route).observe(p)
+        m.observe_features(
+            jobs[0].model.schema, Batch.concat([j.batch for j in jobs]), deployment.known_categories
+        )
+
+    def _submit_shadow(self, jobs: list[Job]) -> None:
+        if self.shadow_pending >= self.config.shadow_queue:
+            self.metrics.shadow_dropped.inc()
+            return
+        self.shadow_pending += 1
+        shadow_jobs = [
+            Job(
+                j.shadow,
+                j.batch,
+                j.request_id,
+                SHADOW_ROUTE,
+                j.routing_key,
+                j.rollout_id,
+                time.perf_counter(),
+            )
+            for j in jobs
+        ]
+
+        def run() -> None:
+            try:
+                self._score(shadow_jobs, lambda j: j.model)
+                if self.log:
+                    self.log.append(self._log_rows(shadow_jobs, lambda j: j.model, lambda j: SHADOW_ROUTE))
+                for j in shadow_jobs:
+                    self.metrics.predictions.labels(j.model.version, SHADOW_ROUTE).inc(len(j.batch))
+                    for p in j.result.tolist():
+                        self.metrics.probability.labels(SHADOW_ROUTE).observe(p)
+            except Exception:  # the caller already has the champion's answer; count and move on
+                self.metrics.errors.labels("shadow").inc()
+                log.exception("shadow scoring failed")
+            finally:
+                self.shadow_pending -= 1
+
+        self.shadow_executor.submit(run)
+
+    # -- endpoints -------------------------------------------------------------------------------
+    async def predict(self, request: Request) -> Response:
+        self.inflight += 1
+        try:
+            return await self._predict(request)
+        finally:
+            self.inflight -= 1
+
+    async def _read_json(self, request: Request) -> Any:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self.config.max_body_bytes:
+            raise _Reject(413, f"body is {declared} bytes; the limit is {self.config.max_body_bytes}")
+        body = await request.body()
+        if len(body) > self.config.max_body_bytes:
+            raise _Reject(413, f"body is {len(body)} bytes; the limit is {self.config.max_body_bytes}")
+        if not body:
+            raise _Reject(400, "empty body: send a JSON object")
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise _Reject(400, f"body is not valid JSON: {exc}") from None
+
+    async def _predict(self, request: Request) -> Response:
+        try:
+            payload = await self._read_json(request)
+            records, routing_key = _predict_payload(payload)
+        except _Reject as rej:
+            self.metrics.requests.labels("predict", str(rej.status)).inc()
+            self.metrics.errors.labels("bad_request").inc()
+            return problem(rej.status, rej.message, rej.errors)
+        deployment: Deployment = self.watcher.deployment
+        if deployment.champion is None:
+            self.metrics.requests.labels("predict", "503").inc()
+            return problem(503, f"no model loaded yet: {self.watcher.last_error or 'loading'}")
+        chosen = route(deployment.policy, routing_key)
+        model = deployment.champion
+        if chosen == CHALLENGER_ROUTE and deployment.challenger is not None:
+            model = deployment.challenger
+        else:
+            chosen = CHAMPION_ROUTE
+        try:
+            batch = parse_records(records, model.schema, max_rows=self.config.max_rows)
+        except InvalidInput as exc:
+            self.metrics.requests.labels("predict", "422").inc()
+            self.metrics.errors.labels("invalid_input").inc()
+            return problem(422, f"invalid input: {exc}", exc.errors)
+        shadow = deployment.challenger if deployment.policy.strategy == "shadow" else None
+        job = Job(
+            model=model,
+            batch=batch,
+            request_id=uuid.uuid4().hex,
+            route=chosen,
+            routing_key=routing_key,
+            rollout_id=deployment.policy.rollout_id,
+            started=time.perf_counter(),
+            shadow=shadow,
+        )
+        try:
+            proba = await self.submit(job)
+        except Exception as exc:
+            self.metrics.requests.labels("predict", "503").inc()
+            self.metrics.errors.labels("scoring").inc()
+            log.exception("scoring or logging failed")
+            return problem(503, f"prediction failed and was not logged, retry: {exc}")
+        self.metrics.requests.labels("predict", "200").inc()
+        threshold = model.threshold
+        return ORJSONResponse(
+            {
+                "request_id": job.request_id,
+                "model_name": model.name,
+                "model_version": model.version,
+                "route": chosen,
+                "threshold": threshold,
+                "predictions": [
+                    {"prediction": int(p >= threshold), "probability": p} for p in proba.tolist()
+                ],
+            }
+        )
+
+    async def feedback(self, request: Request) -> Response:
+        try:
+            items = _feedback_payload(await self._read_json(request))
+        except _Reject as rej:
+            self.metrics.requests.labels("feedback", str(rej.status)).inc()
+            return problem(rej.status, rej.message, rej.errors)
+        if self.log is None:
+            return problem(409, "this server does not log predictions (sandbox): feedback is not stored")
+        recorded = await run_in_threadpool(self.log.append_feedback, items)
+        self.metrics.requests.labels("feedback", "200").inc()
+        return ORJSONResponse({"recorded": recorded})
+
+    def ready(self) -> Response:
+        d = self.watcher.deployment
+        body = {
+            "ready": d.champion is not None,
+            "model_name": self.config.model_name,
+            "champion": d.champion and {"version": d.champion.version, "runtime": d.champion.runtime},
+            "challenger": d.challenger and {"version": d.challenger.version, "runtime": d.challenger.runtime},
+            "strategy": d.policy.strategy,
+            "share": d.policy.share,
+            "rollout_id": d.policy.rollout_id,
+            "registry_error": self.watcher.last_error,
+        }
+        return ORJSONResponse(body, status_code=200 if d.champion is not None else 503)
+
+
+class _Reject(Exception):
+    def __init__(self, status: int, message: str, errors: list[dict[str, Any]] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.errors = status, message, errors
+
+
+def _predict_payload(payload: Any) -> tuple[Any, str | None]:
+    """``{"records": [...], "routing_key": "..."}``; ``dataframe_records`` (MLflow's name) also works."""
+    if not isinstance(payload, dict):
+        raise _Reject(422, 'body must be a JSON object like {"records": [{...}, ...]}')
+    allowed = {"records", "dataframe_records", "routing_key"}
+    extra = sorted(set(payload) - allowed)
+    if extra:
+        raise _Reject(
+            422, f"unknown top-level field(s) {extra}; expected 'records' and optional 'routing_key'"
+        )
+    if ("records" in payload) == ("dataframe_records" in payload):
+        raise _Reject(422, "send the rows in exactly one field, 'records' (a list of objects)")
+    key = payload.get("routing_key")
+    if key is not None and not isinstance(key, str | int):
+        raise _Reject(422, "routing_key must be a string")
+    return payload.get("records", payload.get("dataframe_records")), (None if key is None else str(key))
+
+
+def _feedback_payload(payload: Any) -> list[dict[str, Any]]:
+    """``{"feedback": [{"request_id": "...", "row": 0, "label": 1}, ...]}``, checked item by item."""
+    items = payload.get("feedback") if isinstance(payload, dict) else None
+    if not isinstance(items, list) or not items or set(payload) != {"feedback"}:
+        raise _Reject(
+            422, 'body must be {"feedback": [{"request_id": "...", "row": 0, "label": 0 or 1}, ...]}'
+        )
+    if len(items) > 100_000:
+        raise _Reject(413, f"{len(items)} feedback items; the limit is 100000 per request")
+    now, out, errors = time.time() * 1000, [], []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            errors.append({"loc": ["feedback", i], "msg": "must be an object"})
+            continue
+        extra = set(item) - {"request_id", "row", "label"}
+        if extra:
+            errors.append({"loc": ["feedback", i], "msg": f"unknown field(s) {sorted(extra)}"})
+        rid, row, label = item.get("request_id"), item.get("row", 0), item.get("label")
+        if not isinstance(rid, str) or not rid:
+            errors.append({"loc": ["feedback", i, "request_id"], "msg": "must be a non-empty string"})
+        if isinstance(row, bool) or not isinstance(row, int) or row < 0:
+            errors.append({"loc": ["feedback", i, "row"], "msg": "must be an integer >= 0"})
+        if label not in (0, 1) or (not isinstance(label, bool | int)):
+            errors.append({"loc": ["feedback", i, "label"], "msg": "must be 0, 1, true or false"})
+        out.append({"request_id": rid, "row": row, "label": int(bool(label)), "ts": now})
+        if len(errors) >= 50:
+            break
+    if errors:
+        raise _Reject(422, "invalid feedback", errors)
+    return out
+
+
+class BearerAuth:
+    """Pure ASGI middleware: every path but /health needs the token (compared in constant time)."""
+
+    def __init__(self, app, token: str):
+        self.app, self.expected = app, f"Bearer {token}".encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
+            sent = dict(scope["headers"]).get(b"authorization", b"")
+            if not secrets.compare_digest(sent, self.expected):
+                body = orjson.dumps({"detail": "missing or wrong bearer token"})
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 401,
+                        "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
+def _openapi_body(config: ServingSettings) -> dict[str, Any]:
+    record = config.record_schema()
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "records": {
+                                "type": "array",
+                                "items": record,
+                                "minItems": 1,
+                                "maxItems": config.max_rows,
+                            },
+                            "routing_key": {"type": "string"},
+                        },
+                        "required": ["records"],
+                        "additionalProperties": False,
+                    }
+                }
+            },
+        }
+    }
+
+
+def create_app(config: ServingSettings | None = None) -> FastAPI:
+    """The ASGI app (``uvicorn --factory pipelines.serving.app:create_app``)."""
+    config = config or ServingSettings.from_env()
+    server = Server(config)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await server.start()
+        yield
+        await server.stop()
+
+    app = FastAPI(
+        title=f"{config.model_name} model server",
+        version="1",
+        lifespan=lifespan,
+        default_response_class=ORJSONResponse,
+    )
+    app.state.server = server
+
+    @app.post("/predict", openapi_extra=_openapi_body(config), summary="Score one or many rows")
+    async def predict(request: Request) -> Response:
+        return await server.predict(request)
+
+    @app.post("/feedback", summary="Record ground-truth labels by request id and row")
+    async def feedback(request: Request) -> Response:
+        return await server.feedback(request)
+
+    @app.get("/health", summary="The process is up")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready", summary="A champion is loaded and can answer")
+    async def ready() -> Response:
+        return server.ready()
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    if config.token:
+        app.add_middleware(BearerAuth, token=config.token)
+    return app

@@ -1,0 +1,103 @@
+"""Settings of the model server, from ``MLOPS_SERVING_*`` environment variables.
+
+Environment variables (and not a file) because every replica of a Deployment
+gets them the same way; the token may come from a file mounted from a Secret.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipelines.errors import ConfigError
+from pipelines.settings import Settings
+
+
+def _env_bool(env: dict[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in {"1", "true", "yes", "on"}:
+        return True
+    if raw.lower() in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def _env_number(env: dict[str, str], name: str, default: float, kind=float, minimum: float = 0) -> Any:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return kind(default)
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    settings: Settings
+    model_name: str
+    pinned_version: str | None = None
+    poll_seconds: float = 5.0
+    token: str | None = None
+    max_rows: int = 10_000
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_wait_ms: float = 2.0
+    max_batch_rows: int = 4096
+    shadow_queue: int = 64
+    fsync: bool = False
+    log_predictions: bool = True
+    model_cache: Path = Path(".")
+    features: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> ServingSettings:
+        """Read the server's settings; the model name defaults to the pipeline config's."""
+        from pipelines.config import load_config
+
+        env = dict(os.environ if env is None else env)
+        settings = Settings.from_env(env)
+        config = load_config(settings.config_path)
+        token = env.get("MLOPS_SERVING_TOKEN") or None
+        token_file = env.get("MLOPS_SERVING_TOKEN_FILE")
+        if token_file:
+            try:
+                token = Path(token_file).read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"MLOPS_SERVING_TOKEN_FILE cannot be read: {exc.strerror}") from None
+            if not token:
+                raise ConfigError("MLOPS_SERVING_TOKEN_FILE is empty")
+        return cls(
+            settings=settings,
+            model_name=env.get("MLOPS_SERVING_MODEL") or config.registry.model_name,
+            pinned_version=env.get("MLOPS_SERVING_VERSION") or None,
+            poll_seconds=_env_number(env, "MLOPS_SERVING_POLL_SECONDS", 5.0, minimum=0.1),
+            token=token,
+            max_rows=_env_number(env, "MLOPS_SERVING_MAX_ROWS", 10_000, int, 1),
+            max_body_bytes=_env_number(env, "MLOPS_SERVING_MAX_BODY_BYTES", 8 * 1024 * 1024, int, 1),
+            max_wait_ms=_env_number(env, "MLOPS_SERVING_MAX_WAIT_MS", 2.0),
+            max_batch_rows=_env_number(env, "MLOPS_SERVING_MAX_BATCH_ROWS", 4096, int, 1),
+            shadow_queue=_env_number(env, "MLOPS_SERVING_SHADOW_QUEUE", 64, int, 1),
+            fsync=_env_bool(env, "MLOPS_PREDICTION_LOG_FSYNC", False),
+            log_predictions=_env_bool(env, "MLOPS_SERVING_LOG_PREDICTIONS", True),
+            model_cache=Path(env.get("MLOPS_SERVING_MODEL_CACHE") or settings.home / "serving" / "models"),
+            features=(tuple(config.dataset.features.numeric), tuple(config.dataset.features.categorical)),
+        )
+
+    def record_schema(self) -> dict[str, Any]:
+        """JSON Schema of one input record, as the pipeline config declares the features."""
+        numeric, categorical = self.features
+        props: dict[str, Any] = {c: {"type": ["number", "null"]} for c in numeric}
+        props |= {c: {"type": ["string", "null"]} for c in categorical}
+        return {
+            "type": "object",
+            "properties": props,
+            "required": [*numeric, *categorical],
+            "additionalProperties": False,
+        }

@@ -1,0 +1,121 @@
+"""Prometheus metrics of the model server.
+
+Besides counts and latency, the server exports per-feature sums, counts and
+missing/unseen counts, and the champion's training mean and spread for each
+numeric feature, so an alert rule can watch drift without the server doing
+statistics, e.g. ``abs(rate(sum)/rate(count) - reference_mean) / reference_std > 1``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+PROBABILITY_BUCKETS = tuple(round(x, 1) for x in np.linspace(0.1, 1.0, 10))
+
+
+class ServerMetrics:
+    """All metrics, on a registry of their own (one per app)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.predictions = Counter("mlops_predictions", "Rows scored", ["model_version", "route"], registry=r)
+        self.requests = Counter(
+            "mlops_requests", "Requests by endpoint and status", ["endpoint", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "mlops_request_latency_seconds",
+            "Time from request arrival to logged prediction",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.errors = Counter("mlops_errors", "Errors by kind", ["kind"], registry=r)
+        self.batch_rows = Histogram(
+            "mlops_batch_rows",
+            "Rows per model call (micro-batching)",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 256, 1024, 4096),
+            registry=r,
+        )
+        self.probability = Histogram(
+            "mlops_prediction_probability",
+            "Predicted probability",
+            ["route"],
+            buckets=PROBABILITY_BUCKETS,
+            registry=r,
+        )
+        self.feature_sum = Counter(
+            "mlops_feature_value_sum", "Sum of a numeric feature", ["feature"], registry=r
+        )
+        self.feature_count = Counter(
+            "mlops_feature_value_count", "Non-missing values of a feature", ["feature"], registry=r
+        )
+        self.feature_missing = Counter(
+            "mlops_feature_missing", "Missing values of a feature", ["feature"], registry=r
+        )
+        self.feature_unseen = Counter(
+            "mlops_feature_unseen_category", "Categories not seen in training", ["feature"], registry=r
+        )
+        self.reference_mean = Gauge(
+            "mlops_feature_reference_mean",
+            "Training mean of a numeric feature (champion)",
+            ["feature"],
+            registry=r,
+        )
+        self.reference_std = Gauge(
+            "mlops_feature_reference_std", "Training standard deviation (champion)", ["feature"], registry=r
+        )
+        self.model_info = Gauge(
+            "mlops_model_info", "Loaded models (1 = serving)", ["role", "version", "runtime"], registry=r
+        )
+        self.ready = Gauge("mlops_ready", "1 when a champion is loaded", registry=r)
+        self.policy_info = Gauge(
+            "mlops_rollout_info", "Current strategy (1)", ["strategy", "challenger"], registry=r
+        )
+        self.registry_errors = Counter("mlops_registry_poll_errors", "Failed registry polls", registry=r)
+        self.shadow_dropped = Counter(
+            "mlops_shadow_dropped", "Shadow batches dropped because the shadow queue was full", registry=r
+        )
+        self._children: dict[tuple[str, str], tuple] = {}
+
+    def observe_features(self, schema, batch, known_categories: dict[str, set[str]]) -> None:
+        """Per-feature sums and counts for one micro-batch (vectorised, one increment per feature)."""
+        numeric = batch.numeric
+        present = ~np.isnan(numeric)
+        sums = np.where(present, numeric, 0.0).sum(axis=0)
+        counts = present.sum(axis=0)
+        n = numeric.shape[0]
+        for i, name in enumerate(schema.numeric):
+            self.feature_sum.labels(name).inc(float(sums[i]))
+            self.feature_count.labels(name).inc(int(counts[i]))
+            if counts[i] < n:
+                self.feature_missing.labels(name).inc(int(n - counts[i]))
+        for i, name in enumerate(schema.categorical):
+            values = batch.categorical[i]
+            missing = sum(v is None for v in values)
+            self.feature_count.labels(name).inc(n - missing)
+            if missing:
+                self.feature_missing.labels(name).inc(missing)
+            known = known_categories.get(name)
+            if known:
+                unseen = sum(v is not None and v not in known for v in values)
+                if unseen:
+                    self.feature_unseen.labels(name).inc(unseen)
+
+    def show_deployment(self, deployment) -> None:
+        """Reset the info gauges to the models and policy now serving."""
+        self.model_info.clear()
+        self.policy_info.clear()
+        champion, challenger = deployment.champion, deployment.challenger
+        self.ready.set(1 if champion else 0)
+        if champion:
+            self.model_info.labels("champion", champion.version, champion.runtime).set(1)
+            for name, stats in (champion.reference.get("numeric") or {}).items():
+                if stats.get("mean") is not None:
+                    self.reference_mean.labels(name).set(stats["mean"])
+                    self.reference_std.labels(name).set(stats.get("std") or 0.0)
+        if challenger:
+            self.model_info.labels("challenger", challenger.version, challenger.runtime).set(1)
+        self.policy_info.labels(deployment.policy.strategy, deployment.policy.challenger_version or "").set(1)

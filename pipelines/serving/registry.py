@@ -1,0 +1,191 @@
+"""What the server serves: champion, challenger and policy, read from the MLflow registry.
+
+One ``get_registered_model`` call returns the aliases and the policy tag
+together, so every poll sees one consistent picture. New models are downloaded
+and loaded off the request path; the swap is one reference assignment, so a
+request in flight finishes on the models it started with and none fails.
+When the registry cannot be reached, the server keeps what it has.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipelines import storage, tracking
+from pipelines.serving.model import LoadedModel, load_model_dir
+from pipelines.serving.policy import POLICY_TAG, Policy
+from pipelines.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """An immutable snapshot of what answers requests."""
+
+    champion: LoadedModel | None = None
+    challenger: LoadedModel | None = None
+    policy: Policy = field(default_factory=Policy)
+    known_categories: dict[str, set[str]] = field(default_factory=dict)
+
+    def key(self) -> tuple:
+        return (
+            self.champion.version if self.champion else None,
+            self.challenger.version if self.challenger else None,
+            self.policy.to_json(),
+        )
+
+
+def download_version(settings: Settings, name: str, version: str, cache: Path) -> Path:
+    """The model's files in a local cache folder (downloaded once, moved into place atomically)."""
+    import mlflow.artifacts
+
+    target = cache / storage.safe_segment(name) / str(version)
+    if (target / "MLmodel").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=target.parent))
+    try:
+        tracking.client(settings)  # binds the tracking and registry URIs
+        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(tmp))
+        os.replace(tmp, target) if not target.exists() else shutil.rmtree(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def load_version(settings: Settings, name: str, version: str, cache: Path) -> LoadedModel:
+    """Download and load one registered version with its threshold and training profile."""
+    meta = tracking.client(settings).get_model_version(name, str(version))
+    threshold = meta.tags.get("threshold")
+    model = load_model_dir(
+        download_version(settings, name, str(version), cache),
+        name=name,
+        version=str(meta.version),
+        threshold=float(threshold) if threshold else None,
+    )
+    profile_uri = meta.tags.get("reference_profile_uri")
+    if profile_uri:
+        try:
+            model.reference = storage.read_json(profile_uri)
+        except Exception as exc:  # monitoring gauges only; serving does not depend on it
+            log.warning("no reference profile for %s v%s: %s", name, version, exc)
+    return model
+
+
+def _known_categories(model: LoadedModel | None) -> dict[str, set[str]]:
+    if model is None:
+        return {}
+    cats = model.reference.get("categorical") or {}
+    return {name: set((stats.get("frequencies") or {}).keys()) for name, stats in cats.items()}
+
+
+class RegistryWatcher:
+    """Polls the registry and swaps in new deployments; or serves one pinned version."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        model_name: str,
+        *,
+        cache: Path,
+        poll_seconds: float = 5.0,
+        pinned_version: str | None = None,
+        on_change: Any = None,
+    ):
+        self.settings, self.model_name, self.cache = settings, model_name, cache
+        self.poll_seconds, self.pinned_version = poll_seconds, pinned_version
+        self.on_change = on_change
+        self.deployment = Deployment()
+        self.last_error: str | None = None
+        self.last_success: float | None = None
+        self._models: dict[str, LoadedModel] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _model(self, version: str) -> LoadedModel:
+        if version not in self._models:
+            self._models[version] = load_version(self.settings, self.model_name, version, self.cache)
+        return self._models[version]
+
+    def desired(self) -> tuple[str | None, Policy]:
+        """(champion version, policy) as the registry states them now."""
+        if self.pinned_version:
+            return self.pinned_version, Policy()
+        registered = tracking.client(self.settings).get_registered_model(self.model_name)
+        champion = (registered.aliases or {}).get(tracking.CHAMPION)
+        try:
+            policy = Policy.from_json((registered.tags or {}).get(POLICY_TAG))
+        except (ValueError, TypeError) as exc:
+            log.error("ignoring a malformed deployment policy (%s): serving the champion only", exc)
+            policy = Policy()
+        return (str(champion) if champion is not None else None), policy
+
+    def refresh(self) -> bool:
+        """One poll: load what changed and swap; True when the deployment changed."""
+        try:
+            champion_version, policy = self.desired()
+        except Exception as exc:
+            self.last_error = f"registry unreachable: {exc}"
+            log.warning("%s; still serving what is loaded", self.last_error)
+            raise
+        champion = self.deployment.champion
+        if champion_version is None:
+            self.last_error = f"registered model {self.model_name!r} has no champion alias yet"
+        elif champion is None or champion.version != champion_version:
+            champion = self._model(champion_version)
+        challenger = None
+        if policy.in_rollout and policy.challenger_version:
+            try:
+                challenger = self._model(policy.challenger_version)
+            except Exception as exc:  # the rollout cannot run, the champion still can
+                log.error("challenger v%s failed to load (%s): champion only", policy.challenger_version, exc)
+                self.last_error = f"challenger v{policy.challenger_version} failed to load: {exc}"
+                policy = Policy()
+        new = Deployment(champion, challenger, policy, _known_categories(champion))
+        self.last_success = time.time()
+        if champion_version is not None:
+            self.last_error = None
+        if new.key() == self.deployment.key():
+            return False
+        self.deployment = new  # the swap: one reference assignment
+        keep = {v for v in (new.champion and new.champion.version, challenger and challenger.version) if v}
+        self._models = {v: m for v, m in self._models.items() if v in keep}
+        log.info(
+            "serving champion v%s, challenger %s, strategy %s",
+            champion.version if champion else None,
+            f"v{challenger.version}" if challenger else "none",
+            policy.strategy,
+        )
+        if self.on_change:
+            self.on_change(new)
+        return True
+
+    def start(self, on_error: Any = None) -> None:
+        def loop() -> None:
+            while True:
+                try:
+                    self.refresh()
+                except Exception as exc:
+                    if self.last_error is None:
+                        self.last_error = str(exc)
+                    if on_error:
+                        on_error(exc)
+                if self.pinned_version and self.deployment.champion:
+                    return  # pinned: nothing to poll for
+                if self._stop.wait(self.poll_seconds):
+                    return
+
+        self._thread = threading.Thread(target=loop, name="registry-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()

@@ -1,0 +1,38 @@
+"""Conclude rollout: promote or abort as the test decided, and log the decision to MLflow."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pipelines import deploy, tracking
+from pipelines.context import StepContext
+
+log = logging.getLogger(__name__)
+
+
+def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Apply the verdict of ``analyse_rollout`` to the registry."""
+    import mlflow
+
+    name = ctx.config.registry.model_name
+    started, verdict = inputs["start_rollout"], inputs["analyse_rollout"]
+    version = str(started["version"])
+    decision, reason = verdict.get("decision"), verdict.get("reason", "")
+    if started.get("decided"):
+        outcome = {"champion": version}  # direct: promoted when the rollout started
+    elif decision == "promote":
+        outcome = deploy.promote(ctx.settings, name, version, reason=reason)
+    elif decision == "abort":
+        outcome = deploy.abort(ctx.settings, name, version, reason=reason)
+    else:
+        outcome = {"note": reason}
+    numbers = {k: v for k, v in verdict.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    with tracking.pipeline_run(ctx, "conclude_rollout"):
+        mlflow.set_tags(
+            {"deploy.decision": str(decision), "deploy.reason": reason[:500], "deploy.version": version}
+        )
+        mlflow.log_metrics({f"rollout_{k}": float(v) for k, v in numbers.items()})
+        mlflow.log_dict({"started": started, "verdict": verdict, "outcome": outcome}, "rollout/decision.json")
+    log.info("rollout of %s v%s: %s (%s)", name, version, decision, reason)
+    return {"model_name": name, "version": version, "decision": decision, "reason": reason, **outcome}

@@ -1,0 +1,201 @@
+"""Infra validation: serve the candidate in a sandbox process before it may take any traffic.
+
+TFX's InfraValidator idea: a model that passed the offline gate can still fail
+to load in the serving stack (a missing dependency, a type the serializer
+refuses) or answer too slowly. The candidate is started with ``mlops serve
+--version N`` in its own process, with no prediction log and its own model
+cache; it must become ready, answer real rows with exactly the probabilities
+of the scikit-learn pipeline, and meet the latency budget.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipelines import tracking
+from pipelines.context import StepContext
+from pipelines.errors import InfraValidationFailed
+from pipelines.pipeline import skipped
+
+log = logging.getLogger(__name__)
+READY_TIMEOUT_S = 120.0
+TOLERANCE = 1e-6
+
+
+def candidate_version(ctx: StepContext) -> str | None:
+    """The version to deploy: the run parameter, else the ``challenger`` alias."""
+    if ctx.config.deploy.version:
+        return ctx.config.deploy.version
+    from pipelines import deploy
+
+    return deploy.aliases(ctx.settings, ctx.config.registry.model_name).get(tracking.CHALLENGER)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _reference_rows(ctx: StepContext, version: str, cache: Path):
+    """Rows to query (the model's input example plus edge cases) and the pipeline's own answers."""
+    import mlflow.sklearn
+    from mlflow.models import Model
+
+    from pipelines.serving.model import FeatureSchema, input_example, parity_rows
+    from pipelines.serving.registry import download_version
+
+    path = download_version(ctx.settings, ctx.config.registry.model_name, version, cache)
+    meta = Model.load(path / "MLmodel")
+    schema = FeatureSchema.from_signature(meta.signature)
+
+    batch = parity_rows(input_example(meta, path, schema), schema)
+    expected = mlflow.sklearn.load_model(str(path)).predict_proba(batch.frame(schema))[:, 1]
+    return batch.records(schema), expected
+
+
+class Sandbox:
+    """``mlops serve --version N`` on a free loopback port, in its own process group."""
+
+    def __init__(self, version: str, model_name: str, workdir: Path):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {
+            **os.environ,
+            "MLOPS_SERVING_MODEL": model_name,
+            "MLOPS_SERVING_LOG_PREDICTIONS": "false",
+            "MLOPS_SERVING_MODEL_CACHE": str(workdir / "models"),
+            "MLOPS_SERVING_POLL_SECONDS": "1",
+        }
+        env.pop("MLOPS_SERVING_TOKEN", None)
+        env.pop("MLOPS_SERVING_TOKEN_FILE", None)
+        self.output = workdir / "server.log"
+        with open(self.output, "wb") as out:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "pipelines.cli",
+                    "serve",
+                    "--version",
+                    version,
+                    "--port",
+                    str(self.port),
+                ],
+                env=env,
+                cwd=workdir,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def tail(self, lines: int = 15) -> str:
+        text = self.output.read_text(errors="replace") if self.output.exists() else ""
+        return "\n".join(text.strip().splitlines()[-lines:])
+
+    def wait_ready(self, client, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise InfraValidationFailed(f"the server exited with {self.proc.returncode}:\n{self.tail()}")
+            try:
+                answer = client.get(f"{self.url}/ready", timeout=2)
+                body = answer.json()
+                if answer.status_code == 200:
+                    return body
+                if body.get("registry_error"):
+                    raise InfraValidationFailed(f"the model did not load: {body['registry_error']}")
+            except (OSError, ValueError) as exc:
+                log.debug("sandbox not up yet: %s", exc)
+            except Exception as exc:
+                if isinstance(exc, InfraValidationFailed):
+                    raise
+                log.debug("sandbox not up yet: %s", exc)
+            time.sleep(0.3)
+        raise InfraValidationFailed(f"the server was not ready within {timeout:.0f}s:\n{self.tail()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+def check_served(ctx: StepContext, version: str, url: str, client, records, expected) -> dict[str, Any]:
+    """Real queries against a running server: correct answers and the latency budget."""
+    deploy = ctx.config.deploy
+    answer = client.post(f"{url}/predict", json={"records": records}, timeout=30)
+    if answer.status_code != 200:
+        raise InfraValidationFailed(f"a real query got HTTP {answer.status_code}: {answer.text[:500]}")
+    body = answer.json()
+    if str(body.get("model_version")) != str(version):
+        raise InfraValidationFailed(f"answered by version {body.get('model_version')}, expected {version}")
+    got = np.array([p["probability"] for p in body["predictions"]], dtype=float)
+    if got.shape != expected.shape or not np.all(np.isfinite(got)):
+        raise InfraValidationFailed(f"expected {len(expected)} finite probabilities, got {got.tolist()[:10]}")
+    gap = float(np.max(np.abs(got - expected)))
+    if gap > TOLERANCE:
+        raise InfraValidationFailed(f"served probabilities differ from the pipeline's by {gap:.3g}")
+    timings = []
+    for i in range(deploy.infra_queries):
+        started = time.perf_counter()
+        single = client.post(f"{url}/predict", json={"records": [records[i % len(records)]]}, timeout=30)
+        timings.append((time.perf_counter() - started) * 1000)
+        if single.status_code != 200:
+            raise InfraValidationFailed(
+                f"single-row query {i} got HTTP {single.status_code}: {single.text[:300]}"
+            )
+    p50, p95 = (float(np.percentile(timings, q)) for q in (50, 95))
+    if p95 > deploy.latency_budget_ms:
+        raise InfraValidationFailed(
+            f"too slow: p95 {p95:.1f} ms over {deploy.infra_queries} single-row queries; "
+            f"the budget is {deploy.latency_budget_ms:.0f} ms"
+        )
+    return {"rows_checked": len(expected), "max_abs_diff": gap, "p50_ms": p50, "p95_ms": p95}
+
+
+def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Start the candidate in a sandbox, query it, stop it; raise if it fails."""
+    import httpx
+    import mlflow
+
+    name = ctx.config.registry.model_name
+    version = candidate_version(ctx)
+    if version is None:
+        return skipped(f"{name} has no challenger to deploy", version=None)
+    client_ = tracking.client(ctx.settings)
+    try:
+        with tempfile.TemporaryDirectory(prefix="mlops-infra-") as tmp, httpx.Client() as http:
+            workdir = Path(tmp)
+            records, expected = _reference_rows(ctx, version, workdir / "reference")
+            sandbox = Sandbox(version, name, workdir)
+            try:
+                ready = sandbox.wait_ready(http, READY_TIMEOUT_S)
+                checks = check_served(ctx, version, sandbox.url, http, records, expected)
+            finally:
+                sandbox.stop()
+    except InfraValidationFailed as exc:
+        client_.set_model_version_tag(name, version, "infra_validation", f"failed: {exc}"[:500])
+        raise InfraValidationFailed(f"infra validation of {name} v{version} failed: {exc}") from None
+    result = {"version": str(version), "runtime": ready["champion"]["runtime"], **checks}
+    client_.set_model_version_tag(name, version, "infra_validation", "passed")
+    client_.set_model_version_tag(name, version, "infra_validation.p95_ms", f"{checks['p95_ms']:.2f}")
+    with tracking.pipeline_run(ctx, "validate_serving"):
+        mlflow.log_metrics({f"infra_{k}": v for k, v in checks.items()})
+        mlflow.set_tag("deploy.version", str(version))
+    log.info("infra validation of v%s passed: p95 %.1f ms, exact answers", version, checks["p95_ms"])
+    return {"status": "passed", "model_name": name, **result}

@@ -1,0 +1,364 @@
+"""The model server as a real process: answers, bad input, routing, hot swap, durability, auth.
+
+Models come from the real MLflow server (``serving_home``: v1 and v2 good, v3 trained
+on shuffled labels); the server follows the registry like a production replica.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import SERVING_MODEL, ServerProcess, reset_deployment
+from pipelines import deploy, prediction_log, tracking
+from pipelines.serving.policy import POLICY_TAG, Policy
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def rows(serving_home) -> tuple[list[dict], np.ndarray]:
+    """Real April 2013 flights as request records, with their true labels."""
+    from pipelines import sources
+    from pipelines.config import load_config
+
+    config = load_config(serving_home["config"])
+    frame = sources.read_window(
+        config.dataset, pd.Timestamp("2013-04-01", tz="UTC"), pd.Timestamp("2013-05-01", tz="UTC")
+    )
+    frame = frame[frame["arr_delay"].notna()].sample(4000, random_state=0)
+    features = frame[config.dataset.features.all]
+    records = features.astype(object).where(features.notna(), None).to_dict("records")
+    for record in records:
+        for name in config.dataset.features.numeric:
+            if record[name] is not None:
+                record[name] = float(record[name])
+    return records, (frame["arr_delay"] > 15).astype(int).to_numpy()
+
+
+@pytest.fixture(scope="module")
+def server(serving_home, tmp_path_factory):
+    reset_deployment(serving_home["settings"])
+    proc = ServerProcess(serving_home["env"], tmp_path_factory.mktemp("server") / "server.log").start()
+    wait_for(proc.url, champion="1")
+    yield proc
+    proc.stop()
+
+
+def wait_for(url: str, timeout: float = 60, headers: dict | None = None, **expected) -> dict:
+    """Poll /ready until the server reports the expected champion/challenger/strategy."""
+    deadline, body = time.time() + timeout, {}
+    while time.time() < deadline:
+        try:
+            response = httpx.get(f"{url}/ready", timeout=5, headers=headers)
+            body = response.json()
+            state = {
+                "champion": (body.get("champion") or {}).get("version"),
+                "challenger": (body.get("challenger") or {}).get("version"),
+                "strategy": body.get("strategy"),
+            }
+            if all(state[k] == v for k, v in expected.items()):
+                return body
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"server never reached {expected}; last /ready: {body}")
+
+
+def set_policy(settings, policy: Policy) -> None:
+    tracking.client(settings).set_registered_model_tag(SERVING_MODEL, POLICY_TAG, policy.to_json())
+
+
+def test_predict_answers_with_version_probability_and_request_id(server, rows):
+    records, _ = rows
+    response = httpx.post(f"{server.url}/predict", json={"records": records[:3]})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model_version"] == "1" and body["route"] == "champion"
+    assert len(body["request_id"]) == 32
+    assert len(body["predictions"]) == 3
+    for p in body["predictions"]:
+        assert 0.0 <= p["probability"] <= 1.0
+        assert p["prediction"] == int(p["probability"] >= body["threshold"])
+    # MLflow's payload name works too, so clients of `mlflow models serve` can switch.
+    assert httpx.post(f"{server.url}/predict", json={"dataframe_records": records[:1]}).status_code == 200
+    ready = httpx.get(f"{server.url}/ready").json()
+    assert ready["champion"]["runtime"] == "lean-hgb"
+
+
+def test_served_probabilities_equal_the_registered_pipeline(server, rows, serving_home):
+    import mlflow.sklearn
+
+    records, _ = rows
+    tracking.client(serving_home["settings"])
+    pipeline = mlflow.sklearn.load_model(f"models:/{SERVING_MODEL}/1")
+    got = [
+        p["probability"]
+        for p in httpx.post(f"{server.url}/predict", json={"records": records[:500]}).json()["predictions"]
+    ]
+    frame = pd.DataFrame(records[:500]).astype({c: "float64" for c in pipeline.feature_names_in_[:13]})
+    expected = pipeline.predict_proba(frame)[:, 1]
+    assert np.max(np.abs(np.array(got) - expected)) < 1e-9
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "needle"),
+    [
+        (b"", 400, "empty body"),
+        (b"{not json", 400, "not valid JSON"),
+        (b"[1, 2]", 422, "JSON object"),
+        (b'{"records": {}}', 422, "list of objects"),
+        (b'{"records": []}', 422, "is empty"),
+        (b'{"rows": []}', 422, "unknown top-level field"),
+    ],
+)
+def test_malformed_bodies_get_a_4xx_that_names_the_problem(server, body, status, needle):
+    response = httpx.post(f"{server.url}/predict", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == status, response.text
+    assert needle in response.json()["detail"]
+
+
+def test_bad_fields_are_each_named(server, rows):
+    record = dict(rows[0][0])
+    missing = {k: v for k, v in record.items() if k != "distance"}
+    wrong = {**record, "temp": "warm", "carrier": 7}
+    extra = {**record, "tail_number": "N123"}
+    response = httpx.post(f"{server.url}/predict", json={"records": [missing, wrong, extra]})
+    assert response.status_code == 422
+    errors = {(e["loc"][1], e["loc"][2]): e["msg"] for e in response.json()["errors"]}
+    assert errors[(0, "distance")] == "field required"
+    assert "must be a number" in errors[(1, "temp")]
+    assert "must be a string" in errors[(1, "carrier")]
+    assert "unknown field" in errors[(2, "tail_number")]
+
+
+def test_huge_body_is_refused_before_it_is_read(server, rows):
+    records = rows[0][:1] * 60_000  # ~25 MB, over the 8 MB default limit
+    response = httpx.post(f"{server.url}/predict", json={"records": records}, timeout=60)
+    assert response.status_code == 413
+    assert "limit" in response.json()["detail"]
+
+
+def test_metrics_count_predictions_by_version_and_route_and_watch_features(server, rows):
+    httpx.post(f"{server.url}/predict", json={"records": rows[0][:10]})
+    text = httpx.get(f"{server.url}/metrics").text
+    count = [
+        line for line in text.splitlines() if line.startswith('mlops_predictions_total{model_version="1"')
+    ]
+    assert count and float(count[0].split()[-1]) >= 10
+    assert 'mlops_feature_value_sum_total{feature="temp"}' in text
+    assert 'mlops_feature_reference_mean{feature="temp"}' in text
+    assert "mlops_request_latency_seconds_bucket" in text
+    assert 'mlops_model_info{role="champion",runtime="lean-hgb",version="1"} 1.0' in text
+
+
+def test_canary_share_is_respected_and_sticky_per_routing_key(server, rows, serving_home):
+    settings = serving_home["settings"]
+    set_policy(
+        settings, Policy(strategy="canary", challenger_version="2", share=0.3, rollout_id="test-canary")
+    )
+    try:
+        wait_for(server.url, champion="1", challenger="2", strategy="canary")
+        record = rows[0][0]
+        routes = {}
+        with httpx.Client(base_url=server.url) as http:
+            for key in range(600):
+                body = http.post("/predict", json={"records": [record], "routing_key": f"k{key}"}).json()
+                routes[key] = (body["route"], body["model_version"])
+            share = sum(r == ("challenger", "2") for r in routes.values()) / len(routes)
+            # binomial(600, 0.3): sd 0.019; 4 sd either way
+            assert abs(share - 0.3) < 0.075, share
+            assert {r for r in routes.values()} == {("champion", "1"), ("challenger", "2")}
+            again = [
+                http.post("/predict", json={"records": [record], "routing_key": f"k{k}"}).json()
+                for k in range(50)
+            ]
+            assert all((b["route"], b["model_version"]) == routes[k] for k, b in enumerate(again))
+    finally:
+        reset_deployment(settings)
+        wait_for(server.url, champion="1", strategy="direct")
+
+
+def test_ab_assignment_is_random_without_a_key(server, rows, serving_home):
+    settings = serving_home["settings"]
+    set_policy(settings, Policy(strategy="ab", challenger_version="2", share=0.5, rollout_id="test-ab"))
+    try:
+        wait_for(server.url, challenger="2", strategy="ab")
+        with httpx.Client(base_url=server.url) as http:
+            routes = Counter(
+                http.post("/predict", json={"records": [rows[0][1]]}).json()["route"] for _ in range(400)
+            )
+        # binomial(400, 0.5): sd 0.025
+        assert abs(routes["challenger"] / 400 - 0.5) < 0.1, routes
+    finally:
+        reset_deployment(settings)
+        wait_for(server.url, champion="1", strategy="direct")
+
+
+def test_shadow_never_changes_the_answer_and_logs_both(server, rows, serving_home):
+    settings = serving_home["settings"]
+    records = rows[0][:200]
+    with httpx.Client(base_url=server.url) as http:
+        before = [http.post("/predict", json={"records": [r]}).json() for r in records]
+        set_policy(settings, Policy(strategy="shadow", challenger_version="3", rollout_id="test-shadow"))
+        try:
+            wait_for(server.url, challenger="3", strategy="shadow")
+            timings, during = [], []
+            for r in records:
+                started = time.perf_counter()
+                during.append(http.post("/predict", json={"records": [r]}).json())
+                timings.append(time.perf_counter() - started)
+        finally:
+            reset_deployment(settings)
+            wait_for(server.url, champion="1", strategy="direct")
+    assert [b["predictions"] for b in during] == [b["predictions"] for b in before]
+    assert {(b["route"], b["model_version"]) for b in during} == {("champion", "1")}
+    assert np.percentile(timings, 95) < 0.1  # the infra-validation budget; shadow runs off the path
+    time.sleep(1.0)  # shadow scoring runs after the answer
+    log = prediction_log.open_log(settings, SERVING_MODEL, writer=False).read()
+    ids = {b["request_id"] for b in during}
+    shadow = log[(log["route"] == "shadow") & log["request_id"].isin(ids)]
+    champion = log[(log["route"] == "champion") & log["request_id"].isin(ids)]
+    assert len(champion) == len(ids) and len(shadow) == len(ids)
+    assert set(shadow["model_version"]) == {"3"}
+
+
+def test_hot_swap_under_load_fails_no_request(server, rows, serving_home):
+    settings = serving_home["settings"]
+    client = tracking.client(settings)
+    stop, results = threading.Event(), []
+    records = rows[0]
+
+    def load(seed: int) -> None:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            i = seed
+            while not stop.is_set():
+                try:
+                    response = http.post("/predict", json={"records": [records[i % len(records)]]})
+                    results.append((response.status_code, response.json().get("model_version")))
+                except httpx.HTTPError as exc:
+                    results.append((repr(exc), None))
+                i += 7
+
+    threads = [threading.Thread(target=load, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1)
+        for version in ("2", "1", "2"):
+            client.set_registered_model_alias(SERVING_MODEL, "champion", version)
+            wait_for(server.url, champion=version)
+            time.sleep(1)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        reset_deployment(settings)
+        wait_for(server.url, champion="1")
+    statuses = Counter(status for status, _ in results)
+    assert statuses == {200: len(results)}, statuses
+    versions = Counter(v for _, v in results)
+    assert versions["1"] > 0 and versions["2"] > 0, versions
+    assert len(results) > 200
+
+
+def test_feedback_joins_the_prediction_log(server, rows, serving_home):
+    records, labels = rows
+    body = httpx.post(f"{server.url}/predict", json={"records": records[:5]}).json()
+    items = [{"request_id": body["request_id"], "row": i, "label": int(labels[i])} for i in range(5)]
+    assert httpx.post(f"{server.url}/feedback", json={"feedback": items}).json() == {"recorded": 5}
+    bad = httpx.post(f"{server.url}/feedback", json={"feedback": [{"request_id": "", "label": 3}]})
+    assert bad.status_code == 422 and {e["loc"][-1] for e in bad.json()["errors"]} == {"request_id", "label"}
+    store = prediction_log.open_log(serving_home["settings"], SERVING_MODEL, writer=False)
+    joined = prediction_log.with_feedback(store.read(), store.read_feedback())
+    mine = joined[joined["request_id"] == body["request_id"]].sort_values("row")
+    assert mine["label"].tolist() == [int(x) for x in labels[:5]]
+    assert mine["input.temp"].tolist() == [r["temp"] for r in records[:5]]
+
+
+def test_acknowledged_predictions_survive_a_crash(serving_home, rows, tmp_path):
+    """kill -9 right after answers: every acknowledged request is in the log, once, after restart."""
+    reset_deployment(serving_home["settings"])
+    proc = ServerProcess(serving_home["env"], tmp_path / "crash.log").start()
+    try:
+        wait_for(proc.url, champion="1")
+        with httpx.Client(base_url=proc.url) as http:
+            acked = [
+                http.post("/predict", json={"records": rows[0][i : i + 2]}).json()["request_id"]
+                for i in range(300)
+            ]
+    finally:
+        proc.kill()  # SIGKILL: no shutdown hook runs
+    restarted = ServerProcess(serving_home["env"], tmp_path / "restart.log").start()  # recovers the spool
+    try:
+        wait_for(restarted.url, champion="1")
+    finally:
+        restarted.stop()
+    log = prediction_log.open_log(serving_home["settings"], SERVING_MODEL, writer=False).read()
+    mine = log[log["request_id"].isin(acked)]
+    assert set(mine["request_id"]) == set(acked)
+    assert len(mine) == 2 * len(acked)  # two rows each, no duplicates
+    spool = serving_home["home"] / "serving" / "spool" / SERVING_MODEL
+    assert not list(spool.glob("*.open.jsonl")), "the restarted server compacted the dead writer's segment"
+
+
+def test_auth_guards_every_endpoint_but_health_and_never_logs_the_token(serving_home, rows, tmp_path):
+    token = "s3cret-token-for-tests-0123456789"
+    proc = ServerProcess(
+        serving_home["env"],
+        tmp_path / "auth.log",
+        MLOPS_SERVING_TOKEN=token,
+        MLOPS_SERVING_LOG_PREDICTIONS="false",
+    )
+    proc.env["MLOPS_HOME"] = str(tmp_path / "auth-home")
+    proc.start()
+    headers = {"Authorization": f"Bearer {token}"}
+    try:
+        wait_for(proc.url, champion="1", headers=headers)
+        assert httpx.get(f"{proc.url}/health").status_code == 200
+        guarded = ["/ready", "/metrics", "/openapi.json", "/docs"]
+        for method, path in [*(("GET", p) for p in guarded), ("POST", "/predict"), ("POST", "/feedback")]:
+            assert httpx.request(method, f"{proc.url}{path}").status_code == 401, path
+            wrong = {"Authorization": "Bearer nope"}
+            assert httpx.request(method, f"{proc.url}{path}", headers=wrong).status_code == 401, path
+        ok = httpx.post(f"{proc.url}/predict", json={"records": rows[0][:1]}, headers=headers)
+        assert ok.status_code == 200
+    finally:
+        proc.stop()
+    assert token not in proc.log_path.read_text()
+
+
+def test_a_malformed_policy_tag_falls_back_to_the_champion(server, rows, serving_home):
+    settings = serving_home["settings"]
+    set_policy(settings, Policy(strategy="canary", challenger_version="2", share=0.9, rollout_id="x"))
+    wait_for(server.url, challenger="2", strategy="canary")
+    tracking.client(settings).set_registered_model_tag(SERVING_MODEL, POLICY_TAG, "{not json")
+    try:
+        wait_for(server.url, champion="1", challenger=None, strategy="direct")
+        with httpx.Client(base_url=server.url) as http:
+            answers = {
+                http.post("/predict", json={"records": [r]}).json()["model_version"] for r in rows[0][:30]
+            }
+        assert answers == {"1"}
+    finally:
+        reset_deployment(settings)
+
+
+def test_rollback_cli_restores_the_previous_champion(serving_home, monkeypatch):
+    from pipelines.cli import main
+
+    settings = serving_home["settings"]
+    reset_deployment(settings)
+    deploy.promote(settings, SERVING_MODEL, "2", reason="test")
+    for key, value in serving_home["env"].items():
+        monkeypatch.setenv(key, value)
+    assert main(["rollback", "--reason", "bad numbers"]) == 0
+    assert deploy.aliases(settings, SERVING_MODEL)["champion"] == "1"
+    # a second rollback has nothing to go back to, and says so
+    assert main(["rollback"]) == 3
