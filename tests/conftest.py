@@ -187,6 +187,28 @@ def serving_home(mlflow_server, tmp_path_factory) -> dict:
     return {"settings": settings, "env": env, "home": home, "config": config}
 
 
+@pytest.fixture(scope="session")
+def april_rows(serving_home) -> tuple[list[dict], object]:
+    """Real April 2013 flights as request records, with their true labels."""
+    import pandas as pd
+
+    from pipelines import sources
+    from pipelines.config import load_config
+
+    config = load_config(serving_home["config"])
+    frame = sources.read_window(
+        config.dataset, pd.Timestamp("2013-04-01", tz="UTC"), pd.Timestamp("2013-05-01", tz="UTC")
+    )
+    frame = frame[frame["arr_delay"].notna()].sample(4000, random_state=0)
+    features = frame[config.dataset.features.all]
+    records = features.astype(object).where(features.notna(), None).to_dict("records")
+    for record in records:
+        for name in config.dataset.features.numeric:
+            if record[name] is not None:
+                record[name] = float(record[name])
+    return records, (frame["arr_delay"] > 15).astype(int).to_numpy()
+
+
 class ServerProcess:
     """``mlops serve`` in its own process group, with its output in a file."""
 

@@ -181,10 +181,13 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
     try:
         with tempfile.TemporaryDirectory(prefix="mlops-infra-") as tmp, httpx.Client() as http:
             workdir = Path(tmp)
-            records, expected = _reference_rows(ctx, version, workdir / "reference")
             sandbox = Sandbox(version, name, workdir)
             try:
                 ready = sandbox.wait_ready(http, READY_TIMEOUT_S)
+                try:
+                    records, expected = _reference_rows(ctx, version, workdir / "reference")
+                except Exception as exc:
+                    raise InfraValidationFailed(f"the reference pipeline cannot score: {exc}") from exc
                 checks = check_served(ctx, version, sandbox.url, http, records, expected)
             finally:
                 sandbox.stop()

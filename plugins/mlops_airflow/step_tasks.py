@@ -59,6 +59,8 @@ def run_context(context: dict[str, Any]) -> dict[str, Any]:
     end = conf.get("interval_end")
     if not end and context.get("data_interval_end"):
         start, end = context.get("data_interval_start"), context["data_interval_end"]
+        if start == end:  # asset-triggered or unscheduled runs have a point, not an interval
+            start = None
     end = end or _asset_interval_end(context) or dag_run.run_after
     return {
         "dag_id": dag_run.dag_id,

@@ -23,23 +23,8 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def rows(serving_home) -> tuple[list[dict], np.ndarray]:
-    """Real April 2013 flights as request records, with their true labels."""
-    from pipelines import sources
-    from pipelines.config import load_config
-
-    config = load_config(serving_home["config"])
-    frame = sources.read_window(
-        config.dataset, pd.Timestamp("2013-04-01", tz="UTC"), pd.Timestamp("2013-05-01", tz="UTC")
-    )
-    frame = frame[frame["arr_delay"].notna()].sample(4000, random_state=0)
-    features = frame[config.dataset.features.all]
-    records = features.astype(object).where(features.notna(), None).to_dict("records")
-    for record in records:
-        for name in config.dataset.features.numeric:
-            if record[name] is not None:
-                record[name] = float(record[name])
-    return records, (frame["arr_delay"] > 15).astype(int).to_numpy()
+def rows(april_rows):
+    return april_rows
 
 
 @pytest.fixture(scope="module")

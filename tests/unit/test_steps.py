@@ -108,6 +108,24 @@ def test_reference_profile_catches_a_unit_change(sliced):
     assert failed and all("temp" in line for line in failed)
 
 
+def test_reference_nulls_are_checked_on_dense_columns_only():
+    from pipelines import validation
+
+    profile = {
+        "numeric": {
+            "temp": {"null_fraction": 0.01, "quantiles": {"0.01": 10.0, "0.99": 90.0}},
+            "wind_gust": {"null_fraction": 0.67, "quantiles": {"0.01": 16.0, "0.99": 40.0}},
+        },
+        "categorical": {},
+    }
+    nulls = {
+        c["kwargs"]["column"]: c["kwargs"]["mostly"]
+        for c in validation.reference_expectations(profile)
+        if c["type"] == "expect_column_values_to_not_be_null"
+    }
+    assert nulls == {"temp": 0.89}  # seasonal gust reporting (59-87% null by month) is not broken data
+
+
 def test_time_split_never_mixes_times(sliced):
     ctx = make_ctx()
     snapshot = storage.read_parquet(execute_step("ingest", ctx, {})["snapshot_uri"])
