@@ -39,7 +39,7 @@ def test_the_served_predictor_matches_the_pipeline_exactly(data, estimator):
     training = CONFIG.training.model_copy(update={"estimator": estimator})
     x_train, _ = records_of(train)
     pipeline = modeling.build_pipeline(CONFIG.dataset, training).fit(x_train, y)
-    predictor, gap = choose_predictor(pipeline, SCHEMA, parity_rows(x_train.head(5), SCHEMA))
+    predictor, _ = choose_predictor(pipeline, SCHEMA, parity_rows(x_train.head(5), SCHEMA))
     assert predictor.runtime == ("lean-hgb" if estimator == "hist_gradient_boosting" else "sklearn")
     x_test, records = records_of(test)
     records[0] = {**records[0], "carrier": "ZZ", "dest": None}  # unseen and missing categories
