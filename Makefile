@@ -5,9 +5,9 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 export PYTHONPATH := $(CURDIR)/plugins
 
-.PHONY: demo install test lint up down bench clean
+.PHONY: demo install test lint serve up down bench bench-serving clean
 
-demo: install  ## Install everything, train Jan-Mar 2013 through Airflow, print where to look
+demo: install  ## Install everything, train Jan-Mar 2013 and score April through Airflow, print where to look
 	$(PY) -m mlops_airflow.stack demo
 
 install: $(STAMP)  ## Create .venv and install the pinned stack (about 2-3 minutes the first time)
@@ -25,7 +25,10 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-up: install  ## Airflow UI on :8080 and MLflow UI on :5000 over the demo's stores
+serve: install  ## Serve the demo's champion on http://127.0.0.1:8000 (follows the registry; Ctrl-C stops)
+	$(PY) -m pipelines.cli serve --port $${MLOPS_SERVING_PORT:-8000}
+
+up: install  ## Airflow UI :8080, MLflow UI :5000 and the model server :8000 over the demo's stores
 	$(PY) -m mlops_airflow.stack up
 
 down:
@@ -33,6 +36,9 @@ down:
 
 bench: install  ## Airflow vs plain-Python wall time of the training pipeline (benchmarks/README.md)
 	$(PY) benchmarks/pipeline/run.py
+
+bench-serving: install  ## This model server vs `mlflow models serve` (benchmarks/README.md)
+	$(PY) benchmarks/serving/run.py
 
 clean:
 	rm -rf .mlops

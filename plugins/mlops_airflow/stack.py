@@ -1,7 +1,7 @@
 """The embedded local stack: Airflow on SQLite, MLflow on SQLite, artifacts on disk.
 
-    python -m mlops_airflow.stack demo    # train Jan-Mar 2013 through Airflow, print where to look
-    python -m mlops_airflow.stack up      # Airflow UI :8080 and MLflow UI :5000 on the same stores
+    python -m mlops_airflow.stack demo    # train Jan-Mar 2013 and score April through Airflow
+    python -m mlops_airflow.stack up      # Airflow :8080, MLflow :5000, model server :8000
     python -m mlops_airflow.stack down
 
 Everything lives under ``MLOPS_HOME`` (default ``<repo>/.mlops``). The Makefile
@@ -24,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 AIRFLOW_PORT = int(os.environ.get("MLOPS_AIRFLOW_PORT", "8080"))
 MLFLOW_PORT = int(os.environ.get("MLOPS_MLFLOW_PORT", "5000"))
+SERVING_PORT = int(os.environ.get("MLOPS_SERVING_PORT", "8000"))
 
 
 def stack_env(home: Path | None = None, root: Path = ROOT) -> dict[str, str]:
@@ -101,6 +102,20 @@ def run_training(months: list[str], conf: dict | None = None) -> list:
     return runs
 
 
+def run_batch(month: str):
+    """Score one month with the champion through the batch-inference DAG (``dag.test``)."""
+    import pendulum
+    from airflow.dag_processing.dagbag import DagBag
+
+    dag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"]).dags["batch_inference"]
+    logical = pendulum.parse(f"{month}-01", tz=dag.timezone).add(months=1)
+    print(f"[batch] scoring {month} with the champion ...", flush=True)
+    started = time.time()
+    run = dag.test(logical_date=logical)
+    print(f"[batch] {month}: run {run.state} in {time.time() - started:.0f}s", flush=True)
+    return run
+
+
 def summary(runs: list) -> str:
     """Where to look: each run's MLflow run, gate decision, reports; the registry's aliases."""
     from pipelines import tracking
@@ -141,7 +156,8 @@ def summary(runs: list) -> str:
         lines.append("  no model version registered")
     lines += [
         "",
-        "Open the UIs on this data:  make up   (Airflow http://127.0.0.1:8080, MLflow http://127.0.0.1:5000)",
+        "Serve the champion:         make serve   (then: curl http://127.0.0.1:8000/ready)",
+        "Open the UIs on this data:  make up      (Airflow :8080, MLflow :5000, model server :8000)",
         "Stop them:                  make down",
     ]
     return "\n".join(lines)
@@ -156,8 +172,18 @@ def demo(args: argparse.Namespace) -> int:
     print(f"MLOPS_HOME={os.environ['MLOPS_HOME']}; preparing Airflow's metadata database ...", flush=True)
     migrate()
     runs = run_training(_months(args.first, args.last))
+    batch = run_batch(args.score) if args.score else None
     print(summary(runs))
-    return 0 if all(str(r.state) == "success" for r in runs) else 1
+    if batch is not None:
+        score = next(ti for ti in batch.get_task_instances() if ti.task_id == "score")
+        result = score.xcom_pull(task_ids="score") if str(score.state) == "success" else None
+        if result:
+            print(
+                f"\nBatch inference ({args.score}): {result['rows']} flights scored by "
+                f"{result['model_name']} v{result['model_version']} -> {result['predictions_uri']}"
+            )
+    ok = all(str(r.state) == "success" for r in runs) and (batch is None or str(batch.state) == "success")
+    return 0 if ok else 1
 
 
 # -- up / down: the UIs -------------------------------------------------------------------------
@@ -206,20 +232,31 @@ def up(args: argparse.Namespace) -> int:
     home = Path(env["MLOPS_HOME"])
     migrate()
     subprocess.run(["airflow", "dags", "reserialize"], env=env, check=True, stdout=subprocess.DEVNULL)
-    subprocess.run(["airflow", "dags", "unpause", "training"], env=env, stdout=subprocess.DEVNULL)
+    for dag_id in ("training", "deploy"):  # a registered challenger then flows on to deploy by itself
+        subprocess.run(["airflow", "dags", "unpause", dag_id], env=env, stdout=subprocess.DEVNULL)
+    # MLflow first: it creates or upgrades its database, which nobody else may touch meanwhile.
     _start("mlflow", mlflow_server_cmd(home, MLFLOW_PORT), env)
-    _start("airflow", ["airflow", "standalone"], env)
     ok_mlflow = _wait_http(f"http://127.0.0.1:{MLFLOW_PORT}/health", 90)
+    _start("airflow", ["airflow", "standalone"], env)
+    serve = [sys.executable, "-m", "pipelines.cli", "serve", "--port", str(SERVING_PORT)]
+    # The server follows the registry through the tracking server, as a replica would in production.
+    tracking_server = f"http://127.0.0.1:{MLFLOW_PORT}"
+    _start("server", serve, {**env, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": tracking_server})
     ok_airflow = _wait_http(f"http://127.0.0.1:{AIRFLOW_PORT}/api/v2/monitor/health", 120)
-    print(f"MLflow  UI: http://127.0.0.1:{MLFLOW_PORT}  {'ready' if ok_mlflow else 'NOT READY (see log)'}")
-    print(f"Airflow UI: http://127.0.0.1:{AIRFLOW_PORT}  {'ready' if ok_airflow else 'NOT READY (see log)'}")
+    ok_server = _wait_http(f"http://127.0.0.1:{SERVING_PORT}/health", 60)
+    print(f"MLflow  UI:   http://127.0.0.1:{MLFLOW_PORT}  {'ready' if ok_mlflow else 'NOT READY (see log)'}")
+    print(
+        f"Airflow UI:   http://127.0.0.1:{AIRFLOW_PORT}  {'ready' if ok_airflow else 'NOT READY (see log)'}"
+    )
+    print(f"Model server: http://127.0.0.1:{SERVING_PORT}  {'up' if ok_server else 'NOT UP (see log)'}"
+          " (ready once a champion exists: GET /ready)")  # fmt: skip
     print("Trigger 'training' with the params form (Trigger DAG), e.g. interval_end 2013-06-01.")
-    return 0 if ok_mlflow and ok_airflow else 1
+    return 0 if ok_mlflow and ok_airflow and ok_server else 1
 
 
 def down(args: argparse.Namespace) -> int:
     _apply_env()
-    for name in ("airflow", "mlflow"):
+    for name in ("server", "airflow", "mlflow"):
         pid_file = _pid_file(name)
         if not pid_file.exists():
             continue
@@ -248,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("demo", help="train through Airflow on the bundled data, then print where to look")
     run.add_argument("--first", default="2013-01", help="first monthly interval (YYYY-MM)")
     run.add_argument("--last", default="2013-03", help="last monthly interval (YYYY-MM)")
+    run.add_argument("--score", default="2013-04", help="month to score with the champion ('' to skip)")
     run.set_defaults(func=demo)
     sub.add_parser("up", help="start the Airflow and MLflow UIs").set_defaults(func=up)
     sub.add_parser("down", help="stop them").set_defaults(func=down)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.config import load_config
-from pipelines.pipeline import TRAINING
+from pipelines.pipeline import BATCH_INFERENCE, DEPLOY, ROLLBACK, TRAINING
 from pipelines.settings import DEFAULT_CONFIG
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -107,3 +107,29 @@ def test_execution_modes_are_explicit():
         step_task("ingest", mode="gpu")
     with pytest.raises(NotImplementedError, match="'kubernetes' is not available yet"):
         step_task("ingest", mode="kubernetes")
+
+
+@pytest.mark.parametrize(
+    ("dag_id", "spec"),
+    [("deploy", DEPLOY), ("batch_inference", BATCH_INFERENCE), ("rollback", ROLLBACK)],
+)
+def test_deploy_batch_and_rollback_dags_wire_their_specs(dagbag, dag_id, spec):
+    dag = dagbag.dags[dag_id]
+    assert [t.task_id for t in dag.topological_sort()] == [s.name for s in spec]
+    for step in spec:
+        assert dag.get_task(step.name).upstream_task_ids == set(step.inputs)
+
+
+def test_deploy_dag_runs_on_a_registered_challenger_and_polls_the_verdict(dagbag):
+    dag = dagbag.dags["deploy"]
+    config = load_config(DEFAULT_CONFIG)
+    assert [a.name for a in dag.timetable.asset_condition.objects] == [
+        f"{config.registry.model_name}.challenger"
+    ]
+    sensor = dag.get_task("analyse_rollout")
+    assert "Sensor" in type(sensor).__name__
+    assert sensor.poke_interval == config.deploy.rollout.poke_seconds
+    assert sensor.mode == "reschedule"  # a rollout can take days: do not hold a worker slot
+    assert sensor.timeout > config.deploy.rollout.max_wait_hours * 3600  # the step decides first
+    assert set(dag.params.dump()) == {"version", "strategy", "share", "min_detectable_effect"}
+    assert type(dagbag.dags["rollback"].timetable).__name__ == "NullTimetable"  # manual only
