@@ -144,3 +144,51 @@ def render_evaluation(
     png = _figure_png(fig)
     plt.close(fig)
     return evaluation_html(evaluation, png), base64.b64decode(png)
+
+
+def rollout_html(model: str, version: str, started: dict[str, Any], verdict: dict[str, Any]) -> str:
+    """The rollout's verdict: error rate of each arm with a 95% interval, and the test's numbers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    policy = started.get("policy") or {}
+    n = int(verdict.get("sample_size") or 0)
+    arms = [
+        ("champion v" + str((policy.get("test") or {}).get("champion_version", "?")), "error_rate_champion"),
+        (f"challenger v{version}", "error_rate_challenger"),
+    ]
+    figure = ""
+    if n and all(verdict.get(key) is not None for _, key in arms):
+        rates = [float(verdict[key]) for _, key in arms]
+        half = [1.96 * (r * (1 - r) / n) ** 0.5 for r in rates]
+        fig, ax = plt.subplots(figsize=(5.5, 2.6))
+        ax.barh([name for name, _ in arms], rates, xerr=half, color=["#8c959f", "#0969da"], capsize=6)
+        ax.set_xlabel(f"error rate on the first {n} labelled rows per arm (95% interval)")
+        ax.set_xlim(0, min(1, max(r + h for r, h in zip(rates, half, strict=True)) * 1.25))
+        figure = f'<img alt="error rates" src="data:image/png;base64,{_figure_png(fig)}">'
+        plt.close(fig)
+    decision = str(verdict.get("decision"))
+    colour = {"promote": "#1a7f37", "abort": "#cf222e"}.get(decision, "#9a6700")
+    numbers = [
+        {"quantity": k, "value": v} for k, v in verdict.items() if k not in {"status", "decision", "reason"}
+    ]
+    plan = [{"quantity": k, "value": v} for k, v in (policy.get("test") or {}).items()]
+    title = f"Rollout of {html.escape(model)} v{html.escape(version)}"
+    rollout_id, started_at = (
+        html.escape(str(policy.get("rollout_id"))),
+        html.escape(str(policy.get("started_at"))),
+    )
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;color:#1f2328}}
+table{{border-collapse:collapse;margin:.5em 0 1.5em}}td,th{{border:1px solid #d0d7de;padding:.3em .6em}}
+th{{background:#f6f8fa}}.verdict{{color:{colour};font-weight:bold}}</style></head><body>
+<h1>{title}: <span class="verdict">{html.escape(decision)}</span></h1>
+<p>{html.escape(str(verdict.get("reason", "")))}</p>
+<p>Strategy <b>{html.escape(str(started.get("strategy")))}</b>, rollout <code>{rollout_id}</code>,
+started {started_at}.</p>
+{figure}
+<h2>The test, fixed before traffic moved</h2>{_table(plan, ["quantity", "value"])}
+<h2>Result</h2>{_table(numbers, ["quantity", "value"])}
+</body></html>"""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from pipelines import deploy, tracking
+from pipelines import deploy, reports, storage, tracking
 from pipelines.context import StepContext
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,10 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
         outcome = deploy.abort(ctx.settings, name, version, reason=reason)
     else:
         outcome = {"note": reason}
+    report_uri = storage.write_text(
+        storage.join(ctx.artifact_dir("conclude_rollout"), "rollout.html"),
+        reports.rollout_html(name, version, started, verdict),
+    )
     numbers = {k: v for k, v in verdict.items() if isinstance(v, int | float) and not isinstance(v, bool)}
     with tracking.pipeline_run(ctx, "conclude_rollout"):
         mlflow.set_tags(
@@ -34,5 +38,22 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
         )
         mlflow.log_metrics({f"rollout_{k}": float(v) for k, v in numbers.items()})
         mlflow.log_dict({"started": started, "verdict": verdict, "outcome": outcome}, "rollout/decision.json")
+        mlflow.log_artifact(storage.local_path(report_uri) or _download(report_uri), "rollout")
     log.info("rollout of %s v%s: %s (%s)", name, version, decision, reason)
-    return {"model_name": name, "version": version, "decision": decision, "reason": reason, **outcome}
+    return {
+        "model_name": name,
+        "version": version,
+        "decision": decision,
+        "reason": reason,
+        "report_uri": report_uri,
+        **outcome,
+    }
+
+
+def _download(uri: str) -> str:
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix="mlops-rollout-") + "/rollout.html"
+    with open(path, "wb") as fh:
+        fh.write(storage.read_bytes(uri))
+    return path

@@ -193,6 +193,11 @@ def test_canary_of_a_worse_challenger_is_aborted(serving_home, server, april_row
     assert run.data.tags["deploy.decision"] == "abort"
     assert run.data.metrics["rollout_p_value"] < 0.05
     assert concluded["aborted"] == "3"
+    report = Path(concluded["report_uri"]).read_text()
+    assert "abort" in report and "data:image/png;base64," in report and "two-proportion" in report
+    assert "rollout/rollout.html" in {
+        f.path for f in tracking.client(settings).list_artifacts(run.info.run_id, "rollout")
+    }
 
 
 def test_canary_of_a_better_challenger_is_promoted_and_rollback_restores(

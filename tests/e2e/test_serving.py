@@ -347,3 +347,32 @@ def test_rollback_cli_restores_the_previous_champion(serving_home, monkeypatch):
     assert deploy.aliases(settings, SERVING_MODEL)["champion"] == "1"
     # a second rollback has nothing to go back to, and says so
     assert main(["rollback"]) == 3
+
+
+def test_production_profile_logs_predictions_to_postgresql(serving_home, rows, tmp_path):
+    from pipelines.prediction_log import SqlPredictionLog
+
+    url = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+    reset_deployment(serving_home["settings"])
+    proc = ServerProcess(serving_home["env"], tmp_path / "pg.log", MLOPS_PREDICTION_LOG=url).start()
+    try:
+        wait_for(proc.url, champion="1")
+        with httpx.Client(base_url=proc.url) as http:
+            acked = [http.post("/predict", json={"records": rows[0][i : i + 3]}).json() for i in range(20)]
+            item = {"request_id": acked[0]["request_id"], "row": 2, "label": 1}
+            assert http.post("/feedback", json={"feedback": [item]}).json() == {"recorded": 1}
+    finally:
+        proc.stop()
+    store = SqlPredictionLog(url, SERVING_MODEL)
+    try:
+        frame = store.read()
+        ids = {a["request_id"] for a in acked}
+        mine = frame[frame["request_id"].isin(ids)]
+        assert len(mine) == 60  # committed before each answer: nothing waits in a buffer
+        assert set(mine["model_version"]) == {"1"}
+        joined = prediction_log.with_feedback(mine, store.read_feedback())
+        assert joined["label"].notna().sum() == 1
+    finally:
+        with store.engine.begin() as conn:
+            conn.execute(store.predictions.delete().where(store.predictions.c.request_id.in_(ids)))
+        store.close()
