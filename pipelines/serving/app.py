@@ -18,7 +18,6 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -153,12 +152,13 @@ class Server:
             if shadow:
                 self._submit_shadow(shadow)
 
-    def _score(self, jobs: list[Job], model_of: Callable[[Job], LoadedModel]) -> None:
+    def _score(self, jobs: list[Job]) -> None:
+        """One model call per model in the micro-batch; each job gets its slice of the answer."""
         groups: dict[int, list[Job]] = {}
         for j in jobs:
-            groups.setdefault(id(model_of(j)), []).append(j)
+            groups.setdefault(id(j.model), []).append(j)
         for group in groups.values():
-            model = model_of(group[0])
+            model = group[0].model
             proba = model.predict_proba(Batch.concat([j.batch for j in group]))
             self.metrics.batch_rows.observe(len(proba))
             offset = 0
@@ -166,11 +166,11 @@ class Server:
                 j.result = proba[offset : offset + len(j.batch)]
                 offset += len(j.batch)
 
-    def _log_rows(self, jobs: list[Job], model_of: Callable[[Job], LoadedModel], route_of) -> list[dict]:
+    def _log_rows(self, jobs: list[Job]) -> list[dict]:
         now = time.time()
         rows = []
         for j in jobs:
-            model = model_of(j)
+            model = j.model
             latency_ms = (time.perf_counter() - j.started) * 1000
             for r, (record, p) in enumerate(
                 zip(j.batch.records(model.schema), j.result.tolist(), strict=True)
@@ -182,7 +182,7 @@ class Server:
                         "ts": now * 1000,
                         "model_name": model.name,
                         "model_version": model.version,
-                        "route": route_of(j),
+                        "route": j.route,
                         "routing_key": j.routing_key,
                         "rollout_id": j.rollout_id,
                         "probability": p,
@@ -195,9 +195,9 @@ class Server:
 
     def _score_and_log(self, jobs: list[Job]) -> None:
         """Score, log durably, count: runs in the model thread. The answer leaves only after this."""
-        self._score(jobs, lambda j: j.model)
+        self._score(jobs)
         if self.log:
-            self.log.append(self._log_rows(jobs, lambda j: j.model, lambda j: j.route))
+            self.log.append(self._log_rows(jobs))
         m = self.metrics
         deployment = self.watcher.deployment
         for j in jobs:
@@ -205,9 +205,12 @@ class Server:
             m.latency.labels(j.route).observe(time.perf_counter() - j.started)
             for p in j.result.tolist():
                 m.probability.labels(j.route).observe(p)
-        m.observe_features(
-            jobs[0].model.schema, Batch.concat([j.batch for j in jobs]), deployment.known_categories
-        )
+        by_schema: dict[int, list[Job]] = {}
+        for j in jobs:  # champion and challenger may (rarely) take different inputs
+            by_schema.setdefault(id(j.model.schema), []).append(j)
+        for group in by_schema.values():
+            batch = Batch.concat([j.batch for j in group])
+            m.observe_features(group[0].model.schema, batch, deployment.known_categories)
 
     def _submit_shadow(self, jobs: list[Job]) -> None:
         if self.shadow_pending >= self.config.shadow_queue:
@@ -229,9 +232,9 @@ class Server:
 
         def run() -> None:
             try:
-                self._score(shadow_jobs, lambda j: j.model)
+                self._score(shadow_jobs)
                 if self.log:
-                    self.log.append(self._log_rows(shadow_jobs, lambda j: j.model, lambda j: SHADOW_ROUTE))
+                    self.log.append(self._log_rows(shadow_jobs))
                 for j in shadow_jobs:
                     self.metrics.predictions.labels(j.model.version, SHADOW_ROUTE).inc(len(j.batch))
                     for p in j.result.tolist():
