@@ -135,7 +135,7 @@ class ParquetPredictionLog:
         spool_dir: str | Path,
         *,
         fsync: bool = False,
-        segment_rows: int = 50_000,
+        segment_rows: int = 10_000,
         segment_seconds: float = 30.0,
         writer: bool = True,
     ):

@@ -78,31 +78,45 @@ class ServerMetrics:
         self.shadow_dropped = Counter(
             "mlops_shadow_dropped", "Shadow batches dropped because the shadow queue was full", registry=r
         )
-        self._children: dict[tuple[str, str], tuple] = {}
+        self._children: dict[str, tuple] = {}
+
+    def _feature(self, name: str) -> tuple:
+        """The per-feature counters, looked up once (``labels()`` costs more than ``inc()``)."""
+        children = self._children.get(name)
+        if children is None:
+            children = self._children[name] = (
+                self.feature_sum.labels(name),
+                self.feature_count.labels(name),
+                self.feature_missing.labels(name),
+                self.feature_unseen.labels(name),
+            )
+        return children
 
     def observe_features(self, schema, batch, known_categories: dict[str, set[str]]) -> None:
         """Per-feature sums and counts for one micro-batch (vectorised, one increment per feature)."""
         numeric = batch.numeric
         present = ~np.isnan(numeric)
-        sums = np.where(present, numeric, 0.0).sum(axis=0)
-        counts = present.sum(axis=0)
+        sums = np.where(present, numeric, 0.0).sum(axis=0).tolist()
+        counts = present.sum(axis=0).tolist()
         n = numeric.shape[0]
         for i, name in enumerate(schema.numeric):
-            self.feature_sum.labels(name).inc(float(sums[i]))
-            self.feature_count.labels(name).inc(int(counts[i]))
+            total, count, missing, _ = self._feature(name)
+            total.inc(sums[i])
+            count.inc(counts[i])
             if counts[i] < n:
-                self.feature_missing.labels(name).inc(int(n - counts[i]))
+                missing.inc(n - counts[i])
         for i, name in enumerate(schema.categorical):
+            _, count, missing_counter, unseen_counter = self._feature(name)
             values = batch.categorical[i]
-            missing = sum(v is None for v in values)
-            self.feature_count.labels(name).inc(n - missing)
+            missing = values.count(None)
+            count.inc(n - missing)
             if missing:
-                self.feature_missing.labels(name).inc(missing)
+                missing_counter.inc(missing)
             known = known_categories.get(name)
             if known:
                 unseen = sum(v is not None and v not in known for v in values)
                 if unseen:
-                    self.feature_unseen.labels(name).inc(unseen)
+                    unseen_counter.inc(unseen)
 
     def show_deployment(self, deployment) -> None:
         """Reset the info gauges to the models and policy now serving."""
