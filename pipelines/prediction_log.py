@@ -226,7 +226,9 @@ class ParquetPredictionLog:
                 return
             try:
                 frame = _segment_frame(sealed)
-                for day, part in frame.groupby(frame["ts"].dt.strftime("%Y-%m-%d")):
+                # floor, not strftime: formatting every row's date held the GIL ~0.5 s per 50k rows
+                for day_start, part in frame.groupby(frame["ts"].dt.floor("D")):
+                    day = day_start.strftime("%Y-%m-%d")
                     name = f"{sealed.name.removesuffix('.jsonl')}.parquet"
                     storage.write_parquet(
                         storage.join(self.root, "predictions", f"date={day}", name),
