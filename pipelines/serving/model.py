@@ -185,6 +185,8 @@ class LeanHistGradientBoosting:
             raise TypeError(f"unexpected preprocessing steps {sorted(by_name)}")
         num_cols = by_name["num"][1]
         cat_encoder, cat_cols = by_name.get("cat", (None, []))
+        # "passthrough" is stored as an identity FunctionTransformer; any other function is caught
+        # by the parity check, which compares answers, not structure.
         if by_name["num"][0] != "passthrough" and type(by_name["num"][0]).__name__ != "FunctionTransformer":
             raise TypeError("numeric columns are transformed; only passthrough is supported")
         if cat_cols and type(cat_encoder).__name__ != "OrdinalEncoder":
@@ -200,7 +202,6 @@ class LeanHistGradientBoosting:
         self._num_source = num_positions
         self._n_features = len(is_cat)
         self._cat_lookup = self._code_tables(cat_encoder, cat_cols, est) if cat_cols else []
-        self._estimator = est
         self._bitsets, self._f_idx_map = est._bin_mapper.make_known_categories_bitsets()
         self._predictors = [iteration[0] for iteration in est._predictors]
         self._baseline = float(np.asarray(est._baseline_prediction).ravel()[0])
