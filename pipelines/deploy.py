@@ -105,12 +105,13 @@ def start_rollout(settings: Settings, name: str, version: str, config: Rollout) 
 def promote(settings: Settings, name: str, version: str, *, reason: str) -> dict[str, Any]:
     """``version`` becomes champion, the old champion ``previous``; the rollout ends."""
     client = tracking.client(settings)
-    old = aliases(settings, name).get(tracking.CHAMPION)
+    current = aliases(settings, name)  # one read: only this DAG (one run at a time) moves aliases
+    old = current.get(tracking.CHAMPION)
     if old is not None and old != str(version):
         client.set_registered_model_alias(name, PREVIOUS, old)
     client.set_registered_model_alias(name, tracking.CHAMPION, str(version))
     _write_policy(settings, name, Policy())
-    if aliases(settings, name).get(tracking.CHALLENGER) == str(version):
+    if current.get(tracking.CHALLENGER) == str(version):
         client.delete_registered_model_alias(name, tracking.CHALLENGER)
     client.set_model_version_tag(name, str(version), "deploy.decision", f"promoted: {reason}"[:500])
     client.set_model_version_tag(name, str(version), "deploy.promoted_at", _now())

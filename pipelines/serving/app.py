@@ -203,8 +203,9 @@ class Server:
         for j in jobs:
             m.predictions.labels(j.model.version, j.route).inc(len(j.batch))
             m.latency.labels(j.route).observe(time.perf_counter() - j.started)
+            probability = m.probability.labels(j.route)
             for p in j.result.tolist():
-                m.probability.labels(j.route).observe(p)
+                probability.observe(p)
         by_schema: dict[int, list[Job]] = {}
         for j in jobs:  # champion and challenger may (rarely) take different inputs
             by_schema.setdefault(id(j.model.schema), []).append(j)
@@ -235,10 +236,11 @@ class Server:
                 self._score(shadow_jobs)
                 if self.log:
                     self.log.append(self._log_rows(shadow_jobs))
+                probability = self.metrics.probability.labels(SHADOW_ROUTE)
                 for j in shadow_jobs:
                     self.metrics.predictions.labels(j.model.version, SHADOW_ROUTE).inc(len(j.batch))
                     for p in j.result.tolist():
-                        self.metrics.probability.labels(SHADOW_ROUTE).observe(p)
+                        probability.observe(p)
             except Exception:  # the caller already has the champion's answer; count and move on
                 self.metrics.errors.labels("shadow").inc()
                 log.exception("shadow scoring failed")

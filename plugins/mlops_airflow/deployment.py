@@ -10,7 +10,7 @@ from typing import Any
 
 from airflow.sdk import CronDataIntervalTimetable, Param
 
-from mlops_airflow.training import _date, model_assets
+from mlops_airflow.training import local_date, model_assets
 from pipelines.config import PipelineConfig
 
 
@@ -50,7 +50,7 @@ def deploy_dag_kwargs(config: PipelineConfig) -> dict[str, Any]:
     challenger, _ = model_assets(config)
     return {
         "schedule": [challenger],
-        "start_date": _date(config.schedule.start_date, config),
+        "start_date": local_date(config.schedule.start_date, config),
         "catchup": False,
         "max_active_runs": 1,  # one rollout at a time: the registry holds one policy
         "params": deploy_params(config),
@@ -76,8 +76,8 @@ def batch_dag_kwargs(config: PipelineConfig) -> dict[str, Any]:
     """Monthly data intervals in the dataset's timezone, like training."""
     return {
         "schedule": CronDataIntervalTimetable(config.schedule.cron, timezone=config.schedule.timezone),
-        "start_date": _date(config.schedule.start_date, config),
-        "end_date": _date(config.schedule.end_date, config),
+        "start_date": local_date(config.schedule.start_date, config),
+        "end_date": local_date(config.schedule.end_date, config),
         "catchup": False,
         "max_active_runs": 2,
         "params": {

@@ -33,7 +33,8 @@ def schedule(config: PipelineConfig) -> AssetOrTimeSchedule:
     return AssetOrTimeSchedule(timetable=timetable, assets=[model_assets(config)[1]])
 
 
-def _date(value: str | None, config: PipelineConfig) -> pendulum.DateTime | None:
+def local_date(value: str | None, config: PipelineConfig) -> pendulum.DateTime | None:
+    """A config date as midnight in the dataset's timezone (None stays None)."""
     return pendulum.parse(value, tz=config.schedule.timezone) if value else None
 
 
@@ -83,8 +84,8 @@ def dag_kwargs(config: PipelineConfig) -> dict[str, Any]:
     """Common DAG arguments derived from the config."""
     return {
         "schedule": schedule(config),
-        "start_date": _date(config.schedule.start_date, config),
-        "end_date": _date(config.schedule.end_date, config),
+        "start_date": local_date(config.schedule.start_date, config),
+        "end_date": local_date(config.schedule.end_date, config),
         "catchup": False,
         "max_active_runs": 1,
         "params": params_form(config),
