@@ -127,6 +127,11 @@ class Training(_Strict):
     random_state: int = 42
     # Test hook and sanity check: train on permuted labels; such a model must never pass the gate.
     shuffle_labels: bool = False
+    # Continual training. stateless: from scratch on the sliding window (default). stateful: start
+    # from the champion (its preprocessing and its trees or coefficients) and continue on the window.
+    mode: Literal["stateless", "stateful"] = "stateless"
+    # Stateful mode: boosting iterations added to the champion's (hist_gradient_boosting).
+    warm_start_iterations: int = Field(50, ge=1, le=10_000)
 
 
 class Gate(_Strict):
@@ -180,6 +185,79 @@ class Batch(_Strict):
     chunk_rows: int = Field(20_000, ge=1)
 
 
+class ColumnDrift(_Strict):
+    """A per-column override of the drift method and/or threshold."""
+
+    method: Literal["ks", "wasserstein", "psi", "chi2", "jensenshannon", "linf"] | None = None
+    threshold: float | None = Field(None, gt=0)
+
+
+class Drift(_Strict):
+    """Which statistic decides whether a column drifted, and when the data set as a whole did.
+
+    Defaults follow common practice: on samples of thousands of rows a p-value flags even
+    harmless shifts, so distances decide (normalised Wasserstein for numbers, Jensen-Shannon
+    for categories); p-value tests (ks, chi2) use p < 0.01.
+    """
+
+    numeric_method: Literal["ks", "wasserstein", "psi"] = "wasserstein"
+    categorical_method: Literal["chi2", "jensenshannon", "linf"] = "jensenshannon"
+    # method -> threshold; unset methods keep the defaults in pipelines.drift.DEFAULT_THRESHOLDS
+    thresholds: dict[str, float] = Field(default_factory=dict)
+    columns: dict[str, ColumnDrift] = Field(default_factory=dict)
+    # Fewer rows than this in the window (or the reference): "insufficient data", never an alarm.
+    min_rows: int = Field(500, ge=1)
+    # The window drifted when at least this share of the judged features drifted.
+    share: float = Field(0.3, gt=0, le=1)
+    psi_bins: int = Field(10, ge=2, le=100)
+    # Rows kept from the training data as the reference sample (seeded, stored with the model).
+    reference_rows: int = Field(50_000, ge=1_000)
+
+    @field_validator("thresholds")
+    @classmethod
+    def _known_methods(cls, value: dict[str, float]) -> dict[str, float]:
+        known = {"ks", "wasserstein", "psi", "chi2", "jensenshannon", "linf"}
+        unknown = set(value) - known
+        if unknown:
+            raise ValueError(f"unknown drift methods {sorted(unknown)}; known: {sorted(known)}")
+        return value
+
+
+class Performance(_Strict):
+    """Live performance (prediction log joined with feedback) against the model's test score."""
+
+    metric: Literal["roc_auc"] = "roc_auc"
+    # Decay: the live metric fell more than this below the one recorded at training time.
+    max_drop: float = Field(0.05, ge=0)
+    min_labelled_rows: int = Field(500, ge=1)
+
+
+class Retrain(_Strict):
+    """When monitoring asks for a retrain, and how often at most."""
+
+    on_drift: bool = True
+    on_decay: bool = True
+    # After a retrain request for the serving model, no second one for this long (window time),
+    # unless a new champion started serving meanwhile: one drift episode gives one retrain.
+    cooldown_hours: float = Field(24 * 7, ge=0)
+
+
+class Monitoring(_Strict):
+    """The monitoring DAG judges one window, the run's data interval, against the champion's
+    training reference: by cron (each interval) or by hand (the month before ``interval_end``)."""
+
+    cron: str = "@daily"
+    # prediction_log: the server's traffic in the window (joined with feedback labels);
+    # batch: the source data of the window, scored with the champion (labels when present).
+    source: Literal["prediction_log", "batch"] = "prediction_log"
+    # Window on the time the scored events happened (``event_time`` sent by the client, else the
+    # time the server answered), or strictly on the time the server answered (``ts``).
+    clock: Literal["event_time", "ts"] = "event_time"
+    drift: Drift = Field(default_factory=Drift)
+    performance: Performance = Field(default_factory=Performance)
+    retrain: Retrain = Field(default_factory=Retrain)
+
+
 class Registry(_Strict):
     model_name: str
     experiment: str
@@ -194,6 +272,7 @@ class PipelineConfig(_Strict):
     registry: Registry
     deploy: Deploy = Field(default_factory=Deploy)
     batch: Batch = Field(default_factory=Batch)
+    monitoring: Monitoring = Field(default_factory=Monitoring)
     base_dir: str = ""
 
     @property
@@ -228,6 +307,9 @@ RUN_PARAMETERS: dict[str, tuple[str, ...]] = {
     "share": ("deploy", "rollout", "share"),
     "min_detectable_effect": ("deploy", "rollout", "min_detectable_effect"),
     "version": ("deploy", "version"),
+    "training_mode": ("training", "mode"),
+    "source": ("monitoring", "source"),
+    "drift_share": ("monitoring", "drift", "share"),
 }
 
 

@@ -84,6 +84,11 @@ ESTIMATOR_DEFAULTS: dict[str, dict[str, Any]] = {
     "logistic_regression": {"C": 1.0, "max_iter": 1000},
 }
 
+ESTIMATOR_CLASSES = {
+    "hist_gradient_boosting": "HistGradientBoostingClassifier",
+    "logistic_regression": "LogisticRegression",
+}
+
 
 def build_pipeline(dataset: Dataset, training: Training, params: dict[str, Any] | None = None):
     """The preprocessing + estimator Pipeline for the configured estimator."""
@@ -130,6 +135,72 @@ def build_pipeline(dataset: Dataset, training: Training, params: dict[str, Any] 
         verbose_feature_names_out=False,
     )
     return Pipeline([("preprocess", pre), ("model", LogisticRegression(**kwargs))])
+
+
+def continue_training(champion: Pipeline, x: pd.DataFrame, y: np.ndarray, iterations: int) -> Pipeline:
+    """Stateful retraining: the champion's fitted preprocessing, its model continued on new data.
+
+    Logistic regression starts from the champion's coefficients (``warm_start``). Histogram
+    gradient boosting keeps the champion's trees and adds up to ``iterations`` more, fitted to
+    what the champion gets wrong on the new window. scikit-learn's own ``warm_start`` would
+    re-bin the new data and then feed the old trees bin indices from the new bins (their splits
+    are stored as bin indices for training), so the champion's bin edges are kept instead.
+    """
+    import copy
+
+    model = copy.deepcopy(champion)
+    pre, estimator = model.named_steps["preprocess"], model.named_steps["model"]
+    xt = pre.transform(x)
+    if isinstance(estimator, HistGradientBoostingClassifier):
+        estimator.set_params(warm_start=True, max_iter=estimator.n_iter_ + iterations)
+        estimator.__class__ = _ContinuedBoosting
+        try:
+            estimator.fit(xt, y)
+        finally:
+            estimator.__class__ = HistGradientBoostingClassifier
+            estimator.__dict__.pop("_kept_bin_mapper", None)
+        estimator.set_params(warm_start=False)
+    elif isinstance(estimator, LogisticRegression):
+        estimator.set_params(warm_start=True)
+        estimator.fit(xt, y)
+        estimator.set_params(warm_start=False)
+    else:
+        raise DataError(f"stateful training is not supported for {type(estimator).__name__}")
+    return model
+
+
+class _ContinuedBoosting(HistGradientBoostingClassifier):
+    """Warm-started boosting that bins new data with the fitted model's own bin edges.
+
+    Used only for the duration of one ``fit``: the fitted object is switched back to the plain
+    class, so saved models never reference this one.
+    """
+
+    def fit(self, X, y, sample_weight=None):
+        self._kept_bin_mapper = self._bin_mapper
+        return super().fit(X, y, sample_weight=sample_weight)
+
+    def _bin_data(self, X, sample_weight, is_training_data):
+        if is_training_data:
+            self._bin_mapper = self._kept_bin_mapper
+            return np.asfortranarray(self._bin_mapper.transform(X))
+        return super()._bin_data(X, sample_weight, is_training_data)
+
+
+def reference_sample(
+    frame: pd.DataFrame, dataset: Dataset, model: Pipeline, rows: int, seed: int
+) -> pd.DataFrame:
+    """Training rows kept as the drift reference: features, label and the model's probability."""
+    sample = frame.sample(n=min(rows, len(frame)), random_state=seed).sort_values(dataset.time_column)
+    x, y = features_and_label(sample, dataset)
+    out = x.reset_index(drop=True)
+    out[dataset.target.name] = y.astype("int8")
+    out[PREDICTION_COLUMN] = model.predict_proba(x)[:, 1]
+    return out
+
+
+# The model's probability as a column of reference samples and monitoring windows.
+PREDICTION_COLUMN = "prediction"
 
 
 def best_f1_threshold(y_true: np.ndarray, proba: np.ndarray) -> float:

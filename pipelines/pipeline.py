@@ -46,6 +46,12 @@ BATCH_INFERENCE: tuple[StepSpec, ...] = (
     StepSpec("score", inputs=("ingest_batch", "validate")),
 )
 
+# Monitoring: one window against the champion's training reference, then the retrain policy.
+MONITORING: tuple[StepSpec, ...] = (
+    StepSpec("detect_drift"),
+    StepSpec("decide_retrain", inputs=("detect_drift",)),
+)
+
 # Steps an orchestrator polls until their result says ``status: decided`` (a sensor in Airflow).
 POLLED_STEPS = frozenset({"analyse_rollout"})
 
@@ -54,6 +60,7 @@ PIPELINES: dict[str, tuple[StepSpec, ...]] = {
     "deploy": DEPLOY,
     "rollback": ROLLBACK,
     "batch_inference": BATCH_INFERENCE,
+    "monitoring": MONITORING,
 }
 
 

@@ -43,6 +43,7 @@ COLUMNS = [
     "request_id",
     "row",
     "ts",
+    "event_time",
     "model_name",
     "model_version",
     "route",
@@ -61,6 +62,7 @@ def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
         return pd.DataFrame(columns=COLUMNS)
     base = pd.DataFrame([{c: r.get(c) for c in COLUMNS} for r in rows], columns=COLUMNS)
     base["ts"] = pd.to_datetime(base["ts"], unit="ms", utc=True)
+    base["event_time"] = pd.to_datetime(base["event_time"], unit="ms", utc=True)
     base["row"] = base["row"].astype("int64")
     base["model_version"] = base["model_version"].astype(str)
     inputs = pd.DataFrame([r.get("inputs") or {} for r in rows]).add_prefix(INPUT_PREFIX)
@@ -88,18 +90,38 @@ def _segment_frame(path: Path) -> pd.DataFrame:
         if column not in frame:
             frame[column] = None
     frame["ts"] = pd.to_datetime(frame["ts"], unit="ms", utc=True)
+    frame["event_time"] = pd.to_datetime(frame["event_time"], unit="ms", utc=True)
     frame["row"] = frame["row"].astype("int64")
     frame["model_version"] = frame["model_version"].astype(str)
     inputs = [c for c in frame.columns if c.startswith(INPUT_PREFIX)]
     return frame[[*COLUMNS, *inputs]]
 
 
-def _between(frame: pd.DataFrame, start: pd.Timestamp | None, end: pd.Timestamp | None) -> pd.DataFrame:
+# Which clock a read's window is on: when the server answered (``ts``), or when the scored event
+# happened (``event_time``, sent by the client, e.g. a replay of history; ``ts`` where absent).
+CLOCKS = ("ts", "event_time")
+
+
+def _clock(frame: pd.DataFrame, clock: str) -> pd.Series:
+    if clock not in CLOCKS:
+        raise ValueError(f"unknown clock {clock!r}; choose one of {CLOCKS}")
+    if clock == "event_time" and "event_time" in frame:
+        return pd.to_datetime(frame["event_time"], utc=True).fillna(frame["ts"])
+    return frame["ts"]
+
+
+def _between(
+    frame: pd.DataFrame, start: pd.Timestamp | None, end: pd.Timestamp | None, clock: str = "ts"
+) -> pd.DataFrame:
+    if start is None and end is None:
+        return frame
+    times = _clock(frame, clock)
+    keep = pd.Series(True, index=frame.index)
     if start is not None:
-        frame = frame[frame["ts"] >= start]
+        keep &= times >= start
     if end is not None:
-        frame = frame[frame["ts"] < end]
-    return frame
+        keep &= times < end
+    return frame[keep]
 
 
 def _stamp(value: Any) -> pd.Timestamp | None:
@@ -272,8 +294,8 @@ class ParquetPredictionLog:
             thread.join()
 
     # -- reading -------------------------------------------------------------------------------
-    def read(self, start: Any = None, end: Any = None) -> pd.DataFrame:
-        """Predictions (parts and pending segments) with ``ts`` in [start, end)."""
+    def read(self, start: Any = None, end: Any = None, clock: str = "ts") -> pd.DataFrame:
+        """Predictions (parts and pending segments) whose ``clock`` time is in [start, end)."""
         start, end = _stamp(start), _stamp(end)
         # Segments before parts: a segment compacted in between is then found as a part; the
         # other order could miss it (part listed before it existed, segment gone when globbed).
@@ -283,13 +305,15 @@ class ParquetPredictionLog:
                 frames.append(_segment_frame(path))
             except OSError:  # compacted meanwhile: its part is listed below
                 continue
-        frames.append(_read_parts(storage.join(self.root, "predictions"), start, end))
+        # Parts are partitioned by ``ts``: only that clock can skip days.
+        by_day = (start, end) if clock == "ts" else (None, None)
+        frames.append(_read_parts(storage.join(self.root, "predictions"), *by_day))
         frames = [f for f in frames if not f.empty]
         if not frames:
             return pd.DataFrame(columns=COLUMNS)
         frame = pd.concat(frames, ignore_index=True)
         frame = frame.drop_duplicates(["request_id", "row", "route"], keep="first")
-        return _between(frame, start, end).sort_values("ts", kind="stable").reset_index(drop=True)
+        return _between(frame, start, end, clock).sort_values("ts", kind="stable").reset_index(drop=True)
 
     def read_feedback(self) -> pd.DataFrame:
         frame = _read_parts(storage.join(self.root, "feedback"), None, None)
@@ -326,6 +350,10 @@ def _read_parts(root: str, start: pd.Timestamp | None, end: pd.Timestamp | None)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+def _event_time(ms: float | None) -> pd.Timestamp | None:
+    return None if ms is None else pd.Timestamp(ms, unit="ms", tz="UTC")
+
+
 class SqlPredictionLog:
     """PostgreSQL tables ``mlops_predictions`` and ``mlops_feedback``; a commit is the acknowledgement."""
 
@@ -342,6 +370,7 @@ class SqlPredictionLog:
             sa.Column("row", sa.Integer, primary_key=True),
             sa.Column("route", sa.Text, primary_key=True),
             sa.Column("ts", sa.DateTime(timezone=True), nullable=False, index=True),
+            sa.Column("event_time", sa.DateTime(timezone=True), index=True),
             sa.Column("model_name", sa.Text, nullable=False, index=True),
             sa.Column("model_version", sa.Text, nullable=False),
             sa.Column("routing_key", sa.Text),
@@ -360,6 +389,10 @@ class SqlPredictionLog:
             sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
         )
         meta.create_all(self.engine, checkfirst=True)
+        with self.engine.begin() as conn:  # tables made before event_time existed
+            conn.execute(
+                sa.text("ALTER TABLE mlops_predictions ADD COLUMN IF NOT EXISTS event_time timestamptz")
+            )
 
     def append(self, rows: list[dict[str, Any]]) -> None:
         from sqlalchemy.dialects.postgresql import insert
@@ -370,6 +403,7 @@ class SqlPredictionLog:
             {
                 **{c: r.get(c) for c in COLUMNS},
                 "ts": pd.Timestamp(r["ts"], unit="ms", tz="UTC"),
+                "event_time": _event_time(r.get("event_time")),
                 "inputs": r["inputs"],
             }
             for r in rows
@@ -391,15 +425,19 @@ class SqlPredictionLog:
             conn.execute(stmt, values)
         return len(values)
 
-    def read(self, start: Any = None, end: Any = None) -> pd.DataFrame:
+    def read(self, start: Any = None, end: Any = None, clock: str = "ts") -> pd.DataFrame:
         import sqlalchemy as sa
 
         start, end = _stamp(start), _stamp(end)
-        query = sa.select(self.predictions).where(self.predictions.c.model_name == self.model_name)
+        table = self.predictions.c
+        if clock not in CLOCKS:
+            raise ValueError(f"unknown clock {clock!r}; choose one of {CLOCKS}")
+        when = table.ts if clock == "ts" else sa.func.coalesce(table.event_time, table.ts)
+        query = sa.select(self.predictions).where(table.model_name == self.model_name)
         if start is not None:
-            query = query.where(self.predictions.c.ts >= start.to_pydatetime())
+            query = query.where(when >= start.to_pydatetime())
         if end is not None:
-            query = query.where(self.predictions.c.ts < end.to_pydatetime())
+            query = query.where(when < end.to_pydatetime())
         with self.engine.connect() as conn:
             rows = [dict(r._mapping) for r in conn.execute(query.order_by(self.predictions.c.ts))]
         if not rows:
@@ -407,6 +445,7 @@ class SqlPredictionLog:
         frame = pd.DataFrame(rows)
         inputs = pd.DataFrame(list(frame.pop("inputs"))).add_prefix(INPUT_PREFIX)
         frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
+        frame["event_time"] = pd.to_datetime(frame["event_time"], utc=True)
         return pd.concat([frame[COLUMNS], inputs], axis=1)
 
     def read_feedback(self) -> pd.DataFrame:

@@ -192,3 +192,115 @@ started {started_at}.</p>
 <h2>The test, fixed before traffic moved</h2>{_table(plan, ["quantity", "value"])}
 <h2>Result</h2>{_table(numbers, ["quantity", "value"])}
 </body></html>"""
+
+
+def drift_figure(report: dict[str, Any], reference, current, dataset) -> Any:
+    """Reference vs current distribution of every monitored column, drifted ones outlined in red."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    results = [*report["features"], *(r for r in (report["prediction"], report["label"]) if r)]
+    cols = 4
+    rows = -(-len(results) // cols)
+    size = (4.2 * cols, 2.8 * rows)
+    fig, axes = plt.subplots(rows, cols, figsize=size, layout="constrained", squeeze=False)
+    for ax in axes.flat[len(results) :]:
+        ax.axis("off")
+    for ax, result in zip(axes.flat, results, strict=False):
+        column = result["column"]
+        ref = reference.get(column, [])
+        cur = current.get(column, [])
+        if result["kind"] == "numeric":
+            ref = np.asarray(pd_numeric(ref), dtype=float)
+            cur = np.asarray(pd_numeric(cur), dtype=float)
+            ref, cur = ref[np.isfinite(ref)], cur[np.isfinite(cur)]
+            both = np.concatenate([ref, cur])
+            if len(both):
+                lo, hi = np.quantile(both, [0.005, 0.995])
+                bins = np.linspace(lo, hi if hi > lo else lo + 1, 31)
+                ax.hist(ref, bins=bins, density=True, alpha=0.55, label="reference", color="#8c959f")
+                ax.hist(cur, bins=bins, density=True, alpha=0.55, label="current", color="#0969da")
+        else:
+            shares_ref = _shares(ref)
+            shares_cur = _shares(cur)
+            top = (shares_ref.add(shares_cur, fill_value=0)).sort_values(ascending=False).index[:12]
+            x = np.arange(len(top))
+            ax.bar(x - 0.2, shares_ref.reindex(top).fillna(0), 0.4, label="reference", color="#8c959f")
+            ax.bar(x + 0.2, shares_cur.reindex(top).fillna(0), 0.4, label="current", color="#0969da")
+            ax.set_xticks(x, [str(t) for t in top], rotation=60, fontsize=7)
+        score = f"{result['method']} {result['score']:.3g}" if result["score"] is not None else "too few rows"
+        colour = "#cf222e" if result["drifted"] else "#1f2328"
+        ax.set_title(f"{column}: {score}", fontsize=9, color=colour)
+        if result["drifted"]:
+            for spine in ax.spines.values():
+                spine.set(color="#cf222e", linewidth=2)
+        ax.tick_params(labelsize=7)
+    axes.flat[0].legend(fontsize=7)
+    return fig
+
+
+def pd_numeric(values: Any) -> Any:
+    import pandas as pd
+
+    return pd.to_numeric(pd.Series(values), errors="coerce")
+
+
+def _shares(values: Any) -> Any:
+    import pandas as pd
+
+    series = pd.Series(values).dropna()
+    if series.empty:
+        return pd.Series(dtype=float)
+    return series.astype(str).value_counts(normalize=True)
+
+
+def drift_html(report: dict[str, Any], reference, current, dataset) -> str:
+    """The monitoring report: verdicts up top, a table of every column's test, the distributions."""
+    import matplotlib.pyplot as plt
+
+    fig = drift_figure(report, reference, current, dataset)
+    png = _figure_png(fig)
+    plt.close(fig)
+    d, p = report["drift"], report["performance"]
+    name, version = html.escape(str(report["model_name"])), html.escape(str(report["champion_version"]))
+    window = report["window"]
+    share = "n/a" if d["share"] is None else f"{d['share']:.0%}"
+    colours = {"drift": "#cf222e", "decay": "#cf222e", "ok": "#1a7f37"}
+    rows = []
+    for r in [*report["features"], *(x for x in (report["prediction"], report["label"]) if x)]:
+        rows.append(
+            {
+                "column": r["column"],
+                "kind": r["kind"],
+                "method": r["method"],
+                "threshold": r["threshold"],
+                "score": r["score"],
+                "status": r["status"],
+                "rows (current)": r["n_current"],
+                "missing ref -> cur": f"{r['missing_reference']:.1%} -> {r['missing_current']:.1%}",
+            }
+        )
+    live = "n/a" if p["live"] is None else f"{p['live']:.4f}"
+    training = "n/a" if p["training"] is None else f"{p['training']:.4f}"
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Drift: {name} v{version}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;color:#1f2328}}
+table{{border-collapse:collapse;margin:.5em 0 1.5em}}td,th{{border:1px solid #d0d7de;padding:.3em .6em}}
+th{{background:#f6f8fa}}img{{max-width:100%}}</style></head><body>
+<h1>Monitoring {name} v{version}</h1>
+<p>Window [{html.escape(window["start"])}, {html.escape(window["end"])}) on the {html.escape(window["clock"])}
+clock, from the {html.escape(window["source"])}: {report["rows"]["window"]} rows,
+{report["rows"]["champion"]} answered by the champion, {report["rows"]["labelled"]} labelled so far.</p>
+<p>Covariate drift: <b style="color:{colours.get(d["status"], "#9a6700")}">{html.escape(d["status"])}</b>,
+{d["drifted"]} of {d["judged"]} judged features ({share}; the window drifts at {d["threshold_share"]:.0%}).
+Drifted: {html.escape(", ".join(d["drifted_features"]) or "none")}.</p>
+<p>Performance: <b style="color:{colours.get(p["status"], "#9a6700")}">{html.escape(p["status"])}</b>,
+live {html.escape(p["metric"])} {live} on {p["labelled_rows"]} labelled rows vs {training} at training
+(allowed drop {p["max_drop"]}).</p>
+<img alt="reference vs current distributions" src="data:image/png;base64,{png}">
+<h2>Every column's test</h2>
+{_table(rows, list(rows[0]) if rows else [])}
+<p>p-value methods (ks, chi2) drift below the threshold; distances (wasserstein, psi, jensenshannon,
+linf) at or above it. Fewer than the minimum rows: insufficient data, never an alarm.</p>
+</body></html>"""

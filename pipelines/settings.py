@@ -25,6 +25,9 @@ class Settings:
     # Where the model server logs predictions: empty = Parquet under the artifact root,
     # or a folder/URL for the Parquet parts, or a postgresql:// URL for a table.
     prediction_log_url: str = ""
+    # False: DAGs run only on Asset events and manual triggers, never on their cron schedules
+    # (a replay of history drives them by hand; Airflow's own switch would stop asset runs too).
+    time_schedules: bool = True
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -37,6 +40,7 @@ class Settings:
             tracking_uri=env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}",
             config_path=env.get("MLOPS_CONFIG") or str(DEFAULT_CONFIG),
             prediction_log_url=env.get("MLOPS_PREDICTION_LOG", ""),
+            time_schedules=env.get("MLOPS_TIME_SCHEDULES", "on").lower() not in {"off", "false", "0", "no"},
         )
 
     @property

@@ -96,10 +96,10 @@ def code_version() -> str:
     return f"pipelines-{__version__}"
 
 
-def find_or_create_run_id(ctx: StepContext) -> str:
+def find_or_create_run_id(ctx: StepContext, experiment: str | None = None) -> str:
     """The MLflow run of this pipeline run (one per DAG run, shared by every step)."""
     mlflow_client = client(ctx.settings)
-    exp_id = experiment_id(ctx.settings, ctx.config.registry.experiment)
+    exp_id = experiment_id(ctx.settings, experiment or ctx.config.registry.experiment)
     found = mlflow_client.search_runs(
         [exp_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{ctx.run_key}'", max_results=1
     )
@@ -123,11 +123,11 @@ def find_or_create_run_id(ctx: StepContext) -> str:
 
 
 @contextmanager
-def pipeline_run(ctx: StepContext, step: str) -> Iterator[object]:
+def pipeline_run(ctx: StepContext, step: str, experiment: str | None = None) -> Iterator[object]:
     """Resume this pipeline run's MLflow run for one step; a failing step marks it FAILED."""
     import mlflow
 
-    run_id = find_or_create_run_id(ctx)
+    run_id = find_or_create_run_id(ctx, experiment)
     with mlflow.start_run(run_id=run_id) as run:
         mlflow.set_tag("mlops.last_step", step)
         yield run

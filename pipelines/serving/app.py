@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -66,6 +68,7 @@ class Job:
     routing_key: str | None
     rollout_id: str | None
     started: float
+    event_time: float | None = None  # ms since the epoch, when the client says when the event was
     future: asyncio.Future | None = None
     shadow: LoadedModel | None = None
     result: np.ndarray | None = field(default=None, repr=False)
@@ -180,6 +183,7 @@ class Server:
                         "request_id": j.request_id,
                         "row": r,
                         "ts": now * 1000,
+                        "event_time": j.event_time,
                         "model_name": model.name,
                         "model_version": model.version,
                         "route": j.route,
@@ -227,6 +231,7 @@ class Server:
                 j.routing_key,
                 j.rollout_id,
                 time.perf_counter(),
+                event_time=j.event_time,
             )
             for j in jobs
         ]
@@ -274,7 +279,7 @@ class Server:
     async def _predict(self, request: Request) -> Response:
         try:
             payload = await self._read_json(request)
-            records, routing_key = _predict_payload(payload)
+            records, routing_key, event_time = _predict_payload(payload)
         except _Reject as rej:
             self.metrics.requests.labels("predict", str(rej.status)).inc()
             self.metrics.errors.labels("bad_request").inc()
@@ -304,6 +309,7 @@ class Server:
             routing_key=routing_key,
             rollout_id=deployment.policy.rollout_id,
             started=time.perf_counter(),
+            event_time=event_time,
             shadow=shadow,
         )
         try:
@@ -361,11 +367,13 @@ class _Reject(Exception):
         self.status, self.message, self.errors = status, message, errors
 
 
-def _predict_payload(payload: Any) -> tuple[Any, str | None]:
-    """``{"records": [...], "routing_key": "..."}``; ``dataframe_records`` (MLflow's name) also works."""
+def _predict_payload(payload: Any) -> tuple[Any, str | None, float | None]:
+    """``{"records": [...], "routing_key": "...", "event_time": "..."}``; ``dataframe_records``
+    (MLflow's name) also works. ``event_time`` (ISO 8601 with offset, or epoch seconds) says when
+    the scored events happened, for replays of history; monitoring can window on it."""
     if not isinstance(payload, dict):
         raise _Reject(422, 'body must be a JSON object like {"records": [{...}, ...]}')
-    allowed = {"records", "dataframe_records", "routing_key"}
+    allowed = {"records", "dataframe_records", "routing_key", "event_time"}
     extra = sorted(set(payload) - allowed)
     if extra:
         raise _Reject(
@@ -376,7 +384,26 @@ def _predict_payload(payload: Any) -> tuple[Any, str | None]:
     key = payload.get("routing_key")
     if key is not None and not isinstance(key, str | int):
         raise _Reject(422, "routing_key must be a string")
-    return payload.get("records", payload.get("dataframe_records")), (None if key is None else str(key))
+    records = payload.get("records", payload.get("dataframe_records"))
+    return records, (None if key is None else str(key)), _parse_event_time(payload.get("event_time"))
+
+
+def _parse_event_time(value: Any) -> float | None:
+    """Epoch milliseconds from ISO 8601 with an offset, or from epoch seconds."""
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value) * 1000
+    if isinstance(value, str):
+        try:
+            stamp = datetime.fromisoformat(value)
+        except ValueError:
+            stamp = None
+        if stamp is not None and stamp.tzinfo is not None:
+            return stamp.timestamp() * 1000
+    raise _Reject(
+        422, "event_time must be ISO 8601 with a UTC offset (e.g. 2013-04-01T08:00:00Z) or epoch seconds"
+    )
 
 
 def _feedback_payload(payload: Any) -> list[dict[str, Any]]:

@@ -28,6 +28,9 @@ STEP_NAMES = (
     # batch inference
     "ingest_batch",
     "score",
+    # monitoring
+    "detect_drift",
+    "decide_retrain",
 )
 
 StepFn = Callable[..., dict[str, Any]]

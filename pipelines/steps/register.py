@@ -37,6 +37,8 @@ def lineage_tags(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, str]:
         "gate.reason": evaluation["reason"][:500],
         "evaluation_uri": evaluation["evaluation_uri"],
         "reference_profile_uri": trained["reference_profile_uri"],
+        "reference_uri": trained["reference_uri"],
+        "training.mode": trained["training_mode"]["mode"],
     }
     tags.update({f"test.{k}": f"{v:.6f}" for k, v in evaluation["metrics"].items() if v is not None})
     return tags

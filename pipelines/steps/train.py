@@ -47,6 +47,26 @@ def _tunable(ctx: StepContext) -> set[str]:
     return set(probe.named_steps["model"].get_params())
 
 
+def _champion_to_continue(ctx: StepContext):
+    """(version, fitted pipeline) of the champion in stateful mode; None means train from scratch."""
+    training = ctx.config.training
+    if training.mode != "stateful" or training.shuffle_labels:
+        return None
+    name = ctx.config.registry.model_name
+    champion = tracking.champion_version(ctx.settings, name)
+    if champion is None:
+        log.info("stateful training asked for, but there is no champion yet: training from scratch")
+        return None
+    import mlflow
+
+    tracking.client(ctx.settings)  # binds the tracking and registry URIs
+    base = mlflow.sklearn.load_model(f"models:/{name}/{champion.version}")
+    if type(base.named_steps["model"]).__name__ != modeling.ESTIMATOR_CLASSES[training.estimator]:
+        log.info("the champion is not a %s: training from scratch", training.estimator)
+        return None
+    return str(champion.version), base
+
+
 def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
     """Fit the model on the snapshot of ``inputs['ingest']`` and log it to MLflow."""
     import mlflow
@@ -68,20 +88,35 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
         if training.search.enabled:
             params, trials = _search(ctx, x_train, y_train, x_val, y_val)
         started = time.perf_counter()
-        model = modeling.build_pipeline(dataset, training, params).fit(x_train, y_train)
+        champion = _champion_to_continue(ctx)
+        if champion is not None:
+            version, base = champion
+            log.info("stateful training: continuing champion v%s on the new window", version)
+            model = modeling.continue_training(base, x_train, y_train, training.warm_start_iterations)
+        else:
+            model = modeling.build_pipeline(dataset, training, params).fit(x_train, y_train)
+        mode = {
+            "mode": "stateful" if champion else "stateless",
+            "from_version": champion[0] if champion else None,
+        }
         fit_seconds = time.perf_counter() - started
         val_proba = model.predict_proba(x_val)[:, 1]
         threshold = modeling.best_f1_threshold(y_val, val_proba)
         val_metrics = modeling.classification_metrics(y_val, val_proba, threshold)
         profile = modeling.reference_profile(splits.train, dataset)
+        reference = modeling.reference_sample(
+            frame, dataset, model, ctx.config.monitoring.drift.reference_rows, training.random_state
+        )
 
         test_uri = storage.write_parquet(storage.join(out_dir, "test.parquet"), splits.test)
         profile_uri = storage.write_json(storage.join(out_dir, "reference_profile.json"), profile)
+        reference_uri = storage.write_parquet(storage.join(out_dir, "reference.parquet"), reference)
 
         chosen = {**modeling.ESTIMATOR_DEFAULTS[training.estimator], **training.params, **params}
         mlflow.log_params(
             {
                 "estimator": training.estimator,
+                "training_mode": mode["mode"],
                 "window_months": ctx.config.ingest.window_months,
                 "shuffle_labels": training.shuffle_labels,
                 "search": training.search.enabled,
@@ -100,6 +135,8 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
                 "data.window_start": snapshot_info["window"]["start"],
                 "data.window_end": snapshot_info["window"]["end"],
                 "threshold": f"{threshold:.6f}",
+                "training.mode": mode["mode"],
+                **({"training.warm_start_from": mode["from_version"]} if champion else {}),
             }
         )
         mlflow.log_dict(profile, "reference_profile.json")
@@ -123,6 +160,8 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
         "rows": splits.sizes(),
         "test_uri": test_uri,
         "reference_profile_uri": profile_uri,
+        "reference_uri": reference_uri,
+        "training_mode": mode,
         "data_hash": snapshot_info["data_hash"],
     }
     storage.write_json(storage.join(out_dir, "result.json"), result)

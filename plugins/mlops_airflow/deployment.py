@@ -10,7 +10,8 @@ from typing import Any
 
 from airflow.sdk import CronDataIntervalTimetable, Param
 
-from mlops_airflow.training import local_date, model_assets
+from mlops_airflow.notifiers import RetrainNotifier
+from mlops_airflow.training import local_date, model_assets, time_schedules
 from pipelines.config import PipelineConfig
 
 
@@ -75,7 +76,7 @@ def rollout_sensor(config: PipelineConfig) -> dict[str, dict[str, Any]]:
 def batch_dag_kwargs(config: PipelineConfig) -> dict[str, Any]:
     """Monthly data intervals in the dataset's timezone, like training."""
     return {
-        "schedule": CronDataIntervalTimetable(config.schedule.cron, timezone=config.schedule.timezone),
+        "schedule": _timetable(config.schedule.cron, config),
         "start_date": local_date(config.schedule.start_date, config),
         "end_date": local_date(config.schedule.end_date, config),
         "catchup": False,
@@ -91,3 +92,46 @@ def batch_dag_kwargs(config: PipelineConfig) -> dict[str, Any]:
         },
         "doc_md": f"Score each data interval of {config.dataset.description} with the champion.",
     }
+
+
+def _timetable(cron: str, config: PipelineConfig) -> CronDataIntervalTimetable | None:
+    return CronDataIntervalTimetable(cron, timezone=config.schedule.timezone) if time_schedules() else None
+
+
+def monitoring_dag_kwargs(config: PipelineConfig) -> dict[str, Any]:
+    """Each ``monitoring.cron`` interval of traffic is judged once; by hand, the month before an end."""
+    monitoring = config.monitoring
+    return {
+        "schedule": _timetable(monitoring.cron, config),
+        "start_date": local_date(config.schedule.start_date, config),
+        "end_date": local_date(config.schedule.end_date, config),
+        "catchup": False,
+        "max_active_runs": 1,  # decisions read the last request: one at a time
+        "params": {
+            "interval_end": Param(
+                None,
+                type=["null", "string"],
+                format="date",
+                title="Window ends (exclusive)",
+                description="Judge the month before this date, e.g. 2013-05-01. Empty: the run's interval.",
+            ),
+            "source": Param(monitoring.source, enum=["prediction_log", "batch"], title="Rows to judge"),
+            "drift_share": Param(
+                monitoring.drift.share,
+                type="number",
+                exclusiveMinimum=0,
+                maximum=1,
+                title="Share of drifted features that makes the window drift",
+            ),
+        },
+        "doc_md": (
+            f"Monitor `{config.registry.model_name}`: drift of every feature, the prediction and the label"
+            f" against the champion's training reference, and live {monitoring.performance.metric}; on"
+            " drift or decay, one retrain request (an Asset event) per episode."
+        ),
+    }
+
+
+def retrain_callbacks() -> dict[str, dict[str, Any]]:
+    """The decide task notifies when it requests a retrain (it is skipped otherwise)."""
+    return {"decide_retrain": {"on_success_callback": RetrainNotifier()}}

@@ -79,6 +79,17 @@ def _skip_if_skipped(result: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def _finish(result: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
+    """Skip, or succeed; a result's ``event_extra`` goes onto the Asset events the task emits."""
+    result = _skip_if_skipped(result)
+    extra = result.get("event_extra")
+    task = context.get("task")
+    if extra and task is not None and context.get("outlet_events") is not None:
+        for outlet in task.outlets:
+            context["outlet_events"][outlet].extra = extra
+    return result
+
+
 def run_step_in_process(step: str, inputs: dict[str, Any], **context: Any) -> dict[str, Any]:
     """Mode ``local``: run the step in this worker process."""
     from pipelines.context import StepContext
@@ -87,7 +98,7 @@ def run_step_in_process(step: str, inputs: dict[str, Any], **context: Any) -> di
 
     try:
         ctx = StepContext.create(**run_context(context))
-        return _skip_if_skipped(execute_step(step, ctx, inputs))
+        return _finish(execute_step(step, ctx, inputs), context)
     except PipelineError as exc:
         if not exc.retryable:  # bad data or config: a retry cannot help
             raise AirflowFailException(str(exc)) from exc
@@ -115,7 +126,7 @@ def run_step_in_subprocess(step: str, inputs: dict[str, Any], **context: Any) ->
         if proc.returncode != 0:
             raise RuntimeError(_last_error(proc.stderr) or f"mlops step {step} exited {proc.returncode}")
         with open(result_file) as fh:
-            return json.load(fh)
+            return _finish(json.load(fh), context)
 
 
 def _last_error(stderr: str) -> str:
@@ -202,20 +213,22 @@ def pipeline_tasks(
     outlets: dict[str, list[Any]] | None = None,
     mode: str | None = None,
     sensors: dict[str, dict[str, Any]] | None = None,
+    task_kwargs: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """One task per step of ``spec``, each fed the results of its inputs (which also orders them).
 
     Polled steps (``POLLED_STEPS``) become sensors; ``sensors`` gives their poke interval and timeout.
+    ``task_kwargs`` adds operator arguments per step (e.g. callbacks).
     """
     mode = mode or os.environ.get(MODE_ENV, "local")
     tasks: dict[str, Any] = {}
     for step in spec:
         inputs = {name: _output(tasks[name]) for name in step.inputs}
         step_outlets = (outlets or {}).get(step.name, [])
+        extra = (task_kwargs or {}).get(step.name, {})
         if step.name in POLLED_STEPS:
-            tasks[step.name] = sensor_task(
-                step.name, inputs, mode=mode, outlets=step_outlets, **(sensors or {}).get(step.name, {})
-            )
+            poll = {**(sensors or {}).get(step.name, {}), **extra}
+            tasks[step.name] = sensor_task(step.name, inputs, mode=mode, outlets=step_outlets, **poll)
         else:
-            tasks[step.name] = step_task(step.name, inputs, mode=mode, outlets=step_outlets)
+            tasks[step.name] = step_task(step.name, inputs, mode=mode, outlets=step_outlets, **extra)
     return tasks

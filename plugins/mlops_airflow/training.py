@@ -27,10 +27,18 @@ def model_assets(config: PipelineConfig) -> tuple[Asset, Asset]:
     )
 
 
-def schedule(config: PipelineConfig) -> AssetOrTimeSchedule:
+def time_schedules() -> bool:
+    """False when ``MLOPS_TIME_SCHEDULES=off``: only asset events and manual triggers start runs."""
+    return Settings.from_env().time_schedules
+
+
+def schedule(config: PipelineConfig) -> AssetOrTimeSchedule | list[Asset]:
     """Monthly data intervals in the dataset's timezone, or a retrain asset event, whichever comes."""
+    retrain = model_assets(config)[1]
+    if not time_schedules():
+        return [retrain]
     timetable = CronDataIntervalTimetable(config.schedule.cron, timezone=config.schedule.timezone)
-    return AssetOrTimeSchedule(timetable=timetable, assets=[model_assets(config)[1]])
+    return AssetOrTimeSchedule(timetable=timetable, assets=[retrain])
 
 
 def local_date(value: str | None, config: PipelineConfig) -> pendulum.DateTime | None:
@@ -70,6 +78,12 @@ def params_form(config: PipelineConfig) -> dict[str, Param]:
             minimum=0,
             maximum=100,
             title="Gate: largest allowed drop vs champion",
+        ),
+        "training_mode": Param(
+            config.training.mode,
+            enum=["stateless", "stateful"],
+            title="Continual training",
+            description="stateless: from scratch on the window; stateful: continue the champion on it.",
         ),
         "shuffle_labels": Param(
             False,
