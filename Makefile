@@ -5,12 +5,27 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 export PYTHONPATH := $(CURDIR)/plugins
 
-.PHONY: demo install test lint serve up down bench bench-serving clean
+.PHONY: demo train-demo install monitoring-tools test lint serve up down bench bench-serving bench-drift clean
 
-demo: install  ## Install everything, train Jan-Mar 2013 and score April through Airflow, print where to look
+demo: install  ## The closed loop: train on Jan-Mar 2013, replay Apr-Dec through the scheduler, print the table
+	$(PY) -m mlops_airflow.loop --fresh
+
+train-demo: install  ## Quicker: train Jan-Mar 2013 and score April with dag.test(), print where to look
 	$(PY) -m mlops_airflow.stack demo
 
-install: $(STAMP)  ## Create .venv and install the pinned stack (about 2-3 minutes the first time)
+install: $(STAMP) monitoring-tools  ## Create .venv with the pinned stack, and Prometheus + Alertmanager
+
+# Prometheus and Alertmanager are Debian's packages: installed when missing (as root, as in CI).
+monitoring-tools:
+	@if ! command -v prometheus >/dev/null || ! command -v prometheus-alertmanager >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian's prometheus and prometheus-alertmanager ..."; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      prometheus prometheus-alertmanager >/dev/null; \
+	  else \
+	    echo "missing: run 'sudo apt-get install prometheus prometheus-alertmanager'" >&2; exit 1; \
+	  fi; \
+	fi
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +54,9 @@ bench: install  ## Airflow vs plain-Python wall time of the training pipeline (b
 
 bench-serving: install  ## This model server vs `mlflow models serve` (benchmarks/README.md)
 	$(PY) benchmarks/serving/run.py
+
+bench-drift: install  ## This project's drift statistics vs Evidently's DataDriftPreset (benchmarks/README.md)
+	$(PY) benchmarks/drift/run.py
 
 clean:
 	rm -rf .mlops

@@ -167,7 +167,7 @@ def retrain_decision(
     if config.on_decay and p["status"] == DECAY:
         reasons.append(
             f"live {p['metric']} {p['live']:.4f} is {p['drop']:.4f} below the {p['training']:.4f} at"
-            f" training (allowed drop {p['max_drop']})"
+            f" training (allowed drop {p.get('max_drop')})"
         )
     if not reasons:
         why = []

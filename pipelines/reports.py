@@ -304,3 +304,42 @@ live {html.escape(p["metric"])} {live} on {p["labelled_rows"]} labelled rows vs 
 <p>p-value methods (ks, chi2) drift below the threshold; distances (wasserstein, psi, jensenshannon,
 linf) at or above it. Fewer than the minimum rows: insufficient data, never an alarm.</p>
 </body></html>"""
+
+
+def loop_html(model: str, table: list[dict[str, Any]]) -> str:
+    """The closed loop month by month: live ROC AUC with retraining vs never retraining, and drift."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    months = [r["month"] for r in table]
+    x = np.arange(len(months))
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6), sharex=True, layout="constrained")
+    live = [r.get("live_auc") or np.nan for r in table]
+    never = [r.get("never_retrain_auc") or np.nan for r in table]
+    top.plot(x, live, marker="o", label="the loop (champion serving at the time)", color="#0969da")
+    top.plot(x, never, marker="s", ls="--", label="never retrain (the first champion)", color="#8c959f")
+    for i, r in enumerate(table):
+        if r.get("retrain") == "yes":
+            top.axvline(i, color="#cf222e", alpha=0.25, lw=6)
+    top.set(
+        ylabel="live ROC AUC", title=f"{model}: retrain on drift vs never retrain (red: retrain requested)"
+    )
+    top.legend(fontsize=8)
+    bottom.bar(x, [r.get("drift_share") or 0 for r in table], color="#9a6700")
+    bottom.set(ylabel="share of drifted features", ylim=(0, 1))
+    bottom.set_xticks(x, months)
+    png = _figure_png(fig)
+    plt.close(fig)
+    columns = ["month", "flights", "drift_share", "drifted", "live_auc", "never_retrain_auc", "retrain",
+               "new_version", "rollout", "serving"]  # fmt: skip
+    name = html.escape(model)
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Closed loop: {name}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;color:#1f2328}}
+table{{border-collapse:collapse;margin:.5em 0 1.5em}}td,th{{border:1px solid #d0d7de;padding:.3em .6em}}
+th{{background:#f6f8fa}}img{{max-width:100%}}</style></head><body>
+<h1>Closed loop: {name}</h1>
+<img alt="live ROC AUC and drift by month" src="data:image/png;base64,{png}">
+{_table(table, columns)}
+</body></html>"""

@@ -11,6 +11,7 @@ import logging
 import time
 from typing import Any
 
+from pipelines import tracking
 from pipelines.context import StepContext
 from pipelines.errors import PipelineError
 from pipelines.pipeline import StepSpec, is_skipped
@@ -23,7 +24,11 @@ MAX_RESULT_BYTES = 64 * 1024  # results travel as XCom: keep them small, data go
 def execute_step(name: str, ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
     """Run one step and check its result is a small JSON document."""
     started = time.perf_counter()
-    result = get_step(name)(ctx, inputs)
+    step = get_step(name)
+    # Every step talks to MLflow; bind its URIs first, so a fresh worker process (a scheduler's
+    # task, a pod) never falls back to MLflow's default store for ``models:/`` and ``runs:/`` URIs.
+    tracking.client(ctx.settings)
+    result = step(ctx, inputs)
     encoded = json.dumps(result, default=str)
     if len(encoded) > MAX_RESULT_BYTES:
         raise PipelineError(

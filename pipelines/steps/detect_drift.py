@@ -140,7 +140,7 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
         "html_uri": html_uri,
         "rows": report["rows"],
         "drift": d,
-        "performance": {k: p[k] for k in ("status", "metric", "live", "training", "drop", "labelled_rows")},
+        "performance": p,
         "prediction_drift": (report["prediction"] or {}).get("status"),
         "label_drift": (report["label"] or {}).get("status"),
     }

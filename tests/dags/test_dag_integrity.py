@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.config import load_config
-from pipelines.pipeline import BATCH_INFERENCE, DEPLOY, ROLLBACK, TRAINING
+from pipelines.pipeline import BATCH_INFERENCE, DEPLOY, MONITORING, ROLLBACK, TRAINING
 from pipelines.settings import DEFAULT_CONFIG
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -111,7 +111,12 @@ def test_execution_modes_are_explicit():
 
 @pytest.mark.parametrize(
     ("dag_id", "spec"),
-    [("deploy", DEPLOY), ("batch_inference", BATCH_INFERENCE), ("rollback", ROLLBACK)],
+    [
+        ("deploy", DEPLOY),
+        ("batch_inference", BATCH_INFERENCE),
+        ("rollback", ROLLBACK),
+        ("monitoring", MONITORING),
+    ],
 )
 def test_deploy_batch_and_rollback_dags_wire_their_specs(dagbag, dag_id, spec):
     dag = dagbag.dags[dag_id]
@@ -133,3 +138,36 @@ def test_deploy_dag_runs_on_a_registered_challenger_and_polls_the_verdict(dagbag
     assert sensor.timeout > config.deploy.rollout.max_wait_hours * 3600  # the step decides first
     assert set(dag.params.dump()) == {"version", "strategy", "share", "min_detectable_effect"}
     assert type(dagbag.dags["rollback"].timetable).__name__ == "NullTimetable"  # manual only
+
+
+def test_monitoring_emits_the_retrain_asset_that_training_is_scheduled_on(dagbag):
+    from mlops_airflow.notifiers import RetrainNotifier
+
+    config = load_config(DEFAULT_CONFIG)
+    retrain = f"{config.registry.model_name}.retrain"
+    monitoring = dagbag.dags["monitoring"]
+    decide = monitoring.get_task("decide_retrain")
+    assert [a.name for a in decide.outlets] == [retrain]
+    assert any(isinstance(cb, RetrainNotifier) for cb in decide.on_success_callback)
+    assert monitoring.get_task("detect_drift").outlets == []  # only a decision emits
+    assert monitoring.timetable.expression == "0 0 1 * *"  # flights.yaml: @monthly
+    assert set(monitoring.params.dump()) == {"interval_end", "source", "drift_share"}
+    training = dagbag.dags["training"]
+    assert retrain in [a.name for a in training.timetable.asset_condition.objects]
+    assert "training_mode" in training.params.dump()
+
+
+def test_time_schedules_can_be_switched_off_for_a_replay(tmp_path):
+    """MLOPS_TIME_SCHEDULES=off: training runs on asset events only; monitoring and batch by hand."""
+    probe = (
+        "import json\n"
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        f"bag = DagBag(dag_folder={str(ROOT / 'dags')!r})\n"
+        "print(json.dumps({d: type(bag.dags[d].timetable).__name__ for d in sorted(bag.dag_ids)}))\n"
+    )
+    env = {**os.environ, "MLOPS_TIME_SCHEDULES": "off"}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    timetables = json.loads(out.stdout.strip().splitlines()[-1])
+    assert timetables["training"] == "AssetTriggeredTimetable"
+    assert timetables["monitoring"] == timetables["batch_inference"] == "NullTimetable"
+    assert timetables["deploy"] == "AssetTriggeredTimetable"

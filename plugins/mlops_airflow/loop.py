@@ -1,0 +1,600 @@
+"""The closed loop on real history, through the real Airflow scheduler: the project's main job.
+
+    python -m mlops_airflow.loop                    # train on Jan-Mar 2013, replay Apr-Dec
+    python -m mlops_airflow.loop --last 2013-05     # a shorter replay (the CI test runs two months)
+
+It starts the stack (MLflow server, Airflow scheduler + API server + DAG
+processor + triggerer, the model server), trains the first champion through the
+``training`` DAG and lets ``deploy`` put it live. Then, month by month, it sends
+that month's flights to the model server as traffic (each request carries the
+flights' scheduled hour as ``event_time``), posts the true outcomes as
+feedback, and triggers the ``monitoring`` DAG for the month. Everything after
+that is the system's own doing: drift or decay emits the retrain Asset event,
+the scheduler starts ``training`` on it, the gate and the ``deploy`` rollout
+decide, and the server swaps models while traffic flows. It ends with a
+month-by-month table against a "never retrain" baseline, and an HTML report.
+
+Time-based schedules are off for this stack (``MLOPS_TIME_SCHEDULES=off``): a
+replay of 2013 must not also start the cron runs of 2013.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlops_airflow import stack
+
+DAGS = ("training", "deploy", "monitoring")
+MARKER = ".mlops-home"  # a folder --fresh may wipe: only one this module created
+
+
+def say(message: str) -> None:
+    print(f"[loop {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# -- configuration --------------------------------------------------------------------------------
+
+
+def loop_config(home: Path, base: Path) -> Path:
+    """The bundled config with the loop's pace: the rollout sensor pokes every 5 s, and the
+    rollout test asks for a 5-point effect, so a 10% canary decides within a month of traffic."""
+    import yaml
+
+    data = yaml.safe_load(base.read_text())
+    data["base_dir"] = str(base.parent.resolve())
+    rollout = data.setdefault("deploy", {}).setdefault("rollout", {})
+    rollout.update({"poke_seconds": 5, "min_detectable_effect": 0.05})
+    path = home / "loop-config.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+# -- the stack ------------------------------------------------------------------------------------
+
+AIRFLOW = (
+    "airflow api-server -H 127.0.0.1 -p $AIRFLOW__API__PORT -w 1 & "
+    "airflow dag-processor & airflow scheduler & airflow triggerer & wait"
+)
+
+
+@dataclass
+class Stack:
+    """The loop's processes, each in its own process group, stopped together."""
+
+    home: Path
+    env: dict[str, str]
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def start(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> None:
+        log_path = self.home / "logs" / f"{name}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log:
+            self.procs[name] = subprocess.Popen(
+                cmd, env=env or self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        say(f"started {name} (log {log_path})")
+
+    def stop(self) -> None:
+        for name, proc in reversed(list(self.procs.items())):
+            for sig, wait in ((signal.SIGINT, 15), (signal.SIGKILL, 5)):
+                try:
+                    os.killpg(proc.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    proc.wait(wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+            # LocalExecutor workers can outlive their scheduler: make sure the group is gone
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            say(f"stopped {name}")
+        self.procs.clear()
+
+
+def start_stack(home: Path, ports: dict[str, int]) -> tuple[Stack, dict[str, str]]:
+    env = {
+        **os.environ,
+        **stack.stack_env(home),
+        "AIRFLOW__API__PORT": str(ports["airflow"]),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{ports['airflow']}/execution/",
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
+        "AIRFLOW__API_AUTH__JWT_SECRET": os.environ.get(
+            "AIRFLOW__API_AUTH__JWT_SECRET", os.urandom(16).hex()
+        ),
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+        "MLOPS_TIME_SCHEDULES": "off",
+        # the loop's own stores, whatever the calling shell points at
+        "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+        "MLOPS_ARTIFACT_ROOT": str(home / "artifacts"),
+        "MLOPS_PREDICTION_LOG": "",
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    }
+    run = Stack(home, env)
+    say("preparing Airflow's metadata database and DAGs ...")
+    subprocess.run(["airflow", "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(["airflow", "dags", "reserialize"], env=env, check=True, stdout=subprocess.DEVNULL)
+    for dag_id in DAGS:
+        subprocess.run(["airflow", "dags", "unpause", dag_id], env=env, check=True, stdout=subprocess.DEVNULL)
+    # MLflow first: it creates or upgrades its database, which nobody else may touch meanwhile.
+    run.start("mlflow", stack.mlflow_server_cmd(home, ports["mlflow"]))
+    if not stack._wait_http(f"http://127.0.0.1:{ports['mlflow']}/health", 120):
+        raise SystemExit(f"MLflow did not start: see {home / 'logs' / 'mlflow.log'}")
+    run.start("airflow", ["bash", "-c", AIRFLOW])
+    serve = [sys.executable, "-m", "pipelines.cli", "serve", "--port", str(ports["server"])]
+    run.start(
+        "server",
+        serve,
+        {
+            **env,
+            "OMP_NUM_THREADS": "1",
+            "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{ports['mlflow']}",
+            "MLOPS_SERVING_POLL_SECONDS": "2",
+        },
+    )
+    for name, url in (
+        ("Airflow", f"http://127.0.0.1:{ports['airflow']}/api/v2/monitor/health"),
+        ("model server", f"http://127.0.0.1:{ports['server']}/health"),
+    ):
+        if not stack._wait_http(url, 180):
+            run.stop()
+            raise SystemExit(f"{name} did not start: see the logs in {home / 'logs'}")
+    say(
+        f"stack up: Airflow http://127.0.0.1:{ports['airflow']}, MLflow http://127.0.0.1:{ports['mlflow']},"
+        f" model server http://127.0.0.1:{ports['server']}"
+    )
+    return run, env
+
+
+# -- Airflow's REST API ---------------------------------------------------------------------------
+
+FINISHED = {"success", "failed"}
+
+
+class Airflow:
+    """The few calls the loop needs (the simple auth manager lets a local admin in without a login)."""
+
+    def __init__(self, port: int):
+        import httpx
+
+        self.http = httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v2", timeout=30)
+
+    def _get(self, path: str, **params: Any) -> Any:
+        response = self.http.get(path, params=params)
+        response.raise_for_status()
+        return response.json()
+
+    def trigger(self, dag_id: str, conf: dict[str, Any]) -> str:
+        response = self.http.post(f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf})
+        response.raise_for_status()
+        return response.json()["dag_run_id"]
+
+    def runs(self, dag_id: str) -> list[dict[str, Any]]:
+        return self._get(f"/dags/{dag_id}/dagRuns", order_by="run_after", limit=100)["dag_runs"]
+
+    def run(self, dag_id: str, run_id: str) -> dict[str, Any]:
+        return self._get(f"/dags/{dag_id}/dagRuns/{run_id}")
+
+    def tasks(self, dag_id: str, run_id: str) -> dict[str, str | None]:
+        found = self._get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
+        return {t["task_id"]: t["state"] for t in found}
+
+    def result(self, dag_id: str, run_id: str, task_id: str) -> Any:
+        path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/return_value"
+        try:
+            entry = self._get(path)
+        except Exception:  # no result: the task was skipped, failed or has not run
+            return None
+        value = entry.get("value")
+        return json.loads(value) if isinstance(value, str) and value[:1] in "{[" else value
+
+    def wait(self, dag_id: str, run_id: str, timeout: float, until=None) -> dict[str, Any]:
+        """Poll a run until it finishes (or ``until(tasks)`` says enough); show progress as it goes."""
+        deadline, shown = time.time() + timeout, None
+        while True:
+            run = self.run(dag_id, run_id)
+            tasks = self.tasks(dag_id, run_id)
+            progress = " ".join(f"{t}={s or '-'}" for t, s in tasks.items())
+            if progress != shown:
+                say(f"  {dag_id} {run['state']}: {progress}")
+                shown = progress
+            if run["state"] in FINISHED or (until and until(tasks)):
+                return {**run, "tasks": tasks}
+            if time.time() > deadline:
+                return {**run, "tasks": tasks, "timed_out": True}
+            time.sleep(2)
+
+    def new_run(self, dag_id: str, known: set[str], timeout: float) -> str | None:
+        """The id of a run of ``dag_id`` not in ``known`` (e.g. one an Asset event started)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            fresh = [r["dag_run_id"] for r in self.runs(dag_id) if r["dag_run_id"] not in known]
+            if fresh:
+                return fresh[-1]
+            time.sleep(2)
+        return None
+
+
+# -- traffic --------------------------------------------------------------------------------------
+
+
+def month_rows(config, month: str):
+    """The month's flights (scheduled in the dataset's timezone), features and the true outcome."""
+    import pandas as pd
+
+    from pipelines import modeling, sources
+
+    tz = config.schedule.timezone
+    start = pd.Timestamp(f"{month}-01", tz=tz)
+    end = start + pd.DateOffset(months=1)
+    dataset = config.dataset
+    raw = sources.read_window(dataset, start.tz_convert("UTC"), end.tz_convert("UTC"))
+    raw = raw[raw[dataset.target.required].notna().all(axis=1)].reset_index(drop=True)
+    x = modeling.model_input(raw, dataset)
+    label = raw.eval(dataset.target.expression).astype(int).to_numpy()
+    return raw, x, label
+
+
+def requests_of(raw, x, config) -> list[dict[str, Any]]:
+    """One request per origin and scheduled hour, as a booking system scoring its departures would."""
+    import numpy as np
+
+    dataset = config.dataset
+    records = x.astype(object).where(x.notna(), None).to_dict("records")
+    out = []
+    groups = raw.groupby(["origin", dataset.time_column], sort=True).indices
+    for (origin, hour), index in groups.items():
+        index = np.sort(index)
+        out.append(
+            {
+                "index": index,
+                "body": {
+                    "records": [records[i] for i in index],
+                    "routing_key": f"{origin}:{hour}",
+                    "event_time": hour.isoformat(),
+                },
+            }
+        )
+    return out
+
+
+async def _send(url: str, requests: list[dict[str, Any]], concurrency: int) -> tuple[list[dict], int]:
+    import httpx
+
+    answers: list[dict[str, Any] | None] = [None] * len(requests)
+    retried = [0]
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(len(requests)):
+        queue.put_nowait(i)
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        while not queue.empty():
+            i = queue.get_nowait()
+            for attempt in range(20):  # a swap or a restart must not lose traffic: retry on 503
+                response = await client.post(f"{url}/predict", json=requests[i]["body"])
+                if response.status_code == 200:
+                    answers[i] = response.json()
+                    break
+                if response.status_code != 503:
+                    raise RuntimeError(f"/predict answered {response.status_code}: {response.text[:300]}")
+                retried[0] += 1
+                await asyncio.sleep(0.5 * (attempt + 1))
+            else:
+                raise RuntimeError("/predict kept answering 503")
+
+    async with httpx.AsyncClient(timeout=60) as client:
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+    return answers, retried[0]  # type: ignore[return-value]
+
+
+def replay(url: str, raw, x, label, config, concurrency: int = 8):
+    """Send the month as traffic; return one row per flight: what was answered, by whom, the truth."""
+    import numpy as np
+    import pandas as pd
+
+    requests = requests_of(raw, x, config)
+    started = time.time()
+    answers, retried = asyncio.run(_send(url, requests, concurrency))
+    rows = []
+    for request, answer in zip(requests, answers, strict=True):
+        for r, (i, p) in enumerate(zip(request["index"], answer["predictions"], strict=True)):
+            rows.append(
+                (answer["request_id"], r, int(i), p["probability"], answer["model_version"], answer["route"])
+            )
+    frame = pd.DataFrame(
+        rows, columns=["request_id", "row", "index", "probability", "model_version", "route"]
+    )
+    frame["label"] = np.asarray(label)[frame["index"].to_numpy()]
+    frame.attrs["retried_503"] = retried
+    seconds = time.time() - started
+    say(
+        f"  sent {len(frame)} flights in {len(requests)} requests in {seconds:.1f}s"
+        f" ({len(requests) / max(seconds, 1e-9):.0f} req/s)"
+    )
+    return frame
+
+
+def post_feedback(url: str, frame) -> int:
+    """The true outcomes, as the airline learns them, in chunks."""
+    import httpx
+
+    items = frame[["request_id", "row", "label"]].astype({"row": int, "label": int}).to_dict("records")
+    with httpx.Client(timeout=120) as client:
+        for lo in range(0, len(items), 20_000):
+            response = client.post(f"{url}/feedback", json={"feedback": items[lo : lo + 20_000]})
+            response.raise_for_status()
+    return len(items)
+
+
+def _auc(label, proba) -> float | None:
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    label = np.asarray(label)
+    return float(roc_auc_score(label, proba)) if len(np.unique(label)) == 2 else None
+
+
+# -- the loop -------------------------------------------------------------------------------------
+
+
+def months_between(first: str, last: str) -> list[str]:
+    return stack._months(first, last)
+
+
+def next_month(month: str) -> str:
+    import pandas as pd
+
+    return (pd.Timestamp(f"{month}-01") + pd.DateOffset(months=1)).strftime("%Y-%m-%d")
+
+
+COLLECTING = {"running", "up_for_reschedule"}  # the rollout sensor waits for labelled traffic
+
+
+def _wait_for_deploy(
+    api: Airflow, known: set[str], timeout: float
+) -> tuple[str | None, dict[str, Any] | None]:
+    """The deploy run a registration started: until it finishes or its rollout is collecting traffic."""
+    run_id = api.new_run("deploy", known, 120)
+    if run_id is None:
+        return None, None
+    known.add(run_id)
+    waiting = api.wait(
+        "deploy",
+        run_id,
+        timeout,
+        until=lambda t: t.get("analyse_rollout") in COLLECTING,
+    )
+    return run_id, waiting
+
+
+def run_loop(args: argparse.Namespace) -> int:
+    home = Path(args.home or os.environ.get("MLOPS_HOME") or stack.ROOT / ".mlops").resolve()
+    if args.fresh and home.exists():
+        if not (home / MARKER).exists() and any(home.iterdir()):
+            raise SystemExit(f"{home} was not made by this project (no {MARKER}); not wiping it")
+        shutil.rmtree(home)
+    home.mkdir(parents=True, exist_ok=True)
+    (home / MARKER).write_text("made by mlops_airflow; `make demo` may wipe this folder\n")
+    from pipelines.settings import DEFAULT_CONFIG
+
+    os.environ["MLOPS_HOME"] = str(home)
+    os.environ["MLOPS_CONFIG"] = str(loop_config(home, Path(args.config or DEFAULT_CONFIG)))
+    ports = {"airflow": args.airflow_port, "mlflow": args.mlflow_port, "server": args.serving_port}
+    # SIGTERM (a CI timeout, kill) must stop the stack too, not orphan the scheduler's workers.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    run, env = start_stack(home, ports)
+    try:
+        return _loop(args, home, env, ports)
+    finally:
+        if args.keep_up:
+            pids = {name: proc.pid for name, proc in run.procs.items()}
+            (home / "run").mkdir(exist_ok=True)
+            for name, pid in pids.items():
+                (home / "run" / f"{name}.pid").write_text(str(pid))
+            say("the stack keeps running (make down stops it)")
+        else:
+            run.stop()
+
+
+def _loop(args: argparse.Namespace, home: Path, env: dict[str, str], ports: dict[str, int]) -> int:
+
+    from pipelines.config import load_config
+    from pipelines.settings import Settings
+
+    os.environ.update(env)
+    settings = Settings.from_env()
+    config = load_config(settings.config_path)
+    api = Airflow(ports["airflow"])
+    url = f"http://127.0.0.1:{ports['server']}"
+    known = {dag: {r["dag_run_id"] for r in api.runs(dag)} for dag in DAGS}
+    failures = []
+
+    first_end = next_month(args.train_last)
+    say(f"1. training the first champion on the {config.ingest.window_months} months before {first_end} ...")
+    run_id = api.trigger("training", {"interval_end": first_end})
+    known["training"].add(run_id)
+    trained = api.wait("training", run_id, 900)
+    if trained["state"] != "success":
+        say(f"the first training run ended {trained['state']}: see the Airflow UI")
+        return 1
+    deploy_id, _ = _wait_for_deploy(api, known["deploy"], 600)
+    if deploy_id:
+        api.wait("deploy", deploy_id, 600)
+    if not stack._wait_http(f"{url}/ready", 120):
+        say("the model server has no champion: see logs/server.log")
+        return 1
+    baseline = _baseline_model(settings, config)
+    table = []
+    months = months_between(args.first, args.last)
+    for i, month in enumerate(months, 1):
+        say(f"2.{i} {month}: replaying the month as traffic ...")
+        raw, x, label = month_rows(config, month)
+        served = replay(url, raw, x, label, config, args.concurrency)
+        posted = post_feedback(url, served)
+        say(f"  posted {posted} outcomes as feedback")
+        champion_rows = served[served["route"] == "champion"]
+        row: dict[str, Any] = {
+            "month": month,
+            "flights": len(served),
+            "serving": ", ".join(
+                f"v{v}: {n}" for v, n in served["model_version"].value_counts().sort_index().items()
+            ),
+            "live_auc": _auc(champion_rows["label"], champion_rows["probability"]),
+            "unanswered": len(x) - len(served),
+            "retried_503": served.attrs["retried_503"],
+            "never_retrain_auc": _auc(label, baseline.predict_proba(x)[:, 1]),
+        }
+        # A rollout that this month's traffic completed decides now; then monitoring reads a settled champion.
+        for deploy_id in [r["dag_run_id"] for r in api.runs("deploy") if r["state"] in ("running", "queued")]:
+            say("  a rollout is collecting traffic: waiting for its verdict ...")
+            done = api.wait("deploy", deploy_id, args.rollout_wait)
+            verdict = api.result("deploy", deploy_id, "conclude_rollout") or {}
+            row["verdict"] = f"{verdict.get('decision', done['state'])} v{verdict.get('version', '?')}"
+        say(f"  monitoring {month} (the monitoring DAG, through the scheduler) ...")
+        monitor_id = api.trigger("monitoring", {"interval_end": next_month(month)})
+        known["monitoring"].add(monitor_id)
+        monitored = api.wait("monitoring", monitor_id, 600)
+        found = api.result("monitoring", monitor_id, "detect_drift") or {}
+        drift, perf = found.get("drift") or {}, found.get("performance") or {}
+        row.update(
+            {
+                "drift_share": drift.get("share"),
+                "drifted": ", ".join(drift.get("drifted_features") or []),
+                "monitored_auc": perf.get("live"),
+                "retrain": "no",
+            }
+        )
+        if monitored["state"] != "success":
+            failures.append(f"monitoring {month}: {monitored['state']}")
+        if monitored["tasks"].get("decide_retrain") == "success":
+            row["retrain"] = "yes"
+            say("  drift or decay: the retrain Asset event went out; waiting for the training it starts ...")
+            training_id = api.new_run("training", known["training"], 120)
+            if training_id is None:
+                failures.append(f"{month}: no training run followed the retrain event")
+                row["retrain"] = "yes (no run!)"
+            else:
+                known["training"].add(training_id)
+                trained = api.wait("training", training_id, 900)
+                registered = api.result("training", training_id, "register") or {}
+                if trained["tasks"].get("register") == "success":
+                    row["new_version"] = f"v{registered.get('version')}"
+                    deploy_id, state = _wait_for_deploy(api, known["deploy"], 600)
+                    tasks = (state or {}).get("tasks", {})
+                    if tasks.get("analyse_rollout") in COLLECTING:
+                        row["rollout"] = f"{config.deploy.rollout.strategy} started"
+                    elif state:
+                        row["rollout"] = f"deploy {state['state']}"
+                else:
+                    evaluation = api.result("training", training_id, "evaluate") or {}
+                    row["new_version"] = f"gate: {trained['state']} {evaluation.get('reason', '')[:60]}"
+        else:
+            row["retrain_reason"] = monitored["tasks"].get("decide_retrain")
+        table.append(row)
+        say(f"  {month}: {_row_text(row)}")
+    _finish(home, settings, config, table)
+    for failure in failures:
+        say(f"problem: {failure}")
+    return 1 if failures else 0
+
+
+def _baseline_model(settings, config):
+    """The first champion, kept fixed: the "never retrain" baseline."""
+    import mlflow
+
+    from pipelines import tracking
+
+    tracking.client(settings)
+    version = tracking.champion_version(settings, config.registry.model_name)
+    return mlflow.sklearn.load_model(f"models:/{config.registry.model_name}/{version.version}")
+
+
+def _fmt(value: Any, spec: str = ".3f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _row_text(row: dict[str, Any]) -> str:
+    return (
+        f"drift {_fmt(row.get('drift_share'), '.0%')}, live ROC AUC {_fmt(row.get('live_auc'))}"
+        f" (never retrain {_fmt(row.get('never_retrain_auc'))}), {row.get('verdict', 'no verdict')},"
+        f" retrain {row.get('retrain')}"
+        f" {row.get('new_version', '')} {row.get('rollout', '')}".rstrip()
+    )
+
+
+def table_text(table: list[dict[str, Any]]) -> str:
+    """The month-by-month table the command prints."""
+    head = (
+        f"{'month':8} {'flights':>7} {'drift':>6} {'live AUC':>8} {'never':>6} {'verdict':11} {'retrain':8}"
+        f" {'new':10} {'rollout':15} serving"
+    )
+    lines = [head, "-" * len(head)]
+    for r in table:
+        lines.append(
+            f"{r['month']:8} {r['flights']:>7} {_fmt(r.get('drift_share'), '.0%'):>6}"
+            f" {_fmt(r.get('live_auc')):>8} {_fmt(r.get('never_retrain_auc')):>6} {r.get('verdict', ''):11}"
+            f" {r.get('retrain', ''):8} {r.get('new_version', '')!s:10.10} {r.get('rollout', '')!s:15.15}"
+            f" {r.get('serving', '')}"
+        )
+    live = [r["live_auc"] for r in table if r.get("live_auc") is not None]
+    never = [r["never_retrain_auc"] for r in table if r.get("never_retrain_auc") is not None]
+    if live and never:
+        lines.append(
+            f"mean ROC AUC: with the loop {sum(live) / len(live):.3f},"
+            f" never retraining {sum(never) / len(never):.3f}"
+            f" ({sum(1 for r in table if r.get('retrain') == 'yes')} retrains in {len(table)} months)"
+        )
+    return "\n".join(lines)
+
+
+def _finish(home: Path, settings, config, table: list[dict[str, Any]]) -> None:
+    from pipelines import reports, storage
+
+    out = storage.join(settings.artifact_root, "loop")
+    storage.write_json(storage.join(out, "loop.json"), table)
+    html_uri = storage.write_text(
+        storage.join(out, "loop.html"), reports.loop_html(config.registry.model_name, table)
+    )
+    print("\n" + table_text(table))
+    print(f"\nreport: {html_uri}")
+    print(
+        "The runs, the asset events and the models stay in the stores: `make up` opens the Airflow UI"
+        " (DAG runs, Assets) and MLflow (experiments flights-delay and flights-delay-monitoring)."
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m mlops_airflow.loop", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--train-last", default="2013-03", help="the first champion trains up to this month")
+    parser.add_argument("--first", default="2013-04", help="first month to replay (YYYY-MM)")
+    parser.add_argument("--last", default="2013-12", help="last month to replay (YYYY-MM)")
+    parser.add_argument("--home", help="MLOPS_HOME of the loop's stores (default .mlops)")
+    parser.add_argument("--config", help="pipeline config (default: the bundled flights dataset)")
+    parser.add_argument("--fresh", action="store_true", help="start from empty stores (wipes MLOPS_HOME)")
+    parser.add_argument("--keep-up", action="store_true", help="leave the stack running at the end")
+    parser.add_argument("--concurrency", type=int, default=8, help="requests in flight while replaying")
+    parser.add_argument("--rollout-wait", type=float, default=300, help="seconds to wait for a verdict")
+    parser.add_argument("--airflow-port", type=int, default=stack.AIRFLOW_PORT)
+    parser.add_argument("--mlflow-port", type=int, default=stack.MLFLOW_PORT)
+    parser.add_argument("--serving-port", type=int, default=stack.SERVING_PORT)
+    return run_loop(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

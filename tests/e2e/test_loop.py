@@ -1,0 +1,149 @@
+"""The closed loop through the real scheduler, shortened to two replayed months (the full replay is
+the README's main command, ``make demo``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, free_port
+
+pytestmark = [pytest.mark.e2e, pytest.mark.scheduler]
+
+
+class _Webhook(BaseHTTPRequestHandler):
+    """A Slack-style incoming webhook: records what the notifier posts."""
+
+    received: list = []
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.received.append((self.headers["Content-Type"], json.loads(body)))
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def webhook():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Webhook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hooks/mlops", _Webhook.received
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def loop(tmp_path_factory, webhook):
+    home = tmp_path_factory.mktemp("loop") / "home"
+    cmd = [
+        sys.executable, "-m", "mlops_airflow.loop", "--home", str(home), "--fresh",
+        "--first", "2013-04", "--last", "2013-05",
+        "--airflow-port", str(free_port()), "--mlflow-port", str(free_port()),
+        "--serving-port", str(free_port()),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "plugins"), "MLOPS_NOTIFY_WEBHOOK": webhook[0]}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800, cwd=ROOT)
+    (home / "loop-output.txt").write_text(done.stdout + done.stderr)
+    return done, home
+
+
+def _runs(home: Path, dag_id: str) -> list[tuple[str, str, str]]:
+    with sqlite3.connect(home / "airflow" / "airflow.db") as db:
+        return db.execute(
+            "SELECT run_id, run_type, state FROM dag_run WHERE dag_id = ? ORDER BY id", (dag_id,)
+        ).fetchall()
+
+
+def test_the_loop_runs_and_prints_the_month_by_month_table(loop):
+    done, home = loop
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert "month    flights  drift live AUC" in done.stdout
+    assert "mean ROC AUC: with the loop" in done.stdout
+    table = json.loads((home / "artifacts" / "loop" / "loop.json").read_text())
+    assert [row["month"] for row in table] == ["2013-04", "2013-05"]
+    for row in table:
+        assert row["flights"] > 20_000 and row["unanswered"] == 0  # every flight got an answer
+        assert 0.55 < row["live_auc"] < 0.9 and 0.55 < row["never_retrain_auc"] < 0.9
+    html = (home / "artifacts" / "loop" / "loop.html").read_text()
+    assert "data:image/png;base64," in html
+
+
+def test_april_drift_is_detected_and_its_event_starts_training_through_the_scheduler(loop):
+    _done, home = loop
+    april = json.loads((home / "artifacts" / "loop" / "loop.json").read_text())[0]
+    # spring weather against a winter reference: temperature and dew point move by whole stds
+    assert april["drift_share"] >= 0.3 and "temp" in april["drifted"]
+    assert april["retrain"] == "yes"
+    training = _runs(home, "training")
+    assert training[0][1] == "manual"  # the first champion
+    triggered = [r for r in training if r[1] == "asset_triggered"]
+    assert len(triggered) >= 1 and all(state == "success" for _, _, state in triggered)
+    monitoring = _runs(home, "monitoring")
+    assert len(monitoring) == 2 and {state for _, _, state in monitoring} == {"success"}
+    # one event per request; its extra carries the report and the features
+    with sqlite3.connect(home / "airflow" / "airflow.db") as db:
+        extras = [json.loads(e) for (e,) in db.execute(
+            "SELECT e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id"
+            " WHERE a.name = 'flights-delay.retrain' ORDER BY e.id"
+        )]  # fmt: skip
+    assert len(extras) == len(triggered)
+    assert extras[0]["source"] == "monitoring" and "temp" in extras[0]["drifted_features"]
+    assert extras[0]["interval_end"].startswith("2013-05-01") and extras[0]["report_uri"].endswith(
+        "drift.json"
+    )
+
+
+def test_the_retrained_model_went_through_gate_and_rollout(loop):
+    _done, home = loop
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    versions = client.search_model_versions("name = 'flights-delay'")
+    assert len(versions) >= 2
+    history = json.loads(client.get_registered_model("flights-delay").tags["mlops.deployment.history"])
+    started = [h for h in history if h["event"] == "rollout_started"]
+    assert started and started[0]["version"] == "2" and started[0]["strategy"] == "canary"
+    # the rollout of v2 was decided by the canary traffic of May, one way or the other
+    assert any(h["event"] in {"promoted", "aborted"} and h["version"] == "2" for h in history)
+    may = json.loads((home / "artifacts" / "loop" / "loop.json").read_text())[1]
+    assert may["verdict"].endswith("v2")
+    assert "v2:" in may["serving"]  # the canary answered part of May's traffic
+
+
+def test_the_drift_report_and_the_notification_are_there(loop):
+    _done, home = loop
+    reports = sorted((home / "artifacts" / "monitoring").glob("*/detect_drift/drift.json"))
+    assert len(reports) == 2
+    report = json.loads(reports[0].read_text())
+    temp = next(f for f in report["features"] if f["column"] == "temp")
+    assert temp["method"] == "wasserstein" and temp["threshold"] == 0.1 and temp["drifted"] is True
+    assert report["performance"]["labelled_rows"] > 20_000
+    html = reports[0].with_name("drift.html").read_text()
+    assert "data:image/png;base64," in html and "temp" in html
+    logs = list((home / "airflow" / "logs").glob("dag_id=monitoring/*/task_id=decide_retrain/*.log"))
+    assert any(
+        "Retrain requested for flights-delay" in p.read_text() and "Runbook:" in p.read_text() for p in logs
+    )
+
+
+def test_each_retrain_request_is_posted_to_the_webhook(loop, webhook):
+    _, home = loop
+    _, received = webhook
+    requests = [r for r in _runs(home, "training") if r[1] == "asset_triggered"]
+    assert len(received) == len(requests) >= 1
+    content_type, body = received[0]
+    assert content_type == "application/json"
+    assert body["text"].startswith("Retrain requested for flights-delay v1: drift in")
+    assert "drift.html" in body["text"] and "Runbook:" in body["text"]
