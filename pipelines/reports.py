@@ -220,8 +220,9 @@ def drift_figure(report: dict[str, Any], reference, current, dataset) -> Any:
             if len(both):
                 lo, hi = np.quantile(both, [0.005, 0.995])
                 bins = np.linspace(lo, hi if hi > lo else lo + 1, 31)
-                ax.hist(ref, bins=bins, density=True, alpha=0.55, label="reference", color="#8c959f")
-                ax.hist(cur, bins=bins, density=True, alpha=0.55, label="current", color="#0969da")
+                for values, label, colour in ((ref, "reference", "#8c959f"), (cur, "current", "#0969da")):
+                    if len(values):  # an empty window has no density to draw
+                        ax.hist(values, bins=bins, density=True, alpha=0.55, label=label, color=colour)
         else:
             shares_ref = _shares(ref)
             shares_cur = _shares(cur)
