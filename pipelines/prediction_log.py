@@ -296,6 +296,8 @@ class ParquetPredictionLog:
     # -- reading -------------------------------------------------------------------------------
     def read(self, start: Any = None, end: Any = None, clock: str = "ts") -> pd.DataFrame:
         """Predictions (parts and pending segments) whose ``clock`` time is in [start, end)."""
+        if clock not in CLOCKS:
+            raise ValueError(f"unknown clock {clock!r}; choose one of {CLOCKS}")
         start, end = _stamp(start), _stamp(end)
         # Segments before parts: a segment compacted in between is then found as a part; the
         # other order could miss it (part listed before it existed, segment gone when globbed).

@@ -101,6 +101,12 @@ def test_served_probabilities_equal_the_registered_pipeline(server, rows, servin
         (b'{"records": {}}', 422, "list of objects"),
         (b'{"records": []}', 422, "is empty"),
         (b'{"rows": []}', 422, "unknown top-level field"),
+        (
+            b'{"records": [{}], "event_time": "2013-04-01 08:00"}',
+            422,
+            "event_time must be ISO 8601 with a UTC",
+        ),
+        (b'{"records": [{}], "event_time": true}', 422, "event_time must be"),
     ],
 )
 def test_malformed_bodies_get_a_4xx_that_names_the_problem(server, body, status, needle):
@@ -265,6 +271,20 @@ def test_feedback_joins_the_prediction_log(server, rows, serving_home):
     mine = joined[joined["request_id"] == body["request_id"]].sort_values("row")
     assert mine["label"].tolist() == [int(x) for x in labels[:5]]
     assert mine["input.temp"].tolist() == [r["temp"] for r in records[:5]]
+
+
+def test_a_replay_dates_its_traffic_with_event_time(server, rows, serving_home):
+    records, _ = rows
+    sent = {"records": records[:3], "event_time": "2013-04-02T12:00:00+00:00", "routing_key": "LGA"}
+    body = httpx.post(f"{server.url}/predict", json=sent).json()
+    epoch = httpx.post(
+        f"{server.url}/predict", json={"records": records[:1], "event_time": 1365000000}
+    ).json()
+    store = prediction_log.open_log(serving_home["settings"], SERVING_MODEL, writer=False)
+    april = store.read("2013-04-02", "2013-04-03", clock="event_time")
+    assert sorted(april[april["request_id"] == body["request_id"]]["row"]) == [0, 1, 2]
+    first = store.read("2013-04-03", "2013-04-04", clock="event_time")
+    assert epoch["request_id"] in set(first["request_id"])  # 1365000000 s = 2013-04-03T14:40Z
 
 
 def test_acknowledged_predictions_survive_a_crash(serving_home, rows, tmp_path):

@@ -150,3 +150,44 @@ def test_postgresql_log_commits_reads_and_upserts_feedback(pg_log):
     joined = with_feedback(mine, pg_log.read_feedback())
     assert joined.set_index("row")["label"].tolist()[1] == 0
     assert pg_log.read(start=pd.Timestamp.now(tz="UTC") + pd.Timedelta(hours=1)).empty
+
+
+def _dated(request_id: str, event_time: str | None) -> list[dict]:
+    out = rows(request_id, 2)
+    for row in out:
+        row["event_time"] = None if event_time is None else pd.Timestamp(event_time).timestamp() * 1000
+    return out
+
+
+@pytest.mark.parametrize("store", ["parquet", "postgresql"])
+def test_windows_can_be_read_on_the_event_clock(tmp_path, store, request):
+    """A replay dates its traffic: the event clock windows on that, falling back to answer time."""
+    if store == "parquet":
+        log = ParquetPredictionLog(str(tmp_path / "store"), tmp_path / "spool")
+        make = _dated
+    else:
+        log = request.getfixturevalue("pg_log")
+
+        def make(rid, when):
+            out = _dated(rid, when)
+            for row in out:
+                row["model_name"] = log.model_name
+            return out
+
+    april, may = uuid.uuid4().hex, uuid.uuid4().hex
+    live = uuid.uuid4().hex
+    log.append(make(april, "2013-04-10T08:00:00Z") + make(may, "2013-05-02T08:00:00Z") + make(live, None))
+    log.flush()
+    in_april = log.read("2013-04-01", "2013-05-01", clock="event_time")
+    assert set(in_april["request_id"]) == {april}
+    assert in_april["event_time"].iloc[0] == pd.Timestamp("2013-04-10T08:00:00Z")
+    # on the server's clock everything happened now; undated rows fall back to it on either clock
+    now = pd.Timestamp.now(tz="UTC")
+    recent = log.read(now - pd.Timedelta(hours=1), now + pd.Timedelta(hours=1), clock="event_time")
+    assert live in set(recent["request_id"]) and april not in set(recent["request_id"])
+    answered = log.read(now - pd.Timedelta(hours=1), now + pd.Timedelta(hours=1))
+    assert {april, may, live} <= set(answered["request_id"])
+    with pytest.raises(ValueError, match="unknown clock"):
+        log.read(clock="wall")
+    if store == "parquet":
+        log.close()
