@@ -213,9 +213,12 @@ class Server:
         by_schema: dict[int, list[Job]] = {}
         for j in jobs:  # champion and challenger may (rarely) take different inputs
             by_schema.setdefault(id(j.model.schema), []).append(j)
-        for group in by_schema.values():
-            batch = Batch.concat([j.batch for j in group])
-            m.observe_features(group[0].model.schema, batch, deployment.known_categories)
+        try:  # the answer is already logged: a metrics fault must never turn it into an error
+            for group in by_schema.values():
+                batch = Batch.concat([j.batch for j in group])
+                m.observe_features(group[0].model.schema, batch, deployment.known_categories)
+        except Exception:
+            log.exception("could not update the feature metrics")
 
     def _submit_shadow(self, jobs: list[Job]) -> None:
         if self.shadow_pending >= self.config.shadow_queue:

@@ -46,8 +46,10 @@ class ServerMetrics:
             buckets=PROBABILITY_BUCKETS,
             registry=r,
         )
-        self.feature_sum = Counter(
-            "mlops_feature_value_sum", "Sum of a numeric feature", ["feature"], registry=r
+        # A gauge, not a counter: features can be negative (December's dew point is), and a
+        # counter refuses to go down. Mean over a window: delta(sum[w]) / increase(count[w]).
+        self.feature_sum = Gauge(
+            "mlops_feature_value_sum", "Running sum of a numeric feature's values", ["feature"], registry=r
         )
         self.feature_count = Counter(
             "mlops_feature_value_count", "Non-missing values of a feature", ["feature"], registry=r

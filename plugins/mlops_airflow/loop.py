@@ -501,7 +501,8 @@ def _loop(args: argparse.Namespace, home: Path, env: dict[str, str], ports: dict
                         row["rollout"] = f"deploy {state['state']}"
                 else:
                     evaluation = api.result("training", training_id, "evaluate") or {}
-                    row["new_version"] = f"gate: {trained['state']} {evaluation.get('reason', '')[:60]}"
+                    row["new_version"] = "rejected" if trained["state"] == "success" else trained["state"]
+                    row["gate"] = evaluation.get("reason", "")
         else:
             row["retrain_reason"] = monitored["tasks"].get("decide_retrain")
         table.append(row)

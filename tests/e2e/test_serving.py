@@ -143,10 +143,25 @@ def test_metrics_count_predictions_by_version_and_route_and_watch_features(serve
         line for line in text.splitlines() if line.startswith('mlops_predictions_total{model_version="1"')
     ]
     assert count and float(count[0].split()[-1]) >= 10
-    assert 'mlops_feature_value_sum_total{feature="temp"}' in text
+    assert 'mlops_feature_value_sum{feature="temp"}' in text
     assert 'mlops_feature_reference_mean{feature="temp"}' in text
     assert "mlops_request_latency_seconds_bucket" in text
     assert 'mlops_model_info{role="champion",runtime="lean-hgb",version="1"} 1.0' in text
+
+
+def _metric(text: str, name: str) -> float:
+    return float(next(line for line in text.splitlines() if line.startswith(name)).split()[-1])
+
+
+def test_negative_feature_values_are_served_and_summed(server, rows):
+    """A cold December: dew points below zero must not break the answer or the metrics."""
+    name = 'mlops_feature_value_sum{feature="dewp"}'
+    before = _metric(httpx.get(f"{server.url}/metrics").text, name)
+    cold = [{**r, "dewp": -1000.0} for r in rows[0][:5]]
+    response = httpx.post(f"{server.url}/predict", json={"records": cold})
+    assert response.status_code == 200, response.text
+    after = _metric(httpx.get(f"{server.url}/metrics").text, name)
+    assert after == pytest.approx(before - 5000.0, abs=1e-6)
 
 
 def test_canary_share_is_respected_and_sticky_per_routing_key(server, rows, serving_home):
