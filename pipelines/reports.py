@@ -333,8 +333,8 @@ def loop_html(model: str, table: list[dict[str, Any]]) -> str:
     bottom.set_xticks(x, months)
     png = _figure_png(fig)
     plt.close(fig)
-    columns = ["month", "flights", "drift_share", "drifted", "live_auc", "never_retrain_auc", "retrain",
-               "new_version", "rollout", "serving"]  # fmt: skip
+    columns = ["month", "flights", "drift_share", "drifted", "live_auc", "never_retrain_auc", "verdict",
+               "retrain", "new_version", "gate", "rollout", "serving", "unanswered"]  # fmt: skip
     name = html.escape(model)
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Closed loop: {name}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;color:#1f2328}}
