@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pandas as pd
 
@@ -56,13 +57,27 @@ COLUMNS = [
 FEEDBACK_COLUMNS = ["request_id", "row", "label", "ts"]
 
 
+def _ms_to_utc(values: pd.Series) -> pd.Series:
+    """Epoch milliseconds (missing or out-of-range: NaT) as UTC times, without float rounding traps.
+
+    ``pd.to_datetime(unit="ms")`` on a float column raised FloatingPointError inside a long test
+    session (an overflow check under ``np.errstate(over="raise")``); integer nanoseconds do not.
+    """
+    ms = pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    valid = np.isfinite(ms) & (np.abs(ms) < 9.2e15)  # inside datetime64[ns]
+    ns = np.zeros(len(ms), dtype="int64")
+    ns[valid] = np.round(ms[valid] * 1_000_000).astype("int64")
+    out = pd.Series(pd.to_datetime(ns, utc=True), index=values.index)
+    return out.where(valid)
+
+
 def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     """Log rows (with an ``inputs`` dict each) as a flat frame with ``input.*`` columns."""
     if not rows:
         return pd.DataFrame(columns=COLUMNS)
     base = pd.DataFrame([{c: r.get(c) for c in COLUMNS} for r in rows], columns=COLUMNS)
-    base["ts"] = pd.to_datetime(base["ts"], unit="ms", utc=True)
-    base["event_time"] = pd.to_datetime(base["event_time"], unit="ms", utc=True)
+    base["ts"] = _ms_to_utc(base["ts"])
+    base["event_time"] = _ms_to_utc(base["event_time"])
     base["row"] = base["row"].astype("int64")
     base["model_version"] = base["model_version"].astype(str)
     inputs = pd.DataFrame([r.get("inputs") or {} for r in rows]).add_prefix(INPUT_PREFIX)
@@ -89,8 +104,8 @@ def _segment_frame(path: Path) -> pd.DataFrame:
     for column in COLUMNS:
         if column not in frame:
             frame[column] = None
-    frame["ts"] = pd.to_datetime(frame["ts"], unit="ms", utc=True)
-    frame["event_time"] = pd.to_datetime(frame["event_time"], unit="ms", utc=True)
+    frame["ts"] = _ms_to_utc(frame["ts"])
+    frame["event_time"] = _ms_to_utc(frame["event_time"])
     frame["row"] = frame["row"].astype("int64")
     frame["model_version"] = frame["model_version"].astype(str)
     inputs = [c for c in frame.columns if c.startswith(INPUT_PREFIX)]
