@@ -1,0 +1,182 @@
+"""Alerts from outside Airflow: Alertmanager's webhook turns a firing drift alert into a retrain.
+
+An Airflow 3 plugin mounts a FastAPI app on the API server:
+
+    POST /mlops/alerts     Authorization: Bearer <MLOPS_ALERT_TOKEN>
+
+The body is Alertmanager's webhook JSON (version 4). Every *firing* alert with
+the label ``mlops_action="retrain"`` creates one event on the
+``<model>.retrain`` Asset of the model named by its ``model`` label, which is
+the Asset the ``training`` DAG is scheduled on. The event is created the way
+Airflow's own ``POST /api/v2/assets/events`` does it. Its extra is
+``{"source": "alertmanager", "alertname", "fingerprint", "starts_at",
+"features", "summary", "runbook_url"}``. The answer lists what was created,
+what was a duplicate and what was ignored.
+
+- **Authenticated**: the token comes from ``MLOPS_ALERT_TOKEN`` or from the file
+  named by ``MLOPS_ALERT_TOKEN_FILE``, and is compared in constant time. A
+  missing or wrong token gets a 401. With no token configured, every request
+  gets a 503: the endpoint is never open by default.
+- **Idempotent per alert**: Alertmanager repeats firing alerts and retries
+  failed posts. An alert (fingerprint + ``startsAt``) that already has an event
+  on the asset creates none. The check and the insert run in one transaction,
+  holding a row lock on the asset (PostgreSQL) or SQLite's single writer, so two
+  concurrent posts of the same alert cannot both create one.
+- Resolved alerts and alerts without ``mlops_action="retrain"`` are ignored.
+  An unknown model gets a 404 and a malformed body a 422, and nothing is
+  written.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from airflow.plugins_manager import AirflowPlugin
+from fastapi import FastAPI, Header, HTTPException, Request
+from pydantic import BaseModel, Field, ValidationError
+
+log = logging.getLogger(__name__)
+TOKEN_ENV, TOKEN_FILE_ENV = "MLOPS_ALERT_TOKEN", "MLOPS_ALERT_TOKEN_FILE"
+ACTION_LABEL, ACTION = "mlops_action", "retrain"
+RECENT_EVENTS = 1000  # how far back a repeat is looked for (Alertmanager repeats within hours)
+
+
+class Alert(BaseModel):
+    status: str
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    startsAt: str
+    fingerprint: str = Field(min_length=1)
+
+
+class Notification(BaseModel):
+    """Alertmanager's webhook body (the fields used here)."""
+
+    version: str = "4"
+    status: str
+    alerts: list[Alert]
+
+
+def configured_token() -> str | None:
+    """The shared secret, from the environment or a file (e.g. a mounted Kubernetes secret)."""
+    token = os.environ.get(TOKEN_ENV)
+    path = os.environ.get(TOKEN_FILE_ENV)
+    if not token and path:
+        token = Path(path).read_text().strip()
+    return token or None
+
+
+def check_token(authorization: str | None) -> None:
+    expected = configured_token()
+    if not expected:
+        raise HTTPException(
+            503, f"alert webhook disabled: set {TOKEN_ENV} (or {TOKEN_FILE_ENV}) on the API server"
+        )
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), expected.encode()):
+        raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+
+def retrain_requests(notification: Notification) -> tuple[list[Alert], list[dict[str, str]]]:
+    """(firing retrain alerts, ignored alerts with the reason)."""
+    wanted, ignored = [], []
+    for alert in notification.alerts:
+        if alert.labels.get(ACTION_LABEL) != ACTION:
+            ignored.append({"fingerprint": alert.fingerprint, "reason": f"no {ACTION_LABEL}={ACTION} label"})
+        elif alert.status != "firing":
+            ignored.append({"fingerprint": alert.fingerprint, "reason": f"status {alert.status}"})
+        elif not alert.labels.get("model"):
+            ignored.append({"fingerprint": alert.fingerprint, "reason": "no model label"})
+        else:
+            wanted.append(alert)
+    return wanted, ignored
+
+
+def event_extra(alert: Alert) -> dict[str, Any]:
+    """The retrain event's extra; ``fingerprint`` + ``starts_at`` identify the alert."""
+    feature = alert.labels.get("feature")
+    return {
+        "source": "alertmanager",
+        "alertname": alert.labels.get("alertname"),
+        "fingerprint": alert.fingerprint,
+        "starts_at": alert.startsAt,
+        "features": [feature] if feature else [],
+        "summary": alert.annotations.get("summary") or alert.annotations.get("description"),
+        "runbook_url": alert.annotations.get("runbook_url"),
+    }
+
+
+def _record(alert: Alert) -> tuple[str, int | None]:
+    """Create the retrain event of ``alert`` unless it exists: ("created" | "duplicate", event id)."""
+    from airflow._shared.timezones import timezone
+    from airflow.assets.manager import asset_manager
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    name = f"{alert.labels['model']}.retrain"
+    with create_session() as session:
+        # the row lock serialises concurrent posts of one alert (PostgreSQL); SQLite has one writer
+        asset = session.scalar(select(AssetModel).where(AssetModel.name == name).with_for_update().limit(1))
+        if asset is None:
+            raise HTTPException(
+                404, f"no asset {name!r}: is the training DAG of model {alert.labels['model']!r} deployed?"
+            )
+        recent = session.scalars(
+            select(AssetEvent)
+            .where(AssetEvent.asset_id == asset.id)
+            .order_by(AssetEvent.id.desc())
+            .limit(RECENT_EVENTS)
+        )
+        for event in recent:
+            extra = event.extra or {}
+            if extra.get("fingerprint") == alert.fingerprint and extra.get("starts_at") == alert.startsAt:
+                return "duplicate", event.id
+        created = asset_manager.register_asset_change(
+            asset=asset,
+            timestamp=timezone.utcnow(),
+            extra=event_extra(alert),
+            source_is_api=True,
+            session=session,
+        )
+        if created is None:
+            raise HTTPException(404, f"asset {name!r} is not active")
+        session.flush()
+        return "created", created.id
+
+
+app = FastAPI(title="MLOps alert webhook", description=__doc__)
+
+
+@app.post("/alerts")
+async def receive_alerts(request: Request, authorization: str | None = Header(None)) -> dict[str, Any]:
+    """Alertmanager webhook: one retrain Asset event per firing alert, at most once per alert."""
+    check_token(authorization)
+    try:
+        notification = Notification.model_validate_json(await request.body())
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:10])
+        raise HTTPException(422, f"not an Alertmanager webhook body: {problems}") from exc
+    wanted, ignored = retrain_requests(notification)
+    created, duplicate = [], []
+    for alert in wanted:
+        outcome, event_id = _record(alert)
+        entry = {"fingerprint": alert.fingerprint, "model": alert.labels["model"], "event_id": event_id}
+        (created if outcome == "created" else duplicate).append(entry)
+        log.info(
+            "alert %s (%s): %s retrain event %s",
+            alert.fingerprint,
+            alert.labels.get("alertname"),
+            outcome,
+            event_id,
+        )
+    return {"created": created, "duplicate": duplicate, "ignored": ignored}
+
+
+class MlopsAlertsPlugin(AirflowPlugin):
+    name = "mlops_alerts"
+    fastapi_apps = [{"app": app, "url_prefix": "/mlops", "name": "MLOps alert webhook"}]

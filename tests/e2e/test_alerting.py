@@ -1,0 +1,219 @@
+"""Alerts from outside Airflow, all real: the model server's /metrics, Prometheus evaluating the
+shipped drift rule, Alertmanager posting its webhook to the Airflow plugin, the scheduler starting
+the retrain. A replayed alert creates nothing; a wrong token is refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from conftest import ROOT, SERVING_MODEL, ServerProcess, free_port, reset_deployment, wait_http
+
+pytestmark = [pytest.mark.e2e, pytest.mark.scheduler]
+MONITORING = ROOT / "helm" / "monitoring"
+TOKEN = "alert-token-for-tests"
+AIRFLOW = (
+    "airflow api-server -H 127.0.0.1 -p $AIRFLOW__API__PORT -w 1 & "
+    "airflow dag-processor & airflow scheduler --skip-serve-logs & wait"
+)
+
+
+def _group(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
+    with open(log, "wb") as out:
+        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(15)
+            return
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            continue
+
+
+def _fast_rules(model: str) -> str:
+    """The shipped rule file, with a test's window, no pending time, a small count guard, temp only."""
+    text = (MONITORING / "prometheus-rules.yaml").read_text()
+    for old, new in (
+        ("[30m]", "[20s]"),
+        ("for: 15m", "for: 0s"),
+        ("> 500", "> 20"),
+        # April's weather differs from the winter reference in several features; watching only
+        # temp makes the count of alerts (and so of events and runs) exact
+        ("mlops_feature_value_count_total[", 'mlops_feature_value_count_total{feature="temp"}['),
+    ):
+        assert old in text, old
+        text = text.replace(old, new)
+    return text.replace("model: flights-delay", f"model: {model}")
+
+
+@pytest.fixture(scope="module")
+def stack(serving_home, airflow_db, tmp_path_factory):
+    for binary in ("prometheus", "prometheus-alertmanager"):
+        assert shutil.which(binary), f"{binary} is missing: `make install` installs Debian's package"
+    home = tmp_path_factory.mktemp("alerting")
+    ports = {name: free_port() for name in ("airflow", "prometheus", "alertmanager")}
+    env = {
+        **os.environ,
+        **serving_home["env"],  # the DAGs' model is flights-serving: its retrain asset is the target
+        "AIRFLOW_HOME": str(home / "airflow"),
+        "AIRFLOW__API__PORT": str(ports["airflow"]),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{ports['airflow']}/execution/",
+        "AIRFLOW__API_AUTH__JWT_SECRET": "alerting-test-secret",
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+        "MLOPS_TIME_SCHEDULES": "off",
+        "MLOPS_ALERT_TOKEN": TOKEN,
+    }
+    procs = []
+    subprocess.run(["airflow", "db", "migrate"], env=env, check=True, capture_output=True)
+    subprocess.run(["airflow", "dags", "reserialize"], env=env, check=True, capture_output=True)
+    subprocess.run(["airflow", "dags", "unpause", "training"], env=env, check=True, capture_output=True)
+    reset_deployment(serving_home["settings"])
+    server = ServerProcess(serving_home["env"], home / "server.log").start()
+    try:
+        procs.append(_group(["bash", "-c", AIRFLOW], env, home / "airflow.log"))
+        (home / "rules.yaml").write_text(_fast_rules(SERVING_MODEL))
+        (home / "token").write_text(TOKEN)
+        (home / "prometheus.yaml").write_text(
+            json.dumps(
+                {
+                    "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                    "rule_files": [str(home / "rules.yaml")],
+                    "alerting": {
+                        "alertmanagers": [
+                            {"static_configs": [{"targets": [f"127.0.0.1:{ports['alertmanager']}"]}]}
+                        ]
+                    },
+                    "scrape_configs": [
+                        {
+                            "job_name": "model-server",
+                            "static_configs": [{"targets": [f"127.0.0.1:{server.port}"]}],
+                        }
+                    ],
+                }
+            )
+        )
+        am = yaml.safe_load((MONITORING / "alertmanager.yaml").read_text())
+        am["route"].update({"group_wait": "1s", "group_interval": "1s", "repeat_interval": "10s"})
+        hook = am["receivers"][1]["webhook_configs"][0]
+        hook["url"] = f"http://127.0.0.1:{ports['airflow']}/mlops/alerts"
+        hook["http_config"]["authorization"]["credentials_file"] = str(home / "token")
+        (home / "alertmanager.yaml").write_text(json.dumps(am))
+        procs.append(_group([
+            "prometheus", f"--config.file={home / 'prometheus.yaml'}", f"--storage.tsdb.path={home / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{ports['prometheus']}",
+        ], env, home / "prometheus.log"))  # fmt: skip
+        procs.append(_group([
+            "prometheus-alertmanager", f"--config.file={home / 'alertmanager.yaml'}",
+            f"--storage.path={home / 'am'}", f"--web.listen-address=127.0.0.1:{ports['alertmanager']}",
+            "--cluster.listen-address=",
+        ], env, home / "alertmanager.log"))  # fmt: skip
+        wait_http(f"http://127.0.0.1:{ports['airflow']}/api/v2/monitor/health", 180)
+        wait_http(f"http://127.0.0.1:{ports['prometheus']}/-/ready", 60)
+        wait_http(f"http://127.0.0.1:{ports['alertmanager']}/-/ready", 60)
+        yield {"ports": ports, "server": server, "home": home}
+    finally:
+        for proc in procs:
+            _stop(proc)
+        server.stop()
+
+
+def _airflow(stack) -> httpx.Client:
+    return httpx.Client(base_url=f"http://127.0.0.1:{stack['ports']['airflow']}", timeout=30)
+
+
+def _events(stack) -> list[dict]:
+    with _airflow(stack) as http:
+        events = http.get("/api/v2/assets/events", params={"limit": 100}).json()["asset_events"]
+    return [e for e in events if e.get("extra", {}).get("source") == "alertmanager"]
+
+
+def test_a_real_drift_alert_becomes_one_retrain_run(stack, april_rows):
+    records, _ = april_rows
+    hot = [{**r, "temp": (r["temp"] or 50.0) + 60.0} for r in records[:40]]  # a heat wave
+    firing = []
+    deadline = time.time() + 150
+    with httpx.Client(base_url=stack["server"].url, timeout=30) as http:
+        while time.time() < deadline and not _events(stack):
+            for _ in range(10):
+                assert http.post("/predict", json={"records": hot}).status_code == 200
+            with httpx.Client() as prom:
+                alerts = prom.get(f"http://127.0.0.1:{stack['ports']['prometheus']}/api/v1/alerts").json()
+            firing = [a for a in alerts["data"]["alerts"] if a["state"] == "firing"]
+            time.sleep(1)
+    assert any(
+        a["labels"]["alertname"] == "FeatureDrift" and a["labels"]["feature"] == "temp" for a in firing
+    )
+    (event,) = [e for e in _events(stack) if e["extra"]["features"] == ["temp"]]
+    assert event["asset_id"] and event["extra"]["alertname"] == "FeatureDrift"
+    assert "training standard deviations" in event["extra"]["summary"]
+
+    with _airflow(stack) as http:
+        deadline = time.time() + 60
+        runs = []
+        while time.time() < deadline and not runs:
+            runs = [r for r in http.get("/api/v2/dags/training/dagRuns").json()["dag_runs"]
+                    if r["run_type"] == "asset_triggered"]  # fmt: skip
+            time.sleep(2)
+        assert len(runs) == 1, runs
+
+        # Alertmanager repeats the firing alert (repeat_interval 10s); replaying it by hand, too,
+        # creates no second event and no second run.
+        replay = {"version": "4", "status": "firing", "alerts": [{
+            "status": "firing", "labels": {"alertname": "FeatureDrift", "feature": "temp",
+            "mlops_action": "retrain", "model": SERVING_MODEL},
+            "annotations": {}, "startsAt": event["extra"]["starts_at"],
+            "fingerprint": event["extra"]["fingerprint"]}]}  # fmt: skip
+        answer = http.post("/mlops/alerts", json=replay, headers={"Authorization": f"Bearer {TOKEN}"})
+        assert answer.status_code == 200 and answer.json()["duplicate"] and not answer.json()["created"]
+        time.sleep(15)
+        temp_events = [e for e in _events(stack) if e["extra"]["features"] == ["temp"]]
+        assert len(temp_events) == 1
+        runs = [r for r in http.get("/api/v2/dags/training/dagRuns").json()["dag_runs"]
+                if r["run_type"] == "asset_triggered"]  # fmt: skip
+        assert len(runs) == 1
+
+
+def test_the_webhook_refuses_a_wrong_token_and_a_malformed_body(stack):
+    body = {
+        "version": "4",
+        "status": "firing",
+        "alerts": [
+            {
+                "status": "firing",
+                "startsAt": "2026-01-01T00:00:00Z",
+                "fingerprint": "f00",
+                "labels": {"mlops_action": "retrain", "model": SERVING_MODEL},
+            }
+        ],
+    }
+    before = len(_events(stack))
+    with _airflow(stack) as http:
+        assert http.post("/mlops/alerts", json=body).status_code == 401
+        assert (
+            http.post("/mlops/alerts", json=body, headers={"Authorization": "Bearer nope"}).status_code == 401
+        )
+        bad = http.post("/mlops/alerts", json={"alerts": "x"}, headers={"Authorization": f"Bearer {TOKEN}"})
+        assert bad.status_code == 422 and "not an Alertmanager webhook body" in bad.json()["detail"]
+        unknown = {
+            **body,
+            "alerts": [{**body["alerts"][0], "labels": {"mlops_action": "retrain", "model": "nope"}}],
+        }
+        missing = http.post("/mlops/alerts", json=unknown, headers={"Authorization": f"Bearer {TOKEN}"})
+        assert missing.status_code == 404 and "nope.retrain" in missing.json()["detail"]
+        resolved = {**body, "alerts": [{**body["alerts"][0], "status": "resolved"}]}
+        ignored = http.post("/mlops/alerts", json=resolved, headers={"Authorization": f"Bearer {TOKEN}"})
+        assert ignored.json()["ignored"][0]["reason"] == "status resolved"
+    assert len(_events(stack)) == before
