@@ -38,6 +38,8 @@ from mlops_airflow import stack
 
 DAGS = ("training", "deploy", "monitoring")
 MARKER = ".mlops-home"  # a folder --fresh may wipe: only one this module created
+# what the stack writes into MLOPS_HOME (a home from before the marker existed holds only these)
+KNOWN_ENTRIES = {MARKER, "airflow", "artifacts", "mlflow.db", "logs", "serving", "run", "loop-config.yaml"}
 
 
 def say(message: str) -> None:
@@ -384,8 +386,10 @@ def _wait_for_deploy(
 def run_loop(args: argparse.Namespace) -> int:
     home = Path(args.home or os.environ.get("MLOPS_HOME") or stack.ROOT / ".mlops").resolve()
     if args.fresh and home.exists():
-        if not (home / MARKER).exists() and any(home.iterdir()):
-            raise SystemExit(f"{home} was not made by this project (no {MARKER}); not wiping it")
+        strangers = {p.name for p in home.iterdir()} - KNOWN_ENTRIES
+        if not (home / MARKER).exists() and strangers:
+            found = sorted(strangers)[:5]
+            raise SystemExit(f"{home} holds files this project did not make ({found}); not wiping it")
         shutil.rmtree(home)
     home.mkdir(parents=True, exist_ok=True)
     (home / MARKER).write_text("made by mlops_airflow; `make demo` may wipe this folder\n")
