@@ -253,6 +253,19 @@ class ServerProcess:
         self.kill(signal.SIGTERM)
 
 
+@pytest.fixture(scope="module")
+def serving_dagbag(serving_home, airflow_db):
+    """The DAGs as parsed with the serving model's config; its environment holds while they run."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in serving_home["env"].items():
+            mp.setenv(key, value)
+        bag = DagBag(dag_folder=str(ROOT / "dags"))
+        assert bag.import_errors == {}
+        yield bag
+
+
 def reset_deployment(settings, champion: str = "1") -> None:
     """Champion ``champion``, no challenger, no previous, no rollout."""
     from pipelines import deploy, tracking

@@ -15,15 +15,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def dag(serving_home, airflow_db):
-    from airflow.dag_processing.dagbag import DagBag
-
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in serving_home["env"].items():
-            mp.setenv(key, value)
-        bag = DagBag(dag_folder=str(ROOT / "dags"))
-        assert bag.import_errors == {}
-        yield bag.dags["batch_inference"]
+def dag(serving_dagbag):
+    return serving_dagbag.dags["batch_inference"]
 
 
 def test_batch_dag_scores_a_month_with_the_champion(dag, serving_home, caplog):

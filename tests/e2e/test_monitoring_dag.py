@@ -4,7 +4,6 @@ stateful retraining through the plain runner, both against the real MLflow serve
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 
 import pendulum
 import pytest
@@ -13,19 +12,11 @@ from conftest import SERVING_MODEL, reset_deployment
 from pipelines import monitoring, storage, tracking
 
 pytestmark = pytest.mark.e2e
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def dag(serving_home, airflow_db):
-    from airflow.dag_processing.dagbag import DagBag
-
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in serving_home["env"].items():
-            mp.setenv(key, value)
-        bag = DagBag(dag_folder=str(ROOT / "dags"))
-        assert bag.import_errors == {}
-        yield bag.dags["monitoring"]
+def dag(serving_dagbag):
+    return serving_dagbag.dags["monitoring"]
 
 
 def _events(run) -> list[dict]:
