@@ -30,7 +30,7 @@ monitoring-tools:
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[airflow,dev]"
 	@rm -f $(VENV)/.installed-* && touch $@
 
 test: install lint  ## Lint, then the whole test suite (unit, DAG integrity, end-to-end, scheduler)

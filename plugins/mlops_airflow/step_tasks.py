@@ -6,10 +6,12 @@ upstream results. Modes:
 
 - ``local`` (default): in the worker's process, calling the CLI's function;
 - ``subprocess``: the ``mlops step`` command in a child process;
-- ``docker`` / ``kubernetes``: the same command in a container or a pod, its
-  result read back from ``/airflow/xcom/return.json`` (not implemented yet).
+- ``docker``: the command in a container of the step image (``containers.py``);
+- ``kubernetes``: the command in a pod, by KubernetesPodOperator (``pods.py``).
 
-Nothing here imports an ML library at DAG-parse time.
+Containers and pods write the result to ``/airflow/xcom/return.json``. The mode and the
+image come from the execution config (``execution.py``). Nothing here imports an ML library
+at DAG-parse time.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ from airflow.providers.standard.operators.python import PythonOperator
 from airflow.sdk import PokeReturnValue, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from mlops_airflow.containers import run_step_in_container
+from mlops_airflow.execution import load_execution
 from pipelines.cli import EXIT_NOT_RETRYABLE, EXIT_SKIPPED
 from pipelines.config import RUN_PARAMETERS
 from pipelines.pipeline import POLLED_STEPS, StepSpec, is_skipped
 
-MODE_ENV = "MLOPS_EXECUTION_MODE"
 DEFAULT_ARGS = {"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True}
 
 
@@ -148,27 +151,40 @@ def _python_task(callable_: Callable[..., Any]) -> Callable[..., PythonOperator]
     return build
 
 
-def _not_yet(mode: str) -> Callable[..., Any]:
-    def build(step: str, inputs: dict[str, Any], **kwargs: Any) -> Any:
-        raise NotImplementedError(
-            f"execution mode {mode!r} is not available yet; use {MODE_ENV}=local or subprocess"
-        )
+def _pod_task(step: str, inputs: dict[str, Any], **kwargs: Any) -> Any:
+    from mlops_airflow.pods import step_pod_operator  # imports the Kubernetes client: only in this mode
 
-    return build
+    return step_pod_operator(step, inputs, **kwargs)
+
+
+def run_step_in_pod(step: str, inputs: dict[str, Any], **context: Any) -> dict[str, Any]:
+    """Mode ``kubernetes`` inside a sensor: one pod per poke."""
+    from mlops_airflow.pods import run_step_in_pod as run
+
+    return run(step, inputs, **context)
 
 
 MODES: dict[str, Callable[..., Any]] = {
     "local": _python_task(run_step_in_process),
     "subprocess": _python_task(run_step_in_subprocess),
-    "docker": _not_yet("docker"),
-    "kubernetes": _not_yet("kubernetes"),
+    "docker": _python_task(run_step_in_container),
+    "kubernetes": _pod_task,
+}
+RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
+    "local": run_step_in_process,
+    "subprocess": run_step_in_subprocess,
+    "docker": run_step_in_container,
+    "kubernetes": run_step_in_pod,
 }
 
 
 def poke_step(step: str, inputs: dict[str, Any], mode: str, **context: Any) -> PokeReturnValue:
-    """One poke of a polled step: done when its result no longer says ``status: waiting``."""
-    runner = run_step_in_subprocess if mode == "subprocess" else run_step_in_process
-    result = runner(step, inputs, **context)
+    """One poke of a polled step: done when its result no longer says ``status: waiting``.
+
+    In the container modes each poke is one short container or pod, so a long wait holds no
+    resources between pokes.
+    """
+    result = RUNNERS[mode](step, inputs, **context)
     return PokeReturnValue(is_done=result.get("status") != "waiting", xcom_value=result)
 
 
@@ -182,8 +198,6 @@ def sensor_task(
     **kwargs: Any,
 ):
     """A sensor that re-runs ``step`` until it decides; in reschedule mode it frees its slot in between."""
-    if mode not in ("local", "subprocess"):
-        return MODES[mode](step, inputs, **kwargs)  # raises the mode's own "not yet" error
     sensor = task.sensor(
         task_id=step,
         poke_interval=poke_seconds,
@@ -197,7 +211,7 @@ def sensor_task(
 
 def step_task(step: str, inputs: dict[str, Any] | None = None, *, mode: str | None = None, **kwargs: Any):
     """Build the Airflow task that runs ``step``; ``inputs`` maps upstream step names to their XComArgs."""
-    mode = mode or os.environ.get(MODE_ENV, "local")
+    mode = mode or load_execution().mode
     if mode not in MODES:
         raise ValueError(f"unknown execution mode {mode!r}; choose one of {sorted(MODES)}")
     return MODES[mode](step, inputs or {}, **kwargs)
@@ -220,7 +234,7 @@ def pipeline_tasks(
     Polled steps (``POLLED_STEPS``) become sensors; ``sensors`` gives their poke interval and timeout.
     ``task_kwargs`` adds operator arguments per step (e.g. callbacks).
     """
-    mode = mode or os.environ.get(MODE_ENV, "local")
+    mode = mode or load_execution().mode
     tasks: dict[str, Any] = {}
     for step in spec:
         inputs = {name: _output(tasks[name]) for name in step.inputs}

@@ -19,7 +19,7 @@ import yaml
 from conftest import ROOT, SERVING_MODEL, ServerProcess, free_port, reset_deployment, wait_http
 
 pytestmark = [pytest.mark.e2e, pytest.mark.scheduler]
-MONITORING = ROOT / "helm" / "monitoring"
+MONITORING = ROOT / "helm" / "mlops" / "files" / "monitoring"
 TOKEN = "alert-token-for-tests"
 AIRFLOW = (
     "airflow api-server -H 127.0.0.1 -p $AIRFLOW__API__PORT -w 1 & "
