@@ -7,6 +7,7 @@ set here, at collection time, before any test module imports it.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -277,3 +278,48 @@ def reset_deployment(settings, champion: str = "1") -> None:
     for alias in ("challenger", deploy.PREVIOUS):
         with contextlib.suppress(Exception):  # not set
             client.delete_registered_model_alias(SERVING_MODEL, alias)
+
+
+# -- containers: a Docker-compatible engine and the project's images ---------------------------------
+# `make test` points DOCKER_HOST at an engine (podman's Docker API on this machine). Without one,
+# the container tests skip, except in CI (`CI` set), where a missing engine is a failure.
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    import docker
+
+    try:
+        client = docker.from_env(timeout=300)
+        client.ping()
+    except Exception as exc:  # no socket, refused, ...
+        message = f"no Docker-compatible engine at DOCKER_HOST={os.environ.get('DOCKER_HOST')!r}: {exc}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message + " (run `make container-engine`)")
+    return client
+
+
+@pytest.fixture(scope="session")
+def images(docker_client) -> dict[str, dict]:
+    """Both images, built by the project's own build command (layer cache: fast when unchanged)."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "containers" / "build.py"), "step", "serving"],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    built = {image["target"]: image for image in json.loads(proc.stdout)}
+    for image in built.values():
+        print(f"image {image['tag']}: {image['size_mb']} MB, built in {image['build_seconds']} s")
+    return built
+
+
+@pytest.fixture
+def shared_store(tmp_path) -> Path:
+    """A folder step containers (UID 10001) can write, standing in for the shared artifact store."""
+    store = tmp_path / "store"
+    store.mkdir()
+    store.chmod(0o777)
+    return store

@@ -75,7 +75,8 @@ def container_environment(cfg: Execution, settings: Any) -> dict[str, str]:
     return env
 
 
-def _read_result(container: Any) -> dict[str, Any]:
+def read_result(container: Any) -> dict[str, Any]:
+    """The JSON result a finished step container left at ``/airflow/xcom/return.json``."""
     stream, _ = container.get_archive(XCOM_PATH)
     with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
         member = tar.getmembers()[0]
@@ -139,6 +140,6 @@ def run_step_in_container(step: str, inputs: dict[str, Any], **context: Any) -> 
             raise AirflowFailException(message or f"mlops step {step} stopped on bad input or config")
         if code not in (0, EXIT_SKIPPED):
             raise RuntimeError(f"mlops step {step} exited {code} in its container: {message}")
-        return _finish(_read_result(container), context)
+        return _finish(read_result(container), context)
     finally:
         container.remove(force=True)

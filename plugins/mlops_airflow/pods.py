@@ -38,6 +38,18 @@ CONTAINER_SECURITY_CONTEXT = {
 SCRATCH = {"tmp": "/tmp", "mlops-home": "/var/lib/mlops"}  # writable emptyDirs on a read-only image
 
 
+def not_retryable(step: str, error: Exception, pod: Any) -> Exception:
+    """The error to raise for a failed step pod: exit code 3 (bad input or config) never retries."""
+    from pipelines.cli import EXIT_NOT_RETRYABLE
+
+    if base_exit_code(pod) == EXIT_NOT_RETRYABLE:
+        return AirflowFailException(
+            f"mlops step {step} stopped on bad input or config (exit 3); "
+            "the pod's log above names the problem"
+        )
+    return error
+
+
 def base_exit_code(pod: Any, container: str = "base") -> int | None:
     """The exit code of the step's container in a finished pod, if it terminated."""
     for status in getattr(getattr(pod, "status", None), "container_statuses", None) or []:
@@ -72,17 +84,13 @@ class StepPodOperator(KubernetesPodOperator):
         return _finish(super().execute(context) or {}, context)
 
     def cleanup(self, pod: k8s.V1Pod, remote_pod: k8s.V1Pod) -> None:
-        from pipelines.cli import EXIT_NOT_RETRYABLE
-
         try:
             super().cleanup(pod, remote_pod)
         except AirflowException as exc:
-            if base_exit_code(remote_pod) == EXIT_NOT_RETRYABLE:
-                raise AirflowFailException(
-                    f"mlops step {self.step} stopped on bad input or config (exit 3); "
-                    "the pod's log above names the problem"
-                ) from exc
-            raise
+            error = not_retryable(self.step, exc, remote_pod)
+            if error is exc:
+                raise
+            raise error from exc
 
 
 def _pod_template(cfg: Execution) -> dict[str, Any]:

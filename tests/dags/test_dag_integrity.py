@@ -105,8 +105,8 @@ def test_execution_modes_are_explicit():
 
     with pytest.raises(ValueError, match="unknown execution mode 'gpu'"):
         step_task("ingest", mode="gpu")
-    with pytest.raises(NotImplementedError, match="'kubernetes' is not available yet"):
-        step_task("ingest", mode="kubernetes")
+    assert type(step_task("ingest", mode="kubernetes")).__name__ == "StepPodOperator"
+    assert step_task("ingest", mode="docker").python_callable.__name__ == "run_step_in_container"
 
 
 @pytest.mark.parametrize(
