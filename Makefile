@@ -4,8 +4,17 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 export PYTHONPATH := $(CURDIR)/plugins
+# A Docker-compatible engine for `make images` and the container tests: DOCKER_HOST if set, else the
+# machine's Docker socket, else podman's Docker API, set up by the workspace's container-engine tool
+# (no Docker daemon on this kind of machine).
+ENGINE_TOOL := $(wildcard $(CURDIR)/../shared/tools/container-engine)
+ifeq ($(DOCKER_HOST)$(wildcard /var/run/docker.sock),)
+ifneq ($(ENGINE_TOOL),)
+export DOCKER_HOST := unix:///run/podman/podman.sock
+endif
+endif
 
-.PHONY: demo train-demo install monitoring-tools test lint serve up down bench bench-serving bench-drift clean
+.PHONY: demo train-demo install monitoring-tools container-engine images test lint serve up down bench bench-serving bench-drift clean
 
 demo: install  ## The closed loop: train on Jan-Mar 2013, replay Apr-Dec through the scheduler, print the table
 	$(PY) -m mlops_airflow.loop --fresh
@@ -33,7 +42,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[airflow,dev]"
 	@rm -f $(VENV)/.installed-* && touch $@
 
-test: install lint  ## Lint, then the whole test suite (unit, DAG integrity, end-to-end, scheduler)
+# podman's Docker API (needs root: it installs Debian's podman), when this machine has no engine.
+container-engine:
+	@if [ "$(DOCKER_HOST)" = unix:///run/podman/podman.sock ] && [ -n "$(ENGINE_TOOL)" ]; then $(ENGINE_TOOL); fi
+
+images: install container-engine  ## Build the step and serving images through the Docker API
+	$(PY) containers/build.py
+
+test: install lint container-engine  ## Lint, then the whole test suite (unit, DAG integrity, containers, helm, end-to-end, scheduler)
 	$(VENV)/bin/pytest
 
 lint: install

@@ -36,39 +36,45 @@ def _local_path(uri: str) -> str | None:
 
 
 def shared_mounts(settings: Any) -> list[str]:
-    """Local folders a step container must see at the same path: ``host:host:rw`` volume specs."""
+    """Local folders a step container must see at the same path, as ``host:host:mode`` volume specs.
+
+    The stores (artifact root, a SQLite tracking database, a local prediction log) are mounted
+    read-write; a config outside the package, read-only.
+    """
     import pipelines
 
-    folders = []
+    stores = []
     if root := _local_path(settings.artifact_root):
-        folders.append(Path(root))
+        stores.append(Path(root))
     if settings.tracking_uri.startswith("sqlite:///"):
-        folders.append(Path(settings.tracking_uri.removeprefix("sqlite:///")).parent)
-    if (log := _local_path(settings.prediction_log_url)) and not settings.prediction_log_url.startswith(
-        "postgresql"
-    ):
-        folders.append(Path(log))
-    config = Path(settings.config_path).resolve()
-    if not config.is_relative_to(Path(pipelines.__file__).parent):  # packaged configs are in the image
-        folders.append(config.parent)
-    resolved = sorted({f.resolve() for f in folders}, key=lambda p: len(p.parts))
+        stores.append(Path(settings.tracking_uri.removeprefix("sqlite:///")).parent)
+    log = settings.prediction_log_url
+    if (path := _local_path(log)) and not log.startswith("postgresql"):
+        stores.append(Path(path))
     kept: list[Path] = []
-    for folder in resolved:
+    for folder in sorted({f.resolve() for f in stores}, key=lambda p: len(p.parts)):
         if not any(folder.is_relative_to(k) for k in kept):
             kept.append(folder)
     for folder in kept:
         folder.mkdir(parents=True, exist_ok=True)
-    return [f"{f}:{f}:rw" for f in kept]
+    mounts = [f"{f}:{f}:rw" for f in kept]
+    config = Path(settings.config_path).resolve().parent
+    packaged = config.is_relative_to(Path(pipelines.__file__).parent.resolve())  # in the image already
+    if not packaged and not any(config.is_relative_to(k) for k in kept):
+        mounts.append(f"{config}:{config}:ro")
+    return mounts
 
 
 def container_environment(cfg: Execution, settings: Any) -> dict[str, str]:
     """The step container's environment: inherited ``MLOPS_*``/``MLFLOW_*``/``AWS_*``, the resolved stores."""
+    from pipelines.settings import DEFAULT_CONFIG
+
     env = cfg.passed_env()
-    env.update(
-        MLFLOW_TRACKING_URI=settings.tracking_uri,
-        MLOPS_ARTIFACT_ROOT=settings.artifact_root,
-        MLOPS_CONFIG=str(settings.config_path),
-    )
+    env.update(MLFLOW_TRACKING_URI=settings.tracking_uri, MLOPS_ARTIFACT_ROOT=settings.artifact_root)
+    if Path(settings.config_path).resolve() == DEFAULT_CONFIG.resolve():
+        env.pop("MLOPS_CONFIG", None)  # the image's own copy of the packaged default
+    else:
+        env["MLOPS_CONFIG"] = str(Path(settings.config_path).resolve())  # mounted by shared_mounts
     if settings.prediction_log_url:
         env["MLOPS_PREDICTION_LOG"] = settings.prediction_log_url
     env.pop("MLOPS_HOME", None)  # the container's home is its own (the image sets it)

@@ -44,6 +44,13 @@ SIDECAR_CONNECTION = json.dumps(
 )
 
 
+def chart_kubernetes_connection() -> str:
+    """The Kubernetes connection the Helm chart gives Airflow (values.yaml, airflow.extraEnv)."""
+    values = yaml.safe_load((ROOT / "helm" / "mlops" / "values.yaml").read_text())
+    env = yaml.safe_load(values["airflow"]["extraEnv"].replace("{{ .Release.Name }}", "mlops"))
+    return next(e["value"] for e in env if e["name"] == "AIRFLOW_CONN_KUBERNETES_DEFAULT")
+
+
 def cpu(value: str) -> float:
     return float(value[:-1]) / 1000 if value.endswith("m") else float(value)
 
@@ -78,7 +85,7 @@ def kubernetes_mode(tmp_path, monkeypatch):
         )
     )
     monkeypatch.setenv("MLOPS_EXECUTION_CONFIG", str(config))
-    monkeypatch.setenv("AIRFLOW_CONN_KUBERNETES_DEFAULT", SIDECAR_CONNECTION)
+    monkeypatch.setenv("AIRFLOW_CONN_KUBERNETES_DEFAULT", chart_kubernetes_connection())
     return config
 
 

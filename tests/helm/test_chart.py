@@ -1,0 +1,450 @@
+"""The Helm chart (helm/mlops), rendered and linted with the real Helm engine (helm-python-sdk).
+
+No cluster and no network: every manifest is validated offline against the Kubernetes 1.37
+OpenAPI schemas (kubernetes-validate), then checked for the security and wiring the system
+relies on. The Airflow dependency is declared but not downloaded, so its templates are absent.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import helm_python
+import kubernetes_validate
+import pytest
+import yaml
+
+CHART = Path(__file__).resolve().parents[2] / "helm" / "mlops"
+RELEASE, NAMESPACE = "mlops", "ml"
+KUBE_VERSION = "1.37.0"
+MISSING_AIRFLOW = "chart directory is missing these dependencies: airflow"
+# kubernetes-validate knows only built-in kinds; this CRD kind is skipped, nothing else.
+CRD_KINDS = {"PrometheusRule"}
+ROLLOUT_FILES = ["values-embedded.yaml", "values-production.yaml"]
+
+
+def values_file(name: str) -> dict[str, Any]:
+    return yaml.safe_load((CHART / name).read_text()) or {}
+
+
+def merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `override` merged in, key by key (like a second -f file)."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        out[key] = (
+            merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        )
+    return out
+
+
+def render(values: dict[str, Any] | str) -> list[dict[str, Any]]:
+    """Render the chart with a values file (name) or dict; every manifest document, NOTES left out."""
+    if isinstance(values, str):
+        values = values_file(values)
+    chart = helm_python.Chart.load(str(CHART))
+    rendered = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    docs = []
+    for path, text in sorted(rendered.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        docs.extend(doc for doc in yaml.safe_load_all(text) if doc)
+    return docs
+
+
+def lint_problems(values: dict[str, Any]) -> list[dict[str, Any]]:
+    result = helm_python.lint(str(CHART), values, strict=False, kube_version=KUBE_VERSION)
+    problems = [m for m in result["messages"] if m["severity"] >= 2 and m["error"] != MISSING_AIRFLOW]
+    return problems + [{"error": e} for e in result.get("errors") or []]
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def one(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    found = [d for d in by_kind(docs, kind) if d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} {name}, found {len(found)}"
+    return found[0]
+
+
+def pod_specs(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {
+        f"{d['kind']}/{d['metadata']['name']}": d["spec"]["template"]["spec"]
+        for d in docs
+        if d["kind"] in ("Deployment", "StatefulSet", "Job")
+    }
+
+
+@pytest.fixture(scope="module", params=ROLLOUT_FILES)
+def rollout(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
+    return request.param, render(request.param)
+
+
+# --- engine: render, lint, schema validation ------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ROLLOUT_FILES)
+def test_lint_is_clean(name: str) -> None:
+    assert lint_problems(values_file(name)) == []
+
+
+def test_manifests_validate_against_kubernetes(rollout: tuple[str, list[dict[str, Any]]]) -> None:
+    name, docs = rollout
+    skipped = set()
+    for doc in docs:
+        if doc["kind"] in CRD_KINDS:
+            skipped.add(doc["kind"])
+            continue
+        kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+    expected = (
+        {"PrometheusRule"}
+        if values_file(name)["monitoring"].get("prometheusRule", {}).get("enabled")
+        else set()
+    )
+    assert skipped == expected
+
+
+def test_default_values_do_not_render_alone() -> None:
+    """values.yaml alone is production-shaped: it needs a database, a token and an S3 bucket."""
+    with pytest.raises(helm_python.HelmError, match=r" is required"):
+        render({})
+    almost = {
+        "mlflow": {"backendStore": {"uri": "postgresql://u:p@db:5432/mlflow"}},
+        "monitoring": {"alertToken": {"value": "t"}},
+    }
+    with pytest.raises(
+        helm_python.HelmError, match=r"stores\.s3\.bucket is required when sharedStore\.enabled is false"
+    ):
+        render(almost)
+    docs = render(merged(almost, {"stores": {"s3": {"bucket": "b"}}}))
+    for doc in docs:
+        kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+
+
+# --- security -------------------------------------------------------------------------------
+
+
+def test_pods_run_non_root_and_locked_down(rollout: tuple[str, list[dict[str, Any]]]) -> None:
+    _, docs = rollout
+    specs = pod_specs(docs)
+    assert specs
+    for where, spec in specs.items():
+        uid = 999 if "postgresql" in where else 10001  # the postgres image's own user
+        ctx = spec["securityContext"]
+        assert ctx["runAsNonRoot"] is True, where
+        assert (ctx["runAsUser"], ctx["runAsGroup"], ctx["fsGroup"]) == (uid, uid, uid), where
+        assert ctx["seccompProfile"] == {"type": "RuntimeDefault"}, where
+        assert spec["automountServiceAccountToken"] is False, where
+        for container in spec["containers"] + spec.get("initContainers", []):
+            sc = container["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False, (where, container["name"])
+            assert sc["readOnlyRootFilesystem"] is True, (where, container["name"])
+            assert sc["capabilities"]["drop"] == ["ALL"], (where, container["name"])
+            assert container["resources"]["requests"] and container["resources"]["limits"], (
+                where,
+                container["name"],
+            )
+
+
+def test_servers_have_probes(rollout: tuple[str, list[dict[str, Any]]]) -> None:
+    _, docs = rollout
+    serving = one(docs, "Deployment", f"{RELEASE}-model-server")["spec"]["template"]["spec"]["containers"][0]
+    readiness = serving["readinessProbe"]
+    if "httpGet" in readiness:
+        assert readiness["httpGet"]["path"] == "/ready"
+    else:  # auth on: only /health is open, the probe sends the mounted token
+        assert (
+            "/ready" in readiness["exec"]["command"][-1]
+            and "MLOPS_SERVING_TOKEN_FILE" in readiness["exec"]["command"][-1]
+        )
+    assert serving["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert "startupProbe" in serving
+    mlflow = one(docs, "Deployment", f"{RELEASE}-mlflow")["spec"]["template"]["spec"]["containers"][0]
+    assert (
+        mlflow["readinessProbe"]["httpGet"]["path"] == mlflow["livenessProbe"]["httpGet"]["path"] == "/health"
+    )
+
+
+def test_model_server_pod(rollout: tuple[str, list[dict[str, Any]]]) -> None:
+    _, docs = rollout
+    deployment = one(docs, "Deployment", f"{RELEASE}-model-server")
+    spec = deployment["spec"]["template"]["spec"]
+    container = spec["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["MLFLOW_TRACKING_URI"]["value"] == f"http://{RELEASE}-mlflow:5000"
+    assert env["MLOPS_SERVING_MODEL"]["value"] == "flights-delay"
+    assert (env["MLOPS_HOME"]["value"], env["HOME"]["value"]) == ("/var/lib/mlops", "/tmp")
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert {"/tmp", "/var/lib/mlops"} <= mounts
+    assert spec["serviceAccountName"] == f"{RELEASE}-model-server"
+    sa = one(docs, "ServiceAccount", f"{RELEASE}-model-server")
+    assert sa["automountServiceAccountToken"] is False
+    assert deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+    service = one(docs, "Service", f"{RELEASE}-model-server")
+    assert service["spec"]["ports"] == [{"name": "http", "port": 8000, "targetPort": "http"}]
+
+
+def test_production_model_server_auth_and_prediction_log() -> None:
+    docs = render("values-production.yaml")
+    spec = one(docs, "Deployment", f"{RELEASE}-model-server")["spec"]["template"]["spec"]
+    env = {e["name"]: e for e in spec["containers"][0]["env"]}
+    assert env["MLOPS_SERVING_TOKEN_FILE"]["value"] == "/var/run/secrets/mlops/serving-token"
+    assert env["MLOPS_PREDICTION_LOG"]["valueFrom"]["secretKeyRef"] == {
+        "name": "mlops-prediction-log",
+        "key": "url",
+    }
+    token = next(v for v in spec["volumes"] if v["name"] == "serving-token")
+    assert token["secret"]["secretName"] == "mlops-serving-token"
+
+
+def test_rbac_is_minimal(rollout: tuple[str, list[dict[str, Any]]]) -> None:
+    _, docs = rollout
+    kinds = {d["kind"] for d in docs}
+    assert not kinds & {"ClusterRole", "ClusterRoleBinding"}
+    (role,) = by_kind(docs, "Role")
+    rules = {(tuple(r["apiGroups"]), tuple(r["resources"])): sorted(r["verbs"]) for r in role["rules"]}
+    assert rules == {
+        (("",), ("pods",)): sorted(["create", "get", "list", "watch", "delete", "patch"]),
+        (("",), ("pods/log",)): ["get"],
+        (("",), ("pods/exec",)): sorted(["create", "get"]),
+        (("",), ("events",)): sorted(["get", "list", "watch"]),
+    }
+    (binding,) = by_kind(docs, "RoleBinding")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": f"{RELEASE}-airflow-worker", "namespace": NAMESPACE}
+    ]
+    one(docs, "ServiceAccount", f"{RELEASE}-airflow-worker")
+    steps = one(docs, "ServiceAccount", f"{RELEASE}-steps")
+    assert steps["automountServiceAccountToken"] is False
+
+
+def test_worker_service_account_names_must_agree() -> None:
+    values = merged(
+        values_file("values-embedded.yaml"), {"rbac": {"workerServiceAccount": {"name": "other"}}}
+    )
+    with pytest.raises(
+        helm_python.HelmError,
+        match=r"rbac\.workerServiceAccount\.name .* airflow\.workers\.serviceAccount\.name .* differ",
+    ):
+        render(values)
+
+
+def test_autoscaling_targets_the_model_server(rollout: tuple[str, list[dict[str, Any]]]) -> None:
+    name, docs = rollout
+    (hpa,) = by_kind(docs, "HorizontalPodAutoscaler")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": f"{RELEASE}-model-server",
+    }
+    assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
+    bounds = {"values-embedded.yaml": (1, 2), "values-production.yaml": (2, 10)}[name]
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == bounds
+
+
+def test_production_pdb_targets_the_model_server() -> None:
+    docs = render("values-production.yaml")
+    (pdb,) = by_kind(docs, "PodDisruptionBudget")
+    assert pdb["apiVersion"] == "policy/v1" and pdb["spec"]["minAvailable"] == 1
+    template_labels = one(docs, "Deployment", f"{RELEASE}-model-server")["spec"]["template"]["metadata"][
+        "labels"
+    ]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= template_labels.items()
+
+
+# --- wiring ---------------------------------------------------------------------------------
+
+
+def execution_config(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return yaml.safe_load(one(docs, "ConfigMap", f"{RELEASE}-execution")["data"]["execution.yaml"])
+
+
+def cpu(quantity: str) -> float:
+    return float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+def memory(quantity: str) -> float:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+    return float(quantity[:-2]) * units[quantity[-2:]] if quantity[-2:] in units else float(quantity)
+
+
+def test_execution_config(rollout: tuple[str, list[dict[str, Any]]]) -> None:
+    name, docs = rollout
+    config = execution_config(docs)
+    assert config["mode"] == "kubernetes"
+    assert config["image"] == "mlops-step:0.1.0"
+    assert config["env"]["MLFLOW_TRACKING_URI"] == f"http://{RELEASE}-mlflow:5000"
+    k8s = config["kubernetes"]
+    assert (k8s["namespace"], k8s["service_account"]) == (NAMESPACE, f"{RELEASE}-steps")
+    default, train = config["resources"]["default"], config["resources"]["train"]
+    for kind in ("requests", "limits"):
+        assert cpu(train[kind]["cpu"]) > cpu(default[kind]["cpu"])
+        assert memory(train[kind]["memory"]) > memory(default[kind]["memory"])
+    if name == "values-embedded.yaml":
+        assert config["env"]["MLOPS_ARTIFACT_ROOT"] == "/mlops/artifacts"
+        assert k8s["volume_mounts"] == [{"name": "shared-store", "mountPath": "/mlops"}]
+        assert k8s["volumes"][0]["persistentVolumeClaim"]["claimName"] == f"{RELEASE}-shared-store"
+    else:
+        assert config["env"]["MLOPS_ARTIFACT_ROOT"] == "s3://mlops-artifacts/artifacts"
+        assert k8s["env_from"] == [{"secretRef": {"name": "mlops-stores"}}]
+        assert k8s["volumes"] == []
+
+
+def test_execution_config_is_read_by_the_step_task_factory(tmp_path: Path) -> None:
+    """Contract with plugins/mlops_airflow/execution.py (strict model: unknown keys are errors)."""
+    execution = pytest.importorskip("mlops_airflow.execution")
+    values = merged(values_file("values-production.yaml"), {"imagePullSecrets": [{"name": "registry"}]})
+    path = tmp_path / "execution.yaml"
+    path.write_text(one(render(values), "ConfigMap", f"{RELEASE}-execution")["data"]["execution.yaml"])
+    config = execution.load_execution({"MLOPS_EXECUTION_CONFIG": str(path)})
+    assert config.mode == "kubernetes"
+    assert config.kubernetes.service_account == f"{RELEASE}-steps"
+    assert config.kubernetes.image_pull_secrets == ["registry"]
+    assert config.resources_for("train")["limits"]["memory"] == "6Gi"
+
+
+def test_embedded_shares_one_volume_and_database() -> None:
+    docs = render("values-embedded.yaml")
+    claim = one(docs, "PersistentVolumeClaim", f"{RELEASE}-shared-store")
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    for deployment in ("mlflow", "model-server"):
+        spec = one(docs, "Deployment", f"{RELEASE}-{deployment}")["spec"]["template"]["spec"]
+        assert {"name": "shared-store", "mountPath": "/mlops"} in spec["containers"][0]["volumeMounts"]
+    postgres = one(docs, "StatefulSet", f"{RELEASE}-postgresql")
+    assert postgres["spec"]["replicas"] == 1
+    assert postgres["spec"]["template"]["spec"]["containers"][0]["image"] == "postgres:17"
+    one(docs, "Service", f"{RELEASE}-postgresql")
+    mlflow = one(docs, "Deployment", f"{RELEASE}-mlflow")["spec"]["template"]["spec"]["containers"][0]
+    assert mlflow["command"][mlflow["command"].index("--artifacts-destination") + 1] == "/mlops/mlflow"
+
+
+def test_mlflow_server_and_db_upgrade(rollout: tuple[str, list[dict[str, Any]]]) -> None:
+    name, docs = rollout
+    container = one(docs, "Deployment", f"{RELEASE}-mlflow")["spec"]["template"]["spec"]["containers"][0]
+    command = container["command"]
+    assert command[:2] == ["mlflow", "server"] and "--serve-artifacts" in command
+    assert command[command.index("--backend-store-uri") + 1] == "$(MLFLOW_BACKEND_STORE_URI)"
+    backend = next(e for e in container["env"] if e["name"] == "MLFLOW_BACKEND_STORE_URI")
+    secret = "mlops-mlflow-db" if name == "values-production.yaml" else f"{RELEASE}-mlflow-backend"
+    assert backend["valueFrom"]["secretKeyRef"] == {"name": secret, "key": "backend-store-uri"}
+    if name == "values-production.yaml":
+        assert command[command.index("--artifacts-destination") + 1] == "s3://mlops-artifacts/mlflow"
+    job = one(docs, "Job", f"{RELEASE}-mlflow-db-upgrade")
+    assert "pre-upgrade" in job["metadata"]["annotations"]["helm.sh/hook"]
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"] == [
+        "mlflow", "db", "upgrade", "$(MLFLOW_BACKEND_STORE_URI)"
+    ]  # fmt: skip
+    assert one(docs, "Service", f"{RELEASE}-mlflow")["spec"]["ports"][0]["port"] == 5000
+
+
+# --- monitoring -----------------------------------------------------------------------------
+
+
+def shipped(name: str) -> dict[str, Any]:
+    return yaml.safe_load((CHART / "files" / "monitoring" / name).read_text())
+
+
+def test_monitoring_config(rollout: tuple[str, list[dict[str, Any]]]) -> None:
+    _, docs = rollout
+    prometheus = one(docs, "ConfigMap", f"{RELEASE}-prometheus")["data"]
+    assert yaml.safe_load(prometheus["prometheus-rules.yaml"]) == shipped("prometheus-rules.yaml")
+    scrape = yaml.safe_load(prometheus["prometheus.yaml"])
+    assert scrape["scrape_configs"][0]["static_configs"][0]["targets"] == [f"{RELEASE}-model-server:8000"]
+    alertmanager = yaml.safe_load(
+        one(docs, "ConfigMap", f"{RELEASE}-alertmanager")["data"]["alertmanager.yaml"]
+    )
+    (receiver,) = [r for r in alertmanager["receivers"] if r["name"] == "airflow-retrain"]
+    assert receiver["webhook_configs"][0]["url"] == f"http://{RELEASE}-api-server:8080/mlops/alerts"
+    # Everything but the URL is the shipped file.
+    expected = shipped("alertmanager.yaml")
+    expected["receivers"][1]["webhook_configs"][0]["url"] = receiver["webhook_configs"][0]["url"]
+    assert alertmanager == expected
+
+
+def test_alert_token_secret() -> None:
+    docs = render("values-embedded.yaml")
+    secret = one(docs, "Secret", f"{RELEASE}-alert-token")
+    assert secret["stringData"] == {"token": "embedded-dev-alert-token"}
+    # production brings its own Secret
+    assert not [
+        d
+        for d in by_kind(render("values-production.yaml"), "Secret")
+        if d["metadata"]["name"].endswith("alert-token")
+    ]
+
+
+def test_production_prometheus_rule_carries_the_shipped_groups() -> None:
+    (rule,) = by_kind(render("values-production.yaml"), "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["spec"]["groups"] == shipped("prometheus-rules.yaml")["groups"]
+
+
+# --- broken values fail with a message naming the key ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ({"serving": {"replicas": 0}}, "serving.replicas"),
+        ({"serving": {"autoscaling": {"minReplicas": 0}}}, "serving.autoscaling.minReplicas"),
+        ({"serving": {"autoscaling": {"maxReplicas": "ten"}}}, "serving.autoscaling.maxReplicas"),
+        ({"steps": {"executionMode": "ssh"}}, "steps.executionMode"),
+        (
+            {"steps": {"resources": {"train": {"requests": {"cpu": "two"}}}}},
+            "steps.resources.train.requests.cpu",
+        ),
+        ({"serving": {"resources": {"limits": {"memory": "lots"}}}}, "serving.resources.limits.memory"),
+        ({"mlflow": {"port": "http"}}, "mlflow.port"),
+    ],
+)
+def test_schema_rejects_broken_values(override: dict[str, Any], key: str) -> None:
+    values = merged(values_file("values-embedded.yaml"), override)
+    chart = helm_python.Chart.load(str(CHART))
+    with pytest.raises(helm_python.HelmValuesError) as err:
+        chart.validate_schema(values)
+    path = key.replace(".", "/")
+    assert key in str(err.value) or path in str(err.value), str(err.value)
+    with pytest.raises(helm_python.HelmError):
+        render(values)
+    result = helm_python.lint(str(CHART), values, strict=False, kube_version=KUBE_VERSION)
+    assert any(m["severity"] == 3 for m in result["messages"]) or result.get("errors"), result
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            {"stores": {"s3": {"bucket": ""}}},
+            "stores.s3.bucket is required when sharedStore.enabled is false",
+        ),
+        (
+            {"monitoring": {"alertToken": {"existingSecret": ""}}},
+            "monitoring.alertToken.value or monitoring.alertToken.existingSecret is required",
+        ),
+        (
+            {"serving": {"auth": {"existingSecret": ""}}},
+            "serving.auth.token or serving.auth.existingSecret is required",
+        ),
+        (
+            {"mlflow": {"backendStore": {"existingSecret": ""}}},
+            "mlflow.backendStore.existingSecret or mlflow.backendStore.uri is required",
+        ),
+        (
+            {"serving": {"autoscaling": {"minReplicas": 5, "maxReplicas": 3}}},
+            "serving.autoscaling.maxReplicas must be >=",
+        ),
+    ],
+)
+def test_production_requires_its_settings(override: dict[str, Any], message: str) -> None:
+    values = merged(values_file("values-production.yaml"), override)
+    with pytest.raises(helm_python.HelmError) as err:
+        render(values)
+    assert message in str(err.value)
