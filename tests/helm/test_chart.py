@@ -415,7 +415,8 @@ def test_schema_rejects_broken_values(override: dict[str, Any], key: str) -> Non
     with pytest.raises(helm_python.HelmError):
         render(values)
     result = helm_python.lint(str(CHART), values, strict=False, kube_version=KUBE_VERSION)
-    assert any(m["severity"] == 3 for m in result["messages"]) or result.get("errors"), result
+    errors = [m["error"] for m in result["messages"] if m["severity"] == 3]
+    assert errors and all(f"/{path}" in e for e in errors), result  # lint names the key too
 
 
 @pytest.mark.parametrize(
