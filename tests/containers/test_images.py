@@ -129,3 +129,64 @@ def test_serving_image_answers_health_and_its_health_check_passes(docker_client,
         assert container.attrs["Config"]["User"] == "10001:10001"
     finally:
         container.remove(force=True)
+
+
+def test_the_charts_readiness_probe_authenticates_in_the_serving_image(
+    docker_client, images, mlflow_server, tmp_path
+):
+    """With auth on, the chart's readiness probe is an exec of Python: run it in the real image."""
+    import helm_python
+    import yaml
+
+    port = free_port()
+    chart_dir = ROOT / "helm" / "mlops"
+    values = yaml.safe_load((chart_dir / "values-production.yaml").read_text())
+    values["serving"]["port"] = port
+    rendered = helm_python.Chart.load(str(chart_dir)).render(values, name="mlops", namespace="ml")
+    docs = [
+        d for path, text in rendered.items() if path.endswith(".yaml") for d in yaml.safe_load_all(text) if d
+    ]
+    (server,) = [
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "mlops-model-server"
+    ]
+    container_spec = server["spec"]["template"]["spec"]["containers"][0]
+    probe = container_spec["readinessProbe"]["exec"]["command"]
+    token_path = next(e["value"] for e in container_spec["env"] if e["name"] == "MLOPS_SERVING_TOKEN_FILE")
+
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "serving-token").write_text("s3cret-token\n")
+    secrets.chmod(0o755)
+    (secrets / "serving-token").chmod(0o644)
+    container = docker_client.containers.run(
+        images["serving"]["tag"],
+        detach=True,
+        network_mode="host",
+        volumes=[f"{secrets}:{Path(token_path).parent}:ro"],
+        environment={
+            "MLFLOW_TRACKING_URI": mlflow_server,
+            "MLOPS_SERVING_PORT": str(port),
+            "MLOPS_SERVING_MODEL": "no-such-model",
+            "MLOPS_SERVING_TOKEN_FILE": token_path,
+        },
+    )
+    try:
+        deadline = time.time() + 90
+        while not _answers(port):
+            assert time.time() < deadline, container.logs().decode()[-2000:]
+            time.sleep(1)
+        exit_code, output = container.exec_run(probe)
+        assert exit_code != 0 and b"503" in output  # authenticated, and honestly not ready: no model
+        (secrets / "serving-token").write_text("wrong-token\n")
+        exit_code, output = container.exec_run(probe)
+        assert exit_code != 0 and b"401" in output  # the token really is what gets it past auth
+    finally:
+        container.remove(force=True)
+
+
+def _answers(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+            return True
+    except OSError:
+        return False
