@@ -77,6 +77,10 @@ class Dataset(_Strict):
     features: Features
     slices: list[str] = Field(default_factory=list)
     expectations: str
+    # Source columns the pipeline knowingly leaves unused. When set, any other column the config
+    # does not name stops ingest: an upstream schema change (a new or renamed column) is caught
+    # before training. None: no check.
+    ignore_columns: list[str] | None = None
 
     @model_validator(mode="after")
     def _label_is_not_a_feature(self) -> Dataset:
@@ -84,6 +88,12 @@ class Dataset(_Strict):
         if leaking:
             raise ValueError(f"label columns {sorted(leaking)} cannot be features: they leak the outcome")
         return self
+
+    @property
+    def source_columns(self) -> list[str]:
+        """Columns the config reads from the source: key, time, features, slices, label inputs."""
+        ordered = [*self.key, self.time_column, *self.features.all, *self.slices, *self.target.required]
+        return list(dict.fromkeys(ordered))
 
     @property
     def columns(self) -> list[str]:

@@ -42,6 +42,9 @@ def read_table(uri: str, fmt: str | None = None) -> pd.DataFrame:
     path = resolve(uri)
     kind = _format(uri, fmt)
     try:
+        fs, raw_path = fsspec.core.url_to_fs(path)
+        if fs.size(raw_path) == 0:
+            raise DataError(f"source file {uri} is empty (0 bytes)")
         with fsspec.open(path, "rb", compression="infer") as fh:
             if kind == "parquet":
                 return pd.read_parquet(fh)
@@ -50,6 +53,8 @@ def read_table(uri: str, fmt: str | None = None) -> pd.DataFrame:
         raise DataError(f"source file not found: {uri}") from exc
     except (ConnectionError, TimeoutError) as exc:  # the store is unreachable: a retry may help
         raise PipelineError(f"cannot reach {uri}: {exc}") from exc
+    except pd.errors.EmptyDataError as exc:
+        raise DataError(f"source file {uri} is empty: no header, no rows") from exc
     except UnicodeDecodeError as exc:
         raise DataError(f"{uri} is not valid UTF-8 text: {exc.reason} at byte {exc.start}") from exc
     except (ValueError, OSError) as exc:
@@ -63,10 +68,30 @@ def _to_utc(series: pd.Series, column: str) -> pd.Series:
         raise DataError(f"time column {column!r} has values that are not timestamps: {exc}") from exc
 
 
+# Timestamps later than this past the wall clock are a broken clock or timezone, not data.
+FUTURE_TOLERANCE = pd.Timedelta(days=1)
+
+
+def _time_travel(column: str, rows: int, latest: object) -> DataError:
+    return DataError(
+        f"time column {column!r} has {rows} rows in the future (latest {latest}, now "
+        f"{pd.Timestamp.now(tz='UTC'):%Y-%m-%d %H:%M} UTC): time-travel data; "
+        "fix the source's clock or timezone"
+    )
+
+
+def refuse_time_travel(times: pd.Series, column: str) -> None:
+    """Stop on rows stamped in the future: they would leak into windows that have not happened."""
+    future = times > pd.Timestamp.now(tz="UTC") + FUTURE_TOLERANCE
+    if future.any():
+        raise _time_travel(column, int(future.sum()), times[future].max())
+
+
 def _in_window(frame: pd.DataFrame, column: str, start: datetime, end: datetime) -> pd.DataFrame:
     if column not in frame.columns:
         raise DataError(f"time column {column!r} is missing from the source")
     times = _to_utc(frame[column], column)
+    refuse_time_travel(times, column)
     mask = (times >= pd.Timestamp(start)) & (times < pd.Timestamp(end))
     out = frame.loc[mask].copy()
     out[column] = times[mask]
@@ -98,7 +123,12 @@ class SqlSource:
                 raise DataError(f"time column {self.time_column!r} is missing from table {table.name!r}")
             column = table.c[self.time_column]
             query = sa.select(table).where(column >= start, column < end).order_by(column)
-            with engine.connect() as conn:
+            horizon = (pd.Timestamp.now(tz="UTC") + FUTURE_TOLERANCE).to_pydatetime()
+            future = sa.select(sa.func.count(), sa.func.max(column)).where(column > horizon)
+            with engine.connect() as conn:  # the database may hold rows stamped in the future
+                rows, latest = conn.execute(future).one()
+                if rows:
+                    raise _time_travel(self.time_column, rows, latest)
                 frame = pd.read_sql(query, conn)
         except sa.exc.NoSuchTableError as exc:
             raise DataError(f"table {self.source.table!r} not found at the SQL source") from exc

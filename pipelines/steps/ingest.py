@@ -54,6 +54,22 @@ def add_label(frame: pd.DataFrame, ctx: StepContext) -> tuple[pd.DataFrame, int]
     return frame, dropped
 
 
+def check_source_columns(frame: pd.DataFrame, ctx: StepContext) -> None:
+    """With ``dataset.ignore_columns`` set, a source column the config does not name stops ingest."""
+    dataset = ctx.config.dataset
+    if dataset.ignore_columns is None:
+        return
+    known = set(dataset.source_columns) | set(dataset.ignore_columns)
+    unexpected = [c for c in frame.columns if c not in known]
+    if unexpected:
+        missing = [c for c in dataset.source_columns if c not in frame.columns]
+        hint = f"; configured columns missing: {missing} (renamed?)" if missing else ""
+        raise DataError(
+            f"the source has columns the config does not name: {unexpected}{hint}. "
+            "Use them as features, or list them under dataset.ignore_columns"
+        )
+
+
 def select_columns(frame: pd.DataFrame, ctx: StepContext) -> pd.DataFrame:
     """Keep the configured columns; a missing one is left out here and named by validate."""
     wanted = ctx.config.dataset.columns
@@ -71,6 +87,7 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
     raw = sources.read_window(ctx.config.dataset, start.to_pydatetime(), end.to_pydatetime())
     if raw.empty:
         raise DataError(f"no rows in the source between {start} and {end}")
+    check_source_columns(raw, ctx)
     labelled, dropped = add_label(raw, ctx)
     snapshot = select_columns(labelled, ctx).reset_index(drop=True)
     data_hash = storage.frame_hash(snapshot)

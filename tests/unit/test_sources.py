@@ -84,3 +84,16 @@ def test_sql_source_missing_table_is_named():
     source = sources.SqlSource(Source(kind="sql", url=PG_URL, table="no_such_table_xyz"), "time_hour")
     with pytest.raises(DataError, match="no_such_table_xyz"):
         source.read(*JAN)
+
+
+def test_sql_source_refuses_rows_stamped_in_the_future(pg_table):
+    """Time travel in the database stops ingest even though the window itself is in the past."""
+    engine = sa.create_engine(PG_URL)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(f"UPDATE \"{pg_table}\" SET time_hour = '2099-01-01 12:00:00+00' WHERE flight % 7 = 0")
+        )
+    engine.dispose()
+    source = sources.SqlSource(Source(kind="sql", url=PG_URL, table=pg_table), "time_hour")
+    with pytest.raises(DataError, match=r"'time_hour' has \d+ rows in the future \(latest 2099-01-01"):
+        source.read(*JAN)
