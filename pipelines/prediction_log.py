@@ -378,7 +378,9 @@ class SqlPredictionLog:
         import sqlalchemy as sa
 
         self.model_name = model_name
-        self.engine = sa.create_engine(url, pool_pre_ping=True, pool_size=4)
+        from pipelines.storage import sql_url
+
+        self.engine = sa.create_engine(sql_url(url), pool_pre_ping=True, pool_size=4)
         meta = sa.MetaData()
         self.predictions = sa.Table(
             "mlops_predictions",

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 from pipelines import config as cfg
 from pipelines.errors import DataError, PipelineError
-from pipelines.storage import resolve
+from pipelines.storage import resolve, sql_url
 
 
 class DataSource(Protocol):
@@ -116,7 +116,7 @@ class SqlSource:
         self.source, self.time_column = source, time_column
 
     def read(self, start: datetime, end: datetime) -> pd.DataFrame:
-        engine = sa.create_engine(self.source.url or "")
+        engine = sa.create_engine(sql_url(self.source.url or ""))
         try:
             table = sa.Table(self.source.table or "", sa.MetaData(), autoload_with=engine)
             if self.time_column not in table.c:

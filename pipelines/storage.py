@@ -130,3 +130,14 @@ def frame_hash(frame: pd.DataFrame) -> str:
     digest.update(json.dumps([(c, str(t)) for c, t in frame.dtypes.items()]).encode())
     digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
     return digest.hexdigest()
+
+
+def sql_url(url: str) -> str:
+    """A database URL with the installed driver: plain ``postgresql://`` means psycopg2.
+
+    SQLAlchemy 2.1 maps ``postgresql://`` to psycopg 3, which this stack does not install; the
+    documented ``postgresql://user@host/db`` form must keep working.
+    """
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg2://" + url.split("://", 1)[1]
+    return url

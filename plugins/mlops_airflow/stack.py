@@ -27,10 +27,32 @@ MLFLOW_PORT = int(os.environ.get("MLOPS_MLFLOW_PORT", "5000"))
 SERVING_PORT = int(os.environ.get("MLOPS_SERVING_PORT", "8000"))
 
 
+PROFILE_ENV = "MLOPS_PROFILE"
+
+
+def load_profile(path: str | Path) -> dict[str, str]:
+    """A profile file: ``KEY=VALUE`` lines (dotenv syntax, ``${VAR}`` expanded from the environment)."""
+    from dotenv import dotenv_values
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{PROFILE_ENV}={path}: no such profile file")
+    return {k: v for k, v in dotenv_values(path, interpolate=True).items() if v is not None}
+
+
 def stack_env(home: Path | None = None, root: Path = ROOT) -> dict[str, str]:
-    """Environment of every process of the local stack (scheduler, tasks, demo, tests)."""
+    """Environment of every process of the local stack (scheduler, tasks, demo, tests).
+
+    ``MLOPS_PROFILE=profiles/production.env`` switches profile: its variables (Airflow's and
+    MLflow's databases on PostgreSQL, the artifact store on S3, the prediction log table)
+    override the embedded defaults.
+    """
     home = Path(home or os.environ.get("MLOPS_HOME") or root / ".mlops").resolve()
     bin_dir = str(Path(sys.executable).parent)
+    profile = load_profile(os.environ[PROFILE_ENV]) if os.environ.get(PROFILE_ENV) else {}
+    return {**_embedded_env(home, root, bin_dir), **profile}
+
+
+def _embedded_env(home: Path, root: Path, bin_dir: str) -> dict[str, str]:
     return {
         "MLOPS_HOME": str(home),
         "AIRFLOW_HOME": str(home / "airflow"),
@@ -217,12 +239,18 @@ def _start(name: str, cmd: list[str], env: dict[str, str]) -> None:
     print(f"started {name} (pid {proc.pid}), log: {log_path}")
 
 
-def mlflow_server_cmd(home: Path, port: int) -> list[str]:
-    """The MLflow tracking server on the embedded store (one worker: two processes, not fifteen)."""
+def mlflow_server_cmd(home: Path, port: int, env: dict[str, str] | None = None) -> list[str]:
+    """The MLflow tracking server (one worker: two processes, not fifteen).
+
+    Embedded: SQLite and local artifacts under ``home``. A profile sets
+    ``MLFLOW_BACKEND_STORE_URI`` (PostgreSQL) and ``MLFLOW_ARTIFACTS_DESTINATION`` (``s3://...``).
+    """
+    env = os.environ if env is None else env
     return [
         "mlflow", "server",
-        "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
-        "--artifacts-destination", str(home / "artifacts" / "mlflow-server"),
+        "--backend-store-uri", env.get("MLFLOW_BACKEND_STORE_URI") or f"sqlite:///{home / 'mlflow.db'}",
+        "--artifacts-destination",
+        env.get("MLFLOW_ARTIFACTS_DESTINATION") or str(home / "artifacts" / "mlflow-server"),
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
     ]  # fmt: skip
 
@@ -235,7 +263,7 @@ def up(args: argparse.Namespace) -> int:
     for dag_id in ("training", "deploy"):  # a registered challenger then flows on to deploy by itself
         subprocess.run(["airflow", "dags", "unpause", dag_id], env=env, stdout=subprocess.DEVNULL)
     # MLflow first: it creates or upgrades its database, which nobody else may touch meanwhile.
-    _start("mlflow", mlflow_server_cmd(home, MLFLOW_PORT), env)
+    _start("mlflow", mlflow_server_cmd(home, MLFLOW_PORT, env), env)
     ok_mlflow = _wait_http(f"http://127.0.0.1:{MLFLOW_PORT}/health", 90)
     _start("airflow", ["airflow", "standalone"], env)
     serve = [sys.executable, "-m", "pipelines.cli", "serve", "--port", str(SERVING_PORT)]

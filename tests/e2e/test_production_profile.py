@@ -1,0 +1,176 @@
+"""The production profile: MLflow on PostgreSQL, every artifact in an S3-compatible store.
+
+``profiles/production.env`` is loaded as `make up` loads it; moto's S3 server stands in for the
+object store and the machine's PostgreSQL holds MLflow's backend and the prediction log. The
+training DAG runs through ``dag.test()``, then a model server follows the registry and logs
+to PostgreSQL. (Airflow's own metadata stays on this session's SQLite: it is chosen when
+Airflow is first imported.)
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pendulum
+import pytest
+import sqlalchemy as sa
+
+from conftest import ServerProcess, dataset_config, free_port, wait_http
+from mlops_airflow.stack import load_profile, mlflow_server_cmd
+from pipelines.storage import sql_url
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+PG = "postgresql://postgres@127.0.0.1:5432"  # plain, as the README writes it
+MODEL = "flights-prod"
+BUCKET = "mlops-prod"
+
+
+@pytest.fixture(scope="module")
+def databases():
+    """Two fresh PostgreSQL databases: MLflow's backend and the prediction log."""
+    names = {"mlflow": f"mlflow_{uuid.uuid4().hex[:8]}", "log": f"mlops_{uuid.uuid4().hex[:8]}"}
+    admin = sa.create_engine(sql_url(f"{PG}/postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        for name in names.values():
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    # MLflow's server takes a SQLAlchemy URL with the driver; the prediction log takes the plain form
+    yield {"mlflow": sql_url(f"{PG}/{names['mlflow']}"), "log": f"{PG}/{names['log']}"}
+    with admin.connect() as conn:
+        for name in names.values():
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint(tmp_path_factory):
+    """moto's S3-compatible server on loopback, with the bucket created."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(url, 60)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(15)
+
+
+@pytest.fixture(scope="module")
+def production(databases, s3_endpoint, airflow_db, tmp_path_factory, flights_frame):
+    """The profile's environment, an MLflow server on it, and the training DAG parsed under it."""
+    import boto3
+    from airflow.dag_processing.dagbag import DagBag
+
+    home = tmp_path_factory.mktemp("production")
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in {
+            "MLFLOW_DB": databases["mlflow"],
+            "MLOPS_PREDICTION_DB": databases["log"],
+            "S3_ENDPOINT": s3_endpoint,
+            "MLOPS_BUCKET": BUCKET,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+        }.items():
+            mp.setenv(key, value)
+        profile = load_profile(ROOT / "profiles" / "production.env")
+        for key, value in profile.items():
+            if not key.startswith("AIRFLOW__"):
+                mp.setenv(key, value)
+        boto3.client("s3").create_bucket(Bucket=BUCKET)
+
+        port = free_port()
+        server_log = home / "mlflow.log"
+        with open(server_log, "wb") as out:
+            mlflow = subprocess.Popen(
+                mlflow_server_cmd(home, port), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        tracking = f"http://127.0.0.1:{port}"
+        try:
+            wait_http(f"{tracking}/health", 120)
+            mp.setenv("MLFLOW_TRACKING_URI", tracking)
+            mp.setenv("MLOPS_HOME", str(home))
+            source = home / "flights.parquet"
+            flights_frame.to_parquet(source)
+            names = {"registry.model_name": MODEL, "registry.experiment": MODEL}
+            mp.setenv("MLOPS_CONFIG", str(dataset_config(home, str(source), **names)))
+            dag = DagBag(dag_folder=str(ROOT / "dags")).get_dag("training")
+            yield {"dag": dag, "profile": profile, "tracking": tracking, "home": home, "log": server_log}
+        finally:
+            mlflow.terminate()
+            mlflow.wait(20)
+
+
+def s3_keys(prefix: str) -> list[str]:
+    import boto3
+
+    pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+
+def test_training_in_the_production_profile_writes_to_postgres_and_s3(production, databases):
+    assert production["profile"]["MLOPS_ARTIFACT_ROOT"] == f"s3://{BUCKET}/artifacts"
+    dag = production["dag"]
+    run = dag.test(logical_date=pendulum.datetime(2013, 4, 1, tz=dag.timezone))
+    states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+    assert str(run.state) == "success", states
+
+    # the pipeline's run-scoped artifacts are objects in the bucket, none on local disk
+    keys = s3_keys("artifacts/training/")
+    for step, name in [("ingest", "snapshot.parquet"), ("validate", "validation.json"),
+                       ("evaluate", "comparison.html")]:  # fmt: skip
+        assert any(k.endswith(f"/{step}/{name}") for k in keys), (step, keys[:10])
+    assert not (production["home"] / "artifacts" / "training").exists()
+    # MLflow's model files went through the server into the bucket
+    assert any(k.endswith("MLmodel") for k in s3_keys("mlflow/"))
+    # and the registry lives in PostgreSQL
+    engine = sa.create_engine(sql_url(databases["mlflow"]))
+    with engine.connect() as conn:
+        aliases = conn.execute(
+            sa.text("SELECT alias, version FROM registered_model_aliases WHERE name = :n"), {"n": MODEL}
+        ).all()
+    engine.dispose()
+    assert ("champion", 1) in [(a, int(v)) for a, v in aliases]
+
+
+def test_model_server_in_the_production_profile_logs_to_postgres(production, databases, april_rows):
+    records, _ = april_rows
+    server = ServerProcess(
+        {"MLOPS_SERVING_MODEL": MODEL, "MLOPS_PREDICTION_LOG": databases["log"]},
+        production["home"] / "serve.log",
+    ).start()
+    try:
+        body = json.dumps({"records": records[:5], "routing_key": "prod-1"}).encode()
+        request = urllib.request.Request(
+            f"{server.url}/predict", data=body, headers={"content-type": "application/json"}
+        )
+        for _ in range(150):  # the server loads the champion from the registry off the request path
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    answer = json.loads(response.read())
+                break
+            except urllib.error.HTTPError as exc:
+                assert exc.code == 503, exc.read()
+                time.sleep(0.2)
+        assert answer["model_version"] == "1" and len(answer["predictions"]) == 5
+    finally:
+        server.stop()
+    engine = sa.create_engine(sql_url(databases["log"]))
+    with engine.connect() as conn:
+        logged = conn.execute(
+            sa.text("SELECT count(*) FROM mlops_predictions WHERE request_id = :r"),
+            {"r": answer["request_id"]},
+        ).scalar()
+    engine.dispose()
+    assert logged == 5  # every acknowledged row is in the production log
