@@ -102,6 +102,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     # One OpenMP thread per worker: two workers with two threads each fight over two cores.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # The registry watcher polls again every few seconds anyway: MLflow's own retries (seven, with
+    # backoff) would only hide an outage from /ready for minutes.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     if args.version:
         os.environ["MLOPS_SERVING_VERSION"] = str(args.version)
     from pipelines.serving.config import ServingSettings

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import orjson
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
@@ -391,22 +391,32 @@ def _predict_payload(payload: Any) -> tuple[Any, str | None, float | None]:
     return records, (None if key is None else str(key)), _parse_event_time(payload.get("event_time"))
 
 
+# The prediction logs store event times as nanoseconds in 64 bits (pandas, PostgreSQL via pandas):
+# 1677-09-21 to 2262-04-11. Outside it the SQL log failed the whole micro-batch with a 503.
+EVENT_TIME_LIMIT_MS = 9_223_372_036_854.0
+
+
 def _parse_event_time(value: Any) -> float | None:
     """Epoch milliseconds from ISO 8601 with an offset, or from epoch seconds."""
     if value is None:
         return None
+    ms = None
     if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value) * 1000
-    if isinstance(value, str):
+        ms = float(value) * 1000
+    elif isinstance(value, str):
         try:
             stamp = datetime.fromisoformat(value)
         except ValueError:
             stamp = None
         if stamp is not None and stamp.tzinfo is not None:
-            return stamp.timestamp() * 1000
-    raise _Reject(
-        422, "event_time must be ISO 8601 with a UTC offset (e.g. 2013-04-01T08:00:00Z) or epoch seconds"
-    )
+            ms = stamp.timestamp() * 1000
+    if ms is None:
+        raise _Reject(
+            422, "event_time must be ISO 8601 with a UTC offset (e.g. 2013-04-01T08:00:00Z) or epoch seconds"
+        )
+    if not abs(ms) < EVENT_TIME_LIMIT_MS:
+        raise _Reject(422, "event_time must be between 1677-09-22 and 2262-04-11 (UTC)")
+    return ms
 
 
 def _feedback_payload(payload: Any) -> list[dict[str, Any]]:
@@ -526,7 +536,8 @@ def create_app(config: ServingSettings | None = None) -> FastAPI:
     async def ready() -> Response:
         return server.ready()
 
-    @app.get("/metrics", summary="Prometheus metrics")
+    # PlainTextResponse declares text/plain in the OpenAPI schema (the default class would say JSON)
+    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
     async def metrics() -> Response:
         return Response(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
