@@ -64,7 +64,7 @@ def _ms_to_utc(values: pd.Series) -> pd.Series:
     session (an overflow check under ``np.errstate(over="raise")``); integer nanoseconds do not.
     """
     ms = pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
-    valid = np.isfinite(ms) & (np.abs(ms) < 9.2e15)  # inside datetime64[ns]
+    valid = np.isfinite(ms) & (np.abs(ms) < 9.2e12)  # inside datetime64[ns]: +-2**63 ns is 9.22e12 ms
     ns = np.zeros(len(ms), dtype="int64")
     ns[valid] = np.round(ms[valid] * 1_000_000).astype("int64")
     out = pd.Series(pd.to_datetime(ns, utc=True), index=values.index)

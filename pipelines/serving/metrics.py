@@ -15,6 +15,11 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0
 PROBABILITY_BUCKETS = tuple(round(x, 1) for x in np.linspace(0.1, 1.0, 10))
 
 
+# A running sum must stay finite for the replica's life: one 1e308 would make it inf (and every
+# drift mean after it NaN). Values beyond this are counted apart instead.
+EXTREME = 1e12
+
+
 class ServerMetrics:
     """All metrics, on a registry of their own (one per app)."""
 
@@ -53,6 +58,12 @@ class ServerMetrics:
         )
         self.feature_count = Counter(
             "mlops_feature_value_count", "Non-missing values of a feature", ["feature"], registry=r
+        )
+        self.feature_extreme = Counter(
+            "mlops_feature_extreme_values",
+            f"Values beyond +-{EXTREME:g}, kept out of the running sum (they would make it inf for good)",
+            ["feature"],
+            registry=r,
         )
         self.feature_missing = Counter(
             "mlops_feature_missing", "Missing values of a feature", ["feature"], registry=r
@@ -98,15 +109,21 @@ class ServerMetrics:
         """Per-feature sums and counts for one micro-batch (vectorised, one increment per feature)."""
         numeric = batch.numeric
         present = ~np.isnan(numeric)
-        sums = np.where(present, numeric, 0.0).sum(axis=0).tolist()
-        counts = present.sum(axis=0).tolist()
+        extreme = present & ~(np.abs(np.where(present, numeric, 0.0)) <= EXTREME)
+        summed = present & ~extreme
+        sums = np.where(summed, numeric, 0.0).sum(axis=0).tolist()
+        counts = summed.sum(axis=0).tolist()
+        extremes = extreme.sum(axis=0).tolist()
         n = numeric.shape[0]
         for i, name in enumerate(schema.numeric):
             total, count, missing, _ = self._feature(name)
             total.inc(sums[i])
             count.inc(counts[i])
-            if counts[i] < n:
-                missing.inc(n - counts[i])
+            if extremes[i]:
+                self.feature_extreme.labels(name).inc(extremes[i])
+            absent = n - counts[i] - extremes[i]
+            if absent:
+                missing.inc(absent)
         for i, name in enumerate(schema.categorical):
             _, count, missing_counter, unseen_counter = self._feature(name)
             values = batch.categorical[i]

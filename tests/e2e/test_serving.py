@@ -164,6 +164,21 @@ def test_negative_feature_values_are_served_and_summed(server, rows):
     assert after == pytest.approx(before - 5000.0, abs=1e-6)
 
 
+def test_extreme_feature_values_cannot_poison_the_drift_sums(server, rows):
+    """A finite but huge value (fuzzing found 1.7e308) is answered and counted apart, never summed."""
+    name, extreme = (
+        'mlops_feature_value_sum{feature="pressure"}',
+        'mlops_feature_extreme_values_total{feature="pressure"}',
+    )
+    before = _metric(httpx.get(f"{server.url}/metrics").text, name)
+    huge = [{**r, "pressure": 1.7e308} for r in rows[0][:3]]
+    response = httpx.post(f"{server.url}/predict", json={"records": huge})
+    assert response.status_code == 200, response.text
+    text = httpx.get(f"{server.url}/metrics").text
+    assert _metric(text, name) == pytest.approx(before)  # finite, untouched
+    assert _metric(text, extreme) == 3
+
+
 def test_canary_share_is_respected_and_sticky_per_routing_key(server, rows, serving_home):
     settings = serving_home["settings"]
     set_policy(
