@@ -134,7 +134,10 @@ class RegistryWatcher:
         try:
             champion_version, policy = self.desired()
         except Exception as exc:
-            self.last_error = f"registry unreachable: {exc}"
+            if "RESOURCE_DOES_NOT_EXIST" in str(exc):  # reachable; nothing registered under the name yet
+                self.last_error = f"registered model {self.model_name!r} does not exist yet"
+            else:
+                self.last_error = f"registry unreachable: {exc}"
             log.warning("%s; still serving what is loaded", self.last_error)
             raise
         champion = self.deployment.champion

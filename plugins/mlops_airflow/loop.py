@@ -120,12 +120,16 @@ def start_stack(home: Path, ports: dict[str, int]) -> tuple[Stack, dict[str, str
         ),
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
         "MLOPS_TIME_SCHEDULES": "off",
-        # the loop's own stores, whatever the calling shell points at
-        "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
-        "MLOPS_ARTIFACT_ROOT": str(home / "artifacts"),
-        "MLOPS_PREDICTION_LOG": "",
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
     }
+    if os.environ.get(stack.PROFILE_ENV):  # the profile's stores; every process goes through MLflow's server
+        env["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{ports['mlflow']}"
+    else:  # the loop's own embedded stores, whatever the calling shell points at
+        env.update(
+            MLFLOW_TRACKING_URI=f"sqlite:///{home / 'mlflow.db'}",
+            MLOPS_ARTIFACT_ROOT=str(home / "artifacts"),
+            MLOPS_PREDICTION_LOG="",
+        )
     run = Stack(home, env)
     say("preparing Airflow's metadata database and DAGs ...")
     subprocess.run(["airflow", "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
@@ -133,7 +137,7 @@ def start_stack(home: Path, ports: dict[str, int]) -> tuple[Stack, dict[str, str
     for dag_id in DAGS:
         subprocess.run(["airflow", "dags", "unpause", dag_id], env=env, check=True, stdout=subprocess.DEVNULL)
     # MLflow first: it creates or upgrades its database, which nobody else may touch meanwhile.
-    run.start("mlflow", stack.mlflow_server_cmd(home, ports["mlflow"]))
+    run.start("mlflow", stack.mlflow_server_cmd(home, ports["mlflow"], env))
     if not stack._wait_http(f"http://127.0.0.1:{ports['mlflow']}/health", 120):
         raise SystemExit(f"MLflow did not start: see {home / 'logs' / 'mlflow.log'}")
     run.start("airflow", ["bash", "-c", AIRFLOW])

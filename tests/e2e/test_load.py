@@ -117,3 +117,68 @@ def test_sixty_seconds_of_load_with_a_hot_swap_and_a_rollback(serving_home, apri
     logged = set(store.read()["request_id"])
     acknowledged = {request_id for status, _, request_id, _ in results if status == 200}
     assert acknowledged <= logged  # every acknowledged prediction is in the log
+
+
+def test_a_restart_under_load_costs_clients_only_a_retry(serving_home, april_rows, tmp_path):
+    """SIGTERM the server under load and start a new one on the same port: retrying clients all succeed."""
+    settings = serving_home["settings"]
+    records = april_rows[0]
+    reset_deployment(settings)
+    own = {"MLOPS_HOME": str(tmp_path / "home"), "MLOPS_ARTIFACT_ROOT": str(tmp_path / "artifacts")}
+    first = ServerProcess({**serving_home["env"], **own}, tmp_path / "first.log").start()
+    url = first.url
+    stop = threading.Event()
+    outcomes: list[tuple[int | str, str | None, int]] = []  # final status, request id, attempts
+
+    def client(seed: int) -> None:
+        with httpx.Client(base_url=url, timeout=10) as http:
+            i = seed
+            while not stop.is_set():
+                attempts, deadline, status, request_id = 0, time.time() + 60, "never sent", None
+                while time.time() < deadline:  # the client's retry policy: connection errors and 503
+                    attempts += 1
+                    try:
+                        response = http.post("/predict", json={"records": [records[i % len(records)]]})
+                    except httpx.TransportError as exc:
+                        status = repr(exc)
+                    else:
+                        status = response.status_code
+                        if status == 200:
+                            request_id = response.json()["request_id"]
+                            break
+                        if status != 503:
+                            break
+                    time.sleep(0.2)
+                outcomes.append((status, request_id, attempts))
+                i += CLIENTS
+
+    threads = [threading.Thread(target=client, args=(s,)) for s in range(CLIENTS)]
+    second = None
+    try:
+        wait_champion(url, "1")
+        for t in threads:
+            t.start()
+        time.sleep(5)
+        first.stop()  # SIGTERM: uvicorn finishes in-flight requests, the log flushes
+        second = ServerProcess({**serving_home["env"], **own}, tmp_path / "second.log")
+        second.port, second.url = first.port, url
+        second.start()
+        time.sleep(5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        if second:
+            second.stop()
+        first.stop()
+
+    statuses = Counter(status for status, *_ in outcomes)
+    assert statuses == {200: len(outcomes)}, statuses  # every request succeeded, retries included
+    retried = sum(attempts > 1 for *_, attempts in outcomes)
+    assert retried > 0  # the restart really happened under load
+    store = prediction_log.open_log(
+        Settings.from_env({**serving_home["env"], **own}), SERVING_MODEL, writer=False
+    )
+    logged = set(store.read()["request_id"])
+    assert {request_id for _, request_id, _ in outcomes} <= logged  # nothing acknowledged was lost
+    print(f"\nrestart under load: {len(outcomes)} requests, {retried} needed a retry, 0 failed")
