@@ -49,6 +49,8 @@ def stack_env(home: Path | None = None, root: Path = ROOT) -> dict[str, str]:
     home = Path(home or os.environ.get("MLOPS_HOME") or root / ".mlops").resolve()
     bin_dir = str(Path(sys.executable).parent)
     profile = load_profile(os.environ[PROFILE_ENV]) if os.environ.get(PROFILE_ENV) else {}
+    if profile and not (profile.get("MLFLOW_TRACKING_URI") or os.environ.get("MLFLOW_TRACKING_URI")):
+        profile["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{MLFLOW_PORT}"  # through the server
     return {**_embedded_env(home, root, bin_dir), **profile}
 
 
