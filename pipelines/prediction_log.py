@@ -351,7 +351,7 @@ def _read_lines(path: Path) -> list[dict[str, Any]]:
 def _read_parts(root: str, start: pd.Timestamp | None, end: pd.Timestamp | None) -> pd.DataFrame:
     import fsspec
 
-    fs, path = fsspec.core.url_to_fs(root)
+    fs, path = fsspec.core.url_to_fs(root, **storage.options(root))
     if not fs.exists(path):
         return pd.DataFrame()
     frames = []

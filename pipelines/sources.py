@@ -18,6 +18,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from pipelines import config as cfg
+from pipelines import storage
 from pipelines.errors import DataError, PipelineError
 from pipelines.storage import resolve, sql_url
 
@@ -42,10 +43,10 @@ def read_table(uri: str, fmt: str | None = None) -> pd.DataFrame:
     path = resolve(uri)
     kind = _format(uri, fmt)
     try:
-        fs, raw_path = fsspec.core.url_to_fs(path)
+        fs, raw_path = fsspec.core.url_to_fs(path, **storage.options(path))
         if fs.size(raw_path) == 0:
             raise DataError(f"source file {uri} is empty (0 bytes)")
-        with fsspec.open(path, "rb", compression="infer") as fh:
+        with fsspec.open(path, "rb", compression="infer", **storage.options(path)) as fh:
             if kind == "parquet":
                 return pd.read_parquet(fh)
             return pd.read_csv(fh, low_memory=False)

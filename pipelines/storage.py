@@ -50,8 +50,20 @@ def resolve(uri: str) -> str:
     return str(Path(spec.origin).parent / rel)
 
 
+def options(uri: str) -> dict[str, Any]:
+    """fsspec options for ``uri``: the S3 endpoint from ``AWS_ENDPOINT_URL``, when set.
+
+    Passing it explicitly also makes it part of fsspec's instance cache key, so a process that
+    talks to two endpoints in turn (tests, a worker whose profile changed) never reuses a
+    filesystem bound to the other one.
+    """
+    if uri.startswith(("s3://", "s3a://")) and os.environ.get("AWS_ENDPOINT_URL"):
+        return {"endpoint_url": os.environ["AWS_ENDPOINT_URL"]}
+    return {}
+
+
 def _fs(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    fs, path = fsspec.core.url_to_fs(uri)
+    fs, path = fsspec.core.url_to_fs(uri, **options(uri))
     return fs, path
 
 
@@ -96,7 +108,7 @@ def write_parquet(uri: str, frame: pd.DataFrame) -> str:
 
 
 def read_bytes(uri: str) -> bytes:
-    with fsspec.open(resolve(uri), "rb") as fh:
+    with fsspec.open(resolve(uri), "rb", **options(uri)) as fh:
         return fh.read()
 
 
@@ -105,7 +117,7 @@ def read_json(uri: str) -> Any:
 
 
 def read_parquet(uri: str) -> pd.DataFrame:
-    with fsspec.open(resolve(uri), "rb") as fh:
+    with fsspec.open(resolve(uri), "rb", **options(uri)) as fh:
         return pd.read_parquet(fh)
 
 

@@ -57,6 +57,9 @@ def airflow_db() -> Path:
     return Path(os.environ["AIRFLOW_HOME"])
 
 
+MLFLOW_SERVER_HOMES: dict[str, Path] = {}  # url -> the server's store (tests that search it)
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory) -> str:
     """A real ``mlflow server`` process on loopback with its own SQLite store."""
@@ -72,6 +75,7 @@ def mlflow_server(tmp_path_factory) -> str:
             start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"
+    MLFLOW_SERVER_HOMES[url] = home
     try:
         wait_http(f"{url}/health", 90)
     except TimeoutError:

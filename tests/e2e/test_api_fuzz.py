@@ -376,9 +376,19 @@ def test_fuzz_without_the_token_is_always_401(auth_schema, method, path):
     run()
 
 
-def test_the_token_never_reaches_the_log(auth_server):
-    """After all the requests above (with the token, with wrong ones), the log never shows it."""
+def test_the_token_never_reaches_the_log(auth_server, mlflow_server, serving_home):
+    """After all the requests above (with the token, with wrong ones), neither the server's log nor
+    anything in MLflow's store (database, artifacts) or the serving home holds the token."""
     auth_server.stop()  # flushes and closes the log
     log = auth_server.log_path.read_text()
     assert "(auth on)" in log, log[:500]
     assert TOKEN not in log
+    from conftest import MLFLOW_SERVER_HOMES
+
+    searched = 0
+    for root in (MLFLOW_SERVER_HOMES[mlflow_server], serving_home["home"], auth_server.log_path.parent):
+        for path in root.rglob("*"):
+            if path.is_file():
+                assert TOKEN.encode() not in path.read_bytes(), path
+                searched += 1
+    assert searched > 10
