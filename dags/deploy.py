@@ -1,14 +1,13 @@
-"""Deploy: infra validation -> [approval] -> rollout -> verdict (sensor) -> promote or abort.
+"""Deploy: infra validation -> [human approval] -> rollout -> verdict (sensor) -> promote or abort.
 
 Runs when training registers a challenger (an asset event), or by hand with a
 version and strategy from the params form. The steps live in
 ``pipelines.steps``; this file only wires them (see ``pipelines.pipeline.DEPLOY``).
 """
 
-from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import dag
 
-from mlops_airflow.deployment import deploy_dag_kwargs, rollout_sensor
+from mlops_airflow.deployment import approval_gate, deploy_dag_kwargs, rollout_sensor
 from mlops_airflow.step_tasks import DEFAULT_ARGS, pipeline_tasks
 from mlops_airflow.training import pipeline_config
 from pipelines.pipeline import DEPLOY
@@ -20,15 +19,9 @@ config = pipeline_config()
      **deploy_dag_kwargs(config))  # fmt: skip
 def deploy():
     tasks = pipeline_tasks(DEPLOY, sensors=rollout_sensor(config))
-    if config.deploy.approval:  # a person answers in the Airflow UI; "Reject" skips the rollout
-        approve = ApprovalOperator(
-            task_id="approve",
-            subject=f"Deploy {config.registry.model_name}: approve the rollout?",
-            body="Infra validation passed: {{ ti.xcom_pull(task_ids='validate_serving') }}",
-            ignore_downstream_trigger_rules=True,
-            retries=0,
-        )
-        tasks["validate_serving"] >> approve >> tasks["start_rollout"]
+    # A person approves in the Airflow UI when config asks, or when the candidate's metric swung
+    # wider than the gate's band; "Reject" skips the rollout.
+    approval_gate(config, tasks)
 
 
 deploy()

@@ -173,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--access-log", action="store_true")
     serve.set_defaults(func=_cmd_serve)
 
+    from pipelines import audit
+
+    audit.add_parser(sub)
     rollback = sub.add_parser("rollback", help="move the champion alias back to the previous champion")
     rollback.add_argument("--model", help="registered model name (default: the config's)")
     rollback.add_argument("--reason", default="manual rollback from the CLI")

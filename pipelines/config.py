@@ -67,9 +67,90 @@ class Features(_Strict):
         return [*self.numeric, *self.categorical]
 
 
+class Provenance(_Strict):
+    """Where a dataset comes from and on what terms: shown on every model card."""
+
+    source: str
+    owner: str
+    terms_of_use: str
+    license: str | None = None
+
+
+class PersonalData(_Strict):
+    """Columns that identify or describe a person (or a person's property).
+
+    They are dropped at ingest unless listed in ``allowed_as_features``, and masked wherever
+    they could otherwise be written: the prediction log, reports, validation results, logs.
+    """
+
+    columns: list[str] = Field(default_factory=list)
+    allowed_as_features: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _allowed_are_personal(self) -> PersonalData:
+        stray = sorted(set(self.allowed_as_features) - set(self.columns))
+        if stray:
+            raise ValueError(
+                f"personal_data.allowed_as_features names columns not in personal_data.columns: {stray}"
+            )
+        return self
+
+
+class FeatureView(_Strict):
+    """One feature view of the feature store (Feast), defined by configuration.
+
+    - ``table``: columns of a timestamped table (``uri``: a CSV/Parquet file, or empty for the
+      dataset's own source), e.g. the hourly weather at each airport;
+    - ``rolling_rate``: the rate of the dataset's label per entity over the previous
+      ``window_days``, computed only from rows whose outcome was known ``lag_days`` before each
+      day starts (no look-ahead); ``features`` names the rate and the row count, in that order.
+    """
+
+    name: str
+    kind: Literal["table", "rolling_rate"]
+    entities: list[str] = Field(min_length=1)
+    features: list[str] = Field(min_length=1)
+    uri: str | None = None
+    timestamp: str | None = None  # the table's time column (default: the dataset's time column)
+    ttl_hours: float = Field(24, gt=0)
+    window_days: int = Field(28, ge=1)
+    lag_days: int = Field(1, ge=0)
+    # False: not joined into training rows, only used to complete key-only requests at serving
+    # time (e.g. a flight's published schedule, which the training rows already carry).
+    training: bool = True
+
+    @model_validator(mode="after")
+    def _rate_has_two_outputs(self) -> FeatureView:
+        if self.kind == "rolling_rate" and len(self.features) != 2:
+            raise ValueError(
+                f"feature view {self.name!r}: a rolling_rate names two features: the rate and the count"
+            )
+        return self
+
+
+class FeatureStoreConfig(_Strict):
+    """Features served from a feature store: point-in-time joins for training, online lookups for serving."""
+
+    project: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    views: list[FeatureView] = Field(min_length=1)
+
+    @property
+    def training_features(self) -> list[str]:
+        return [f for v in self.views if v.training for f in v.features]
+
+    @property
+    def entity_columns(self) -> list[str]:
+        return list(dict.fromkeys(e for v in self.views for e in v.entities))
+
+
 class Dataset(_Strict):
     name: str
     description: str = ""
+    # Provenance is required: a model card must say where its data came from and on what terms.
+    provenance: Provenance
+    personal_data: PersonalData = Field(default_factory=PersonalData)
+    intended_use: str = ""
+    known_limits: list[str] = Field(default_factory=list)
     source: Source
     time_column: str
     key: list[str]
@@ -81,19 +162,48 @@ class Dataset(_Strict):
     # does not name stops ingest: an upstream schema change (a new or renamed column) is caught
     # before training. None: no check.
     ignore_columns: list[str] | None = None
+    # Features that come from a feature store rather than from the source rows.
+    feature_store: FeatureStoreConfig | None = None
 
     @model_validator(mode="after")
     def _label_is_not_a_feature(self) -> Dataset:
         leaking = {self.target.name, *self.target.required} & set(self.features.all)
         if leaking:
             raise ValueError(f"label columns {sorted(leaking)} cannot be features: they leak the outcome")
+        numeric = sorted(set(self.personal_data.allowed_as_features) & set(self.features.numeric))
+        if numeric:
+            raise ValueError(
+                f"personal-data columns {numeric} are pseudonymised to strings: they can only be "
+                "categorical features"
+            )
+        personal = set(self.personal_data.columns) - set(self.personal_data.allowed_as_features)
+        used = sorted(personal & {*self.features.all, *self.slices})
+        if used:
+            raise ValueError(
+                f"personal-data columns {used} cannot be features or slices; list them under "
+                "personal_data.allowed_as_features to use them on purpose"
+            )
         return self
+
+    @property
+    def store_features(self) -> list[str]:
+        """Features joined from the feature store (none without one)."""
+        return self.feature_store.training_features if self.feature_store else []
 
     @property
     def source_columns(self) -> list[str]:
         """Columns the config reads from the source: key, time, features, slices, label inputs."""
-        ordered = [*self.key, self.time_column, *self.features.all, *self.slices, *self.target.required]
-        return list(dict.fromkeys(ordered))
+        from_store = set(self.store_features)
+        entities = self.feature_store.entity_columns if self.feature_store else []
+        ordered = [
+            *self.key,
+            self.time_column,
+            *entities,
+            *self.features.all,
+            *self.slices,
+            *self.target.required,
+        ]
+        return [c for c in dict.fromkeys(ordered) if c not in from_store]
 
     @property
     def columns(self) -> list[str]:
@@ -142,6 +252,28 @@ class Training(_Strict):
     mode: Literal["stateless", "stateful"] = "stateless"
     # Stateful mode: boosting iterations added to the champion's (hist_gradient_boosting).
     warm_start_iterations: int = Field(50, ge=1, le=10_000)
+    # Domain knowledge as constraints: numeric feature -> +1 (the late probability never falls as
+    # it grows) or -1 (never rises). hist_gradient_boosting only (its ``monotonic_cst``).
+    monotonic: dict[str, Literal[-1, 1]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _monotonic_needs_boosting(self) -> Training:
+        if self.monotonic and self.estimator != "hist_gradient_boosting":
+            raise ValueError("training.monotonic needs estimator hist_gradient_boosting")
+        return self
+
+
+class SliceGate(_Strict):
+    """Fairness-style check: the candidate's metric per value of each slice column (carrier, origin).
+
+    The gap is best slice minus worst slice among slices with at least ``min_rows`` rows and both
+    classes. Always reported; with ``gating`` a gap above ``max_gap`` rejects the candidate.
+    """
+
+    metric: Literal["roc_auc"] = "roc_auc"
+    max_gap: float = Field(0.15, gt=0, le=1)
+    gating: bool = False
+    min_rows: int = Field(100, ge=10)
 
 
 class Gate(_Strict):
@@ -149,6 +281,11 @@ class Gate(_Strict):
     min_value: float = 0.55
     # The candidate may be at most this much worse than the champion on the same test set.
     max_drop: float = Field(0.01, ge=0)
+    slices: SliceGate = Field(default_factory=SliceGate)
+    # A candidate this much better or worse than the champion (same test set, absolute) is not
+    # promoted automatically: so wide a swing usually means a data problem. A person approves
+    # its rollout in the Airflow UI. None: no band.
+    swing_band: float | None = Field(None, gt=0)
 
 
 class Rollout(_Strict):
@@ -284,6 +421,13 @@ class PipelineConfig(_Strict):
     batch: Batch = Field(default_factory=Batch)
     monitoring: Monitoring = Field(default_factory=Monitoring)
     base_dir: str = ""
+
+    @model_validator(mode="after")
+    def _monotonic_features_exist(self) -> PipelineConfig:
+        unknown = sorted(set(self.training.monotonic) - set(self.dataset.features.numeric))
+        if unknown:
+            raise ValueError(f"training.monotonic names columns that are not numeric features: {unknown}")
+        return self
 
     @property
     def expectations_path(self) -> Path:

@@ -45,6 +45,9 @@ class StepContext:
     settings: Settings
     try_number: int = 1
     run_type: str = "manual"
+    # Who or what started the run: {"user": ..., "asset_events": [{"uri", "extra", ...}]}
+    # (from the orchestrator; the audit trail records it).
+    trigger: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.interval_end <= self.interval_start:
@@ -71,6 +74,7 @@ class StepContext:
         overrides: dict[str, Any] | None = None,
         try_number: int = 1,
         run_type: str = "manual",
+        trigger: dict[str, Any] | None = None,
         settings: Settings | None = None,
     ) -> StepContext:
         """Build a context from plain values, loading the config named by the settings.
@@ -95,4 +99,5 @@ class StepContext:
             settings=settings,
             try_number=try_number,
             run_type=run_type,
+            trigger=trigger,
         )

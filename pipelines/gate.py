@@ -1,8 +1,11 @@
-"""The promotion gate: an absolute floor plus "no worse than the champion".
+"""The promotion gate: an absolute floor, "no worse than the champion", slice gaps, swing band.
 
-Both thresholds come from config. The change check is skipped when there is
-no champion yet (the first model). Metrics are "higher is better"; log loss
-enters as ``neg_log_loss``.
+Thresholds come from config. The change check is skipped when there is no
+champion yet (the first model). Metrics are "higher is better"; log loss
+enters as ``neg_log_loss``. The slice check (best minus worst slice of each
+slice column) always reports and rejects only with ``gate.slices.gating``. A
+candidate that passes but differs from the champion by more than
+``gate.swing_band`` is marked for human approval instead of automatic rollout.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from pipelines.config import Gate
+from pipelines.config import Gate, SliceGate
 
 
 def metric_value(metrics: dict[str, Any] | None, name: str) -> float | None:
@@ -26,8 +29,48 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+def slice_gaps(check: SliceGate, slices: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The candidate's best-minus-worst slice score per slice column (evaluate's slice table)."""
+    columns: dict[str, Any] = {}
+    for column, table in slices.items():
+        scored = {
+            value: row["roc_auc"]["candidate"]
+            for value, row in table.items()
+            if row["rows"] >= check.min_rows and row["roc_auc"].get("candidate") is not None
+        }
+        unscored = sorted(value for value in table if value not in scored)
+        if len(scored) < 2:
+            columns[column] = {
+                "gap": None, "passed": True, "scored": len(scored), "unscored": unscored,
+                "reason": f"fewer than two {column} slices with {check.min_rows}+ rows and both classes",
+            }  # fmt: skip
+            continue
+        best, worst = max(scored, key=scored.get), min(scored, key=scored.get)
+        gap = scored[best] - scored[worst]
+        columns[column] = {
+            "gap": gap,
+            "best": {"value": best, "score": scored[best]},
+            "worst": {"value": worst, "score": scored[worst]},
+            "passed": gap <= check.max_gap,
+            "scored": len(scored),
+            "unscored": unscored,
+        }
+    return {
+        "metric": check.metric,
+        "max_gap": check.max_gap,
+        "min_rows": check.min_rows,
+        "gating": check.gating,
+        "passed": all(c["passed"] for c in columns.values()),
+        "columns": columns,
+    }
+
+
 def decide(
-    gate: Gate, candidate: dict[str, Any], champion: dict[str, Any] | None, not_comparable: str | None = None
+    gate: Gate,
+    candidate: dict[str, Any],
+    champion: dict[str, Any] | None,
+    not_comparable: str | None = None,
+    fairness: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Return the decision with each check's numbers, so the reason is never a mystery."""
     value = metric_value(candidate, gate.metric)
@@ -64,12 +107,54 @@ def decide(
                 "passed": value is not None and value >= floor,
             }
         )
+    for column, gap in ((fairness or {}).get("columns") or {}).items():
+        if gap["gap"] is None or not fairness["gating"]:
+            continue
+        checks.append(
+            {
+                "check": f"slice_gap:{column}",
+                "metric": fairness["metric"],
+                "candidate": gap["gap"],
+                "threshold": fairness["max_gap"],
+                "reason": f"best {gap['best']['value']} {gap['best']['score']:.4f}, "
+                f"worst {gap['worst']['value']} {gap['worst']['score']:.4f}",
+                "passed": gap["passed"],
+            }
+        )
     passed = all(c["passed"] for c in checks)
     failed = [c for c in checks if not c["passed"]]
     if passed:
         reason = f"{gate.metric} {value:.4f} passes every check"
     else:
-        reason = "; ".join(
-            f"{c['check']}: {gate.metric} {_fmt(c['candidate'])} < {_fmt(c['threshold'])}" for c in failed
+        reason = "; ".join(_failure(c, gate.metric) for c in failed)
+    approval_reason = _swing(gate, value, champion_value, champion is not None and not not_comparable)
+    return {
+        "passed": passed,
+        "metric": gate.metric,
+        "reason": reason,
+        "checks": checks,
+        "approval_required": passed and approval_reason is not None,
+        "approval_reason": approval_reason if passed else None,
+    }
+
+
+def _failure(check: dict[str, Any], metric: str) -> str:
+    if check["check"].startswith("slice_gap:"):
+        return (
+            f"{check['check']}: {check['metric']} gap {_fmt(check['candidate'])} > "
+            f"{_fmt(check['threshold'])} ({check['reason']})"
         )
-    return {"passed": passed, "metric": gate.metric, "reason": reason, "checks": checks}
+    return f"{check['check']}: {metric} {_fmt(check['candidate'])} < {_fmt(check['threshold'])}"
+
+
+def _swing(gate: Gate, value: float | None, champion: float | None, comparable: bool) -> str | None:
+    """Why a person must approve this candidate (a change wider than the band), or None."""
+    if gate.swing_band is None or not comparable or value is None or champion is None:
+        return None
+    delta = value - champion
+    if abs(delta) <= gate.swing_band:
+        return None
+    return (
+        f"{gate.metric} {value:.4f} vs champion {champion:.4f}: a change of {delta:+.4f}, wider than "
+        f"the swing band ±{gate.swing_band}; a swing that wide usually means a data problem"
+    )

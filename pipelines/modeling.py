@@ -113,8 +113,14 @@ def build_pipeline(dataset: Dataset, training: Training, params: dict[str, Any] 
             verbose_feature_names_out=False,
         )
         mask = [False] * len(numeric) + [True] * len(categorical)
+        constraints = {}
+        if training.monotonic:  # columns leave the transformer numeric first, then categorical
+            constraints["monotonic_cst"] = [training.monotonic.get(c, 0) for c in numeric] + [0] * len(
+                categorical
+            )
         estimator = HistGradientBoostingClassifier(
             categorical_features=mask,
+            **constraints,
             early_stopping=True,
             random_state=training.random_state,
             **kwargs,

@@ -11,14 +11,16 @@ import logging
 import time
 from typing import Any
 
-from pipelines import tracking
+from pipelines import audit, tracking
 from pipelines.context import StepContext
 from pipelines.errors import PipelineError
-from pipelines.pipeline import StepSpec, is_skipped
+from pipelines.pipeline import PIPELINES, StepSpec, is_skipped
 from pipelines.steps import get_step
 
 log = logging.getLogger(__name__)
 MAX_RESULT_BYTES = 64 * 1024  # results travel as XCom: keep them small, data goes to the store
+# The step that opens each pipeline records who or what started the run (the audit trail).
+OPENING_STEPS = {spec[0].name: pipeline for pipeline, spec in PIPELINES.items()}
 
 
 def execute_step(name: str, ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -28,6 +30,11 @@ def execute_step(name: str, ctx: StepContext, inputs: dict[str, Any]) -> dict[st
     # Every step talks to MLflow; bind its URIs first, so a fresh worker process (a scheduler's
     # task, a pod) never falls back to MLflow's default store for ``models:/`` and ``runs:/`` URIs.
     tracking.client(ctx.settings)
+    if name in OPENING_STEPS:
+        audit.record_step(
+            ctx, audit.RUN_TRIGGERED, pipeline=OPENING_STEPS[name], dag_id=ctx.dag_id,
+            interval_end=ctx.interval_end.isoformat(),
+        )  # fmt: skip
     result = step(ctx, inputs)
     encoded = json.dumps(result, default=str)
     if len(encoded) > MAX_RESULT_BYTES:

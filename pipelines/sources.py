@@ -18,7 +18,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from pipelines import config as cfg
-from pipelines import storage
+from pipelines import privacy, storage
 from pipelines.errors import DataError, PipelineError
 from pipelines.storage import resolve, sql_url
 
@@ -164,8 +164,9 @@ def open_source(dataset: cfg.Dataset) -> DataSource:
 
 
 def read_window(dataset: cfg.Dataset, start: datetime, end: datetime) -> pd.DataFrame:
-    """Raw rows of ``[start, end)`` with the lookup tables joined on."""
+    """Raw rows of ``[start, end)`` with the lookup tables joined on, personal data pseudonymised."""
     frame = open_source(dataset).read(start, end)
     for join in dataset.source.joins:
         frame = _apply_join(frame, join, dataset.time_column)
+    frame = privacy.pseudonymise(frame, dataset)  # before anything can write or log a raw value
     return frame.sort_values(dataset.time_column, kind="stable").reset_index(drop=True)

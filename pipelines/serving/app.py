@@ -32,6 +32,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
+from pipelines import privacy
 from pipelines.prediction_log import open_log
 from pipelines.serving.config import ServingSettings
 from pipelines.serving.metrics import ServerMetrics
@@ -297,6 +298,7 @@ class Server:
             model = deployment.challenger
         else:
             chosen = CHAMPION_ROUTE
+        privacy.mask_records(records, self.config.personal)  # the raw value goes no further
         try:
             batch = parse_records(records, model.schema, max_rows=self.config.max_rows)
         except InvalidInput as exc:

@@ -55,6 +55,8 @@ class ServingSettings:
     log_predictions: bool = True
     model_cache: Path = Path(".")
     features: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+    # Personal-data fields the model takes (pseudonymised): hashed before scoring and logging.
+    personal: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> ServingSettings:
@@ -88,6 +90,7 @@ class ServingSettings:
             log_predictions=_env_bool(env, "MLOPS_SERVING_LOG_PREDICTIONS", True),
             model_cache=Path(env.get("MLOPS_SERVING_MODEL_CACHE") or settings.home / "serving" / "models"),
             features=(tuple(config.dataset.features.numeric), tuple(config.dataset.features.categorical)),
+            personal=tuple(config.dataset.personal_data.allowed_as_features),
         )
 
     def record_schema(self) -> dict[str, Any]:

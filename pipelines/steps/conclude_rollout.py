@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from pipelines import deploy, reports, storage, tracking
+from pipelines import audit, deploy, reports, storage, tracking
 from pipelines.context import StepContext
 
 log = logging.getLogger(__name__)
@@ -22,9 +22,9 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
     if started.get("decided"):
         outcome = {"champion": version}  # direct: promoted when the rollout started
     elif decision == "promote":
-        outcome = deploy.promote(ctx.settings, name, version, reason=reason)
+        outcome = deploy.promote(ctx.settings, name, version, reason=reason, origin=audit.origin(ctx))
     elif decision == "abort":
-        outcome = deploy.abort(ctx.settings, name, version, reason=reason)
+        outcome = deploy.abort(ctx.settings, name, version, reason=reason, origin=audit.origin(ctx))
     else:
         outcome = {"note": reason}
     report_uri = storage.write_text(

@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from pipelines import monitoring, tracking
+from pipelines import audit, monitoring, tracking
 from pipelines.context import StepContext
 from pipelines.pipeline import skipped
 
@@ -43,6 +43,11 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
         "features": found["drift"]["drifted_features"],
     }
     client.set_registered_model_tag(name, monitoring.RETRAIN_TAG, json.dumps(request))
+    audit.record_step(
+        ctx, audit.RETRAIN_REQUESTED, key=found["report_uri"], version=found["champion_version"],
+        reason=decision["reason"], report_uri=found["report_uri"],
+        drifted_features=found["drift"]["drifted_features"],
+    )  # fmt: skip
     log.info("retrain requested for %s v%s: %s", name, found["champion_version"], decision["reason"])
     return {
         "retrain": True,

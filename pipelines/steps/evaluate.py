@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from pipelines import gate, modeling, reports, storage, tracking
+from pipelines import audit, gate, modeling, reports, storage, tracking
 from pipelines.context import StepContext
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,10 @@ SUMMARY_METRICS = ("roc_auc", "pr_auc", "log_loss", "f1", "brier")  # what the r
 def slice_metrics(
     test: pd.DataFrame, y: np.ndarray, scores: dict[str, np.ndarray], columns: list[str]
 ) -> dict[str, dict[str, Any]]:
-    """ROC AUC per model for each value of each slice column with enough rows."""
+    """Rows, positive rate and ROC AUC per model for each value of each slice column.
+
+    Values with fewer than ``MIN_SLICE_ROWS`` rows (or one class only) are listed with no score.
+    """
     out: dict[str, dict[str, Any]] = {}
     for column in columns:
         if column not in test.columns:
@@ -34,9 +37,7 @@ def slice_metrics(
         values = test[column].astype("string").fillna("<missing>").to_numpy()
         for value in sorted(set(values)):
             sel = values == value
-            if sel.sum() < MIN_SLICE_ROWS:
-                continue
-            both = len(np.unique(y[sel])) == 2
+            both = len(np.unique(y[sel])) == 2 and sel.sum() >= MIN_SLICE_ROWS
             table[str(value)] = {
                 "rows": int(sel.sum()),
                 "positive_rate": float(y[sel].mean()),
@@ -99,15 +100,18 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
             "metrics": modeling.classification_metrics(y_test, scores["champion"], threshold),
         }
 
+    slices = slice_metrics(test, y_test, scores, dataset.slices)
+    fairness = gate.slice_gaps(ctx.config.gate.slices, slices)
     decision = gate.decide(
-        ctx.config.gate, candidate_metrics, champion and champion["metrics"], not_comparable
+        ctx.config.gate, candidate_metrics, champion and champion["metrics"], not_comparable, fairness
     )
     evaluation = {
         "run_key": ctx.run_key,
         "data_hash": trained["data_hash"],
         "candidate": {"model_uri": trained["model_uri"], "metrics": candidate_metrics},
         "champion": champion,
-        "slices": slice_metrics(test, y_test, scores, dataset.slices),
+        "slices": slices,
+        "fairness": fairness,
         "calibration": modeling.calibration_bins(y_test, scores["candidate"]),
         "decision": decision,
     }
@@ -131,10 +135,20 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
         mlflow.log_dict(evaluation, "evaluation/evaluation.json")
         mlflow.log_text(page, "evaluation/comparison.html")
 
+    audit.record_step(
+        ctx, audit.GATE_DECIDED, key=trained["mlflow_run_id"],
+        decision="passed" if decision["passed"] else "rejected", reason=decision["reason"],
+        approval_reason=decision["approval_reason"], fairness_passed=fairness["passed"],
+        champion_version=champion and champion["version"], data_hash=trained["data_hash"],
+        metrics=_summary(candidate_metrics),
+    )  # fmt: skip
     log.info("gate %s: %s", "passed" if decision["passed"] else "REJECTED", decision["reason"])
     return {
         "passed": decision["passed"],
         "reason": decision["reason"],
+        "approval_required": decision["approval_required"],
+        "approval_reason": decision["approval_reason"],
+        "fairness_passed": fairness["passed"],
         "metrics": _summary(candidate_metrics),
         "champion_version": champion and champion["version"],
         "champion_metrics": champion and _summary(champion["metrics"]),

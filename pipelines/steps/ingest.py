@@ -59,7 +59,7 @@ def check_source_columns(frame: pd.DataFrame, ctx: StepContext) -> None:
     dataset = ctx.config.dataset
     if dataset.ignore_columns is None:
         return
-    known = set(dataset.source_columns) | set(dataset.ignore_columns)
+    known = set(dataset.source_columns) | set(dataset.ignore_columns) | set(dataset.personal_data.columns)
     unexpected = [c for c in frame.columns if c not in known]
     if unexpected:
         missing = [c for c in dataset.source_columns if c not in frame.columns]

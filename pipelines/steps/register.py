@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from pipelines import tracking
+from pipelines import audit, model_card, storage, tracking
 from pipelines.context import StepContext
 from pipelines.pipeline import skipped
 
@@ -41,6 +41,8 @@ def lineage_tags(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, str]:
         "training.mode": trained["training_mode"]["mode"],
     }
     tags.update({f"test.{k}": f"{v:.6f}" for k, v in evaluation["metrics"].items() if v is not None})
+    if evaluation.get("approval_required"):  # a wide swing: the rollout waits for a person
+        tags["approval.reason"] = evaluation["approval_reason"][:500]
     return tags
 
 
@@ -87,6 +89,19 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
     for alias in aliases:
         client.set_registered_model_alias(name, alias, version.version)
     client.set_registered_model_tag(name, "dataset", ctx.config.dataset.name)
+    card = model_card.build(
+        config=ctx.config, model_name=name, version=str(version.version), ingest=inputs["ingest"],
+        train=trained, evaluation=storage.read_json(evaluation["evaluation_uri"]),
+        registered_at=version.creation_timestamp,  # a retry rebuilds the very same card
+    )  # fmt: skip
+    card_uris = model_card.publish(
+        client, model_name=name, version=str(version.version), run_id=trained["mlflow_run_id"], card=card
+    )
+    audit.record_step(
+        ctx, audit.VERSION_REGISTERED, key=str(version.version), version=str(version.version),
+        aliases=aliases, decision="registered", reason=evaluation["reason"],
+        approval_reason=evaluation.get("approval_reason"), data_hash=inputs["ingest"]["data_hash"],
+    )  # fmt: skip
     log.info("registered %s version %s with aliases %s", name, version.version, aliases)
     return {
         "status": "registered",
@@ -96,4 +111,6 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
         "version": str(version.version),
         "aliases": aliases,
         "model_uri": f"models:/{name}/{version.version}",
+        "model_card": card_uris,
+        "approval_reason": evaluation.get("approval_reason"),
     }

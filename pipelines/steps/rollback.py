@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipelines import deploy, tracking
+from pipelines import audit, deploy, tracking
 from pipelines.context import StepContext
 
 
@@ -13,7 +13,10 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
     import mlflow
 
     result = deploy.rollback(
-        ctx.settings, ctx.config.registry.model_name, reason=f"{ctx.run_type} run {ctx.run_id}"
+        ctx.settings,
+        ctx.config.registry.model_name,
+        reason=f"{ctx.run_type} run {ctx.run_id}",
+        origin=audit.origin(ctx),
     )
     with tracking.pipeline_run(ctx, "rollback"):
         mlflow.set_tags({"deploy.decision": "rollback", "deploy.champion": result["champion"]})

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipelines import deploy, tracking
+from pipelines import audit, deploy, tracking
 from pipelines.context import StepContext
 from pipelines.pipeline import skipped
 
@@ -27,8 +27,11 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
     policy = deploy.current_policy(ctx.settings, name)
     if policy.in_rollout and policy.challenger_version != version:
         # A newer candidate replaces an unfinished rollout: end the old one first, on the record.
-        deploy.abort(ctx.settings, name, policy.challenger_version, reason=f"superseded by v{version}")
-    started = deploy.start_rollout(ctx.settings, name, version, ctx.config.deploy.rollout)
+        deploy.abort(
+            ctx.settings, name, policy.challenger_version, reason=f"superseded by v{version}",
+            origin=audit.origin(ctx),
+        )  # fmt: skip
+    started = deploy.start_rollout(ctx.settings, name, version, ctx.config.deploy.rollout, audit.origin(ctx))
     with tracking.pipeline_run(ctx, "start_rollout"):
         mlflow.set_tags({"deploy.version": version, "deploy.strategy": started["strategy"]})
         if started.get("policy"):

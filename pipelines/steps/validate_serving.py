@@ -201,4 +201,6 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
         mlflow.log_metrics({f"infra_{k}": v for k, v in checks.items()})
         mlflow.set_tag("deploy.version", str(version))
     log.info("infra validation of v%s passed: p95 %.1f ms, exact answers", version, checks["p95_ms"])
-    return {"status": "passed", "model_name": name, **result}
+    # Set at registration when the gate saw a swing wider than its band: a person decides.
+    approval_reason = client_.get_model_version(name, version).tags.get("approval.reason")
+    return {"status": "passed", "model_name": name, **result, "approval_reason": approval_reason}

@@ -16,6 +16,7 @@ at DAG-parse time.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -47,6 +48,23 @@ def _asset_interval_end(context: dict[str, Any]) -> Any:
     return None
 
 
+def _trigger(context: dict[str, Any]) -> dict[str, Any]:
+    """Who or what started the run, as plain JSON: the audit trail records it."""
+    dag_run = context["dag_run"]
+    events = []
+    for group in (context.get("triggering_asset_events") or {}).values():
+        for event in group:
+            events.append(
+                {
+                    "uri": getattr(getattr(event, "asset", None), "uri", None),
+                    "extra": dict(event.extra or {}),
+                    "source_dag_id": getattr(event, "source_dag_id", None),
+                    "source_run_id": getattr(event, "source_run_id", None),
+                }
+            )
+    return {"user": getattr(dag_run, "triggering_user_name", None), "asset_events": events}
+
+
 def run_context(context: dict[str, Any]) -> dict[str, Any]:
     """The step's run context from the Airflow task context.
 
@@ -73,6 +91,7 @@ def run_context(context: dict[str, Any]) -> dict[str, Any]:
         "try_number": context["ti"].try_number,
         "run_type": str(getattr(dag_run.run_type, "value", dag_run.run_type)),
         "overrides": {k: params.get(k, conf[k]) for k in RUN_PARAMETERS if k in conf},
+        "trigger": _trigger(context),
     }
 
 
@@ -138,11 +157,24 @@ def _last_error(stderr: str) -> str:
     return "\n".join(lines[start:]).removeprefix("error: ")
 
 
+def with_connections(callable_: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """Run a step with the registry and serving credentials of the Airflow connections."""
+
+    @functools.wraps(callable_)
+    def run(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        from mlops_airflow.credentials import connection_environment
+
+        with connection_environment():
+            return callable_(*args, **kwargs)
+
+    return run
+
+
 def _python_task(callable_: Callable[..., Any]) -> Callable[..., PythonOperator]:
     def build(step: str, inputs: dict[str, Any], **kwargs: Any) -> PythonOperator:
         return PythonOperator(
             task_id=step,
-            python_callable=callable_,
+            python_callable=with_connections(callable_),
             op_kwargs={"step": step, "inputs": inputs},
             doc_md=f"Runs `mlops step {step}`.",
             **kwargs,
@@ -184,7 +216,7 @@ def poke_step(step: str, inputs: dict[str, Any], mode: str, **context: Any) -> P
     In the container modes each poke is one short container or pod, so a long wait holds no
     resources between pokes.
     """
-    result = RUNNERS[mode](step, inputs, **context)
+    result = with_connections(RUNNERS[mode])(step, inputs, **context)
     return PokeReturnValue(is_done=result.get("status") != "waiting", xcom_value=result)
 
 

@@ -120,9 +120,42 @@ def test_execution_modes_are_explicit():
 )
 def test_deploy_batch_and_rollback_dags_wire_their_specs(dagbag, dag_id, spec):
     dag = dagbag.dags[dag_id]
-    assert [t.task_id for t in dag.topological_sort()] == [s.name for s in spec]
+    approval = {"route_approval", "approve"}  # deploy: the human-approval route (approval_gate)
+    assert [t.task_id for t in dag.topological_sort() if t.task_id not in approval] == [s.name for s in spec]
     for step in spec:
-        assert dag.get_task(step.name).upstream_task_ids == set(step.inputs)
+        upstream = dag.get_task(step.name).upstream_task_ids
+        if dag_id == "deploy" and step.name == "start_rollout":
+            assert upstream == {"validate_serving", "route_approval", "approve"}
+            assert dag.get_task(step.name).trigger_rule == "none_failed_min_one_success"
+            continue
+        assert upstream == set(step.inputs)
+
+
+def test_deploy_routes_wide_swings_and_opted_in_rollouts_to_a_person(dagbag):
+    """The branch goes through the HITL approval only when config asks or the version carries a swing."""
+    from types import SimpleNamespace
+
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+    from mlops_airflow.deployment import route_approval
+
+    dag = dagbag.dags["deploy"]
+    assert isinstance(dag.get_task("approve"), ApprovalOperator)
+    assert dag.get_task("route_approval").downstream_task_ids == {"approve", "start_rollout"}
+
+    class TI:
+        def __init__(self, result):
+            self.result = result
+
+        def xcom_pull(self, task_ids):
+            return self.result
+
+    calm = {"model_name": "m", "version": "2", "approval_reason": None}
+    assert route_approval(False, ti=TI(calm), dag_run=None) == "start_rollout"
+    swing = {**calm, "approval_reason": "roc_auc 0.80 vs champion 0.65: a change of +0.15"}
+    run = SimpleNamespace(dag_id="deploy", run_id="manual__swing")
+    assert route_approval(False, ti=TI(swing), dag_run=run) == "approve"
+    assert route_approval(True, ti=TI(calm), dag_run=run) == "approve"
 
 
 def test_deploy_dag_runs_on_a_registered_challenger_and_polls_the_verdict(dagbag):

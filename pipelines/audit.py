@@ -1,0 +1,464 @@
+"""The audit trail: who or what started a run, what was decided, which version moved where.
+
+Every event is one small JSON document in the artifact store, so the trail lives
+wherever the artifacts live (a local folder or ``s3://``) and survives the
+Airflow and MLflow databases::
+
+    {artifact_root}/audit/{YYYY}/{MM}/{stamp}-{kind}-{id}.json   the event
+    {artifact_root}/audit/ids/{id}.json                          idempotency index (keyed events)
+
+An event is ``{"id", "time", "kind", "model", "run_key", "trigger", "details"}``;
+``time`` is the UTC wall clock, ``stamp`` the same instant as ``20260501T120301123456Z``.
+
+- **Cheap to query**: the name carries the time and the kind, so a query prunes
+  whole years by listing ``audit/`` and filters time and kind by name, reading
+  only the events it may return (in one batch: concurrent GETs on S3).
+- **Idempotent**: an event with a ``run_key`` or a ``key`` has an id hashed from
+  (kind, model, run_key, key), and its index file sits at a name known in
+  advance, so a retried task finds it with one request instead of a listing.
+  The index is written *before* the event and holds the whole event, so a try
+  that died between the two writes is healed by the retry, which writes the
+  same event at the same path. Readers also drop repeated ids, so even two
+  tries racing each other show one event. The first record wins: a retry's
+  details do not overwrite it.
+- **Nothing secret**: keys that look like credentials (token, password, secret,
+  authorization, ...) are dropped from ``details`` and ``trigger`` at any depth,
+  and the password of a URL (``scheme://user:pw@host``) is masked. The only
+  person named is the Airflow user who triggered a run.
+
+Writes go through :mod:`pipelines.storage` (atomic on a local disk, one PUT on
+S3). This module imports no ML library (and :mod:`pipelines.storage` only when
+used), so Airflow code may import it at DAG-parse time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import re
+import sys
+import uuid
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from pipelines.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RUN_TRIGGERED = "run_triggered"
+GATE_DECIDED = "gate_decided"
+VERSION_REGISTERED = "version_registered"
+APPROVAL_REQUESTED = "approval_requested"
+APPROVED = "approved"
+REJECTED = "rejected"
+ROLLOUT_STARTED = "rollout_started"
+PROMOTED = "promoted"
+ROLLOUT_ABORTED = "rollout_aborted"
+ROLLED_BACK = "rolled_back"
+RETRAIN_REQUESTED = "retrain_requested"
+KINDS = (
+    RUN_TRIGGERED,
+    GATE_DECIDED,
+    VERSION_REGISTERED,
+    APPROVAL_REQUESTED,
+    APPROVED,
+    REJECTED,
+    ROLLOUT_STARTED,
+    PROMOTED,
+    ROLLOUT_ABORTED,
+    ROLLED_BACK,
+    RETRAIN_REQUESTED,
+)
+
+AUDIT_DIR = "audit"
+INDEX_DIR = "ids"
+STAMP_FORMAT = "%Y%m%dT%H%M%S%fZ"
+# details keys naming the model version an event is about (``--version`` matches any of them)
+VERSION_KEYS = ("version", "from_version", "to_version")
+
+# Airflow 3 run types (DagRunType values) -> trigger type
+TRIGGER_TYPES = {
+    "scheduled": "schedule",
+    "manual": "manual",
+    "asset_triggered": "asset",
+    "dataset_triggered": "asset",  # Airflow 2's name
+    "backfill": "backfill",
+    "operator_triggered": "manual",  # TriggerDagRunOperator: another DAG's task, on someone's behalf
+    "asset_materialization": "manual",  # a user asked for an asset to be materialized
+}
+
+_SECRET_KEY = re.compile(
+    r"token|password|passwd|secret|authorization|credential|api[_-]?key|private[_-]?key", re.IGNORECASE
+)
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*):[^/\s@]*@")
+_EVENT_NAME = re.compile(r"^(?P<stamp>\d{8}T\d{12}Z)-(?P<kind>[a-z_]+)-(?P<id>[0-9a-f]+)\.json$")
+
+
+def _now() -> datetime:
+    """The wall clock (a seam for tests)."""
+    return datetime.now(UTC)
+
+
+def scrub(value: Any) -> Any:
+    """``value`` without what looks like a credential: secret-named keys go, URL passwords are masked."""
+    if isinstance(value, Mapping):
+        return {str(k): scrub(v) for k, v in value.items() if not _SECRET_KEY.search(str(k))}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [scrub(v) for v in value]
+    if isinstance(value, str):
+        return _URL_PASSWORD.sub(r"\g<head>:***@", value)
+    return value
+
+
+def event_id(kind: str, model: str, run_key: str | None = None, key: Any = None) -> str:
+    """The id of an event: a hash of what identifies it when keyed, else random."""
+    if run_key is None and key is None:
+        return uuid.uuid4().hex
+    identity = json.dumps([kind, model, run_key, key], default=str, sort_keys=True)
+    return hashlib.sha256(identity.encode()).hexdigest()[:32]
+
+
+def audit_root(settings: Settings) -> str:
+    from pipelines.storage import join
+
+    return join(settings.artifact_root, AUDIT_DIR)
+
+
+def _fs(uri: str):
+    """(filesystem, path) of ``uri``, with the listing cache of an object store dropped.
+
+    Another process (another task, the API server) may have written since this process listed.
+    """
+    import fsspec
+
+    from pipelines.storage import options
+
+    fs, path = fsspec.core.url_to_fs(uri, **options(uri))
+    fs.invalidate_cache(path)  # the path and its parents
+    cache = getattr(fs, "dircache", None)
+    if cache:  # and everything below it: s3fs reads sizes and existence from cached listings
+        for cached in [k for k in cache if k.startswith(path.rstrip("/") + "/")]:
+            cache.pop(cached, None)
+    return fs, path
+
+
+def _read_if_exists(uri: str) -> Any:
+    from pipelines.storage import read_json
+
+    fs, path = _fs(uri)
+    if not fs.exists(path):
+        return None
+    return read_json(uri)
+
+
+def record(
+    settings: Settings,
+    kind: str,
+    *,
+    model: str,
+    run_key: str | None = None,
+    trigger: dict[str, Any] | None = None,
+    key: Any = None,
+    **details: Any,
+) -> dict[str, Any]:
+    """Append one event to the trail and return it (the one recorded before, on a retry).
+
+    ``run_key`` (``dag_id/run_id``) or ``key`` make the event idempotent: recording the same
+    (kind, model, run_key, key) again returns the first event and writes nothing new. Pass a
+    ``key`` when one run may legitimately make several events of a kind (e.g. the version for
+    ``version_registered``, since a cleared task may register another one). ``trigger`` is a
+    :func:`trigger_info` result; ``details`` are free JSON-able fields (``version``,
+    ``decision``, ``reason`` are shown by the CLI).
+    """
+    from pipelines.storage import join, write_json
+
+    if kind not in KINDS:
+        raise ValueError(f"unknown audit event kind {kind!r}; choose one of {', '.join(KINDS)}")
+    keyed = run_key is not None or key is not None
+    ident = event_id(kind, model, run_key, key)
+    now = _now().astimezone(UTC)
+    event = {
+        "id": ident,
+        "time": now.isoformat(timespec="microseconds"),
+        "kind": kind,
+        "model": model,
+        "run_key": run_key,
+        "trigger": scrub(trigger) if trigger else None,
+        "details": scrub(details),
+    }
+    root = audit_root(settings)
+    rel = f"{now:%Y}/{now:%m}/{now.strftime(STAMP_FORMAT)}-{kind}-{ident}.json"
+    if keyed:
+        index = join(root, INDEX_DIR, f"{ident}.json")
+        found = _read_if_exists(index)
+        if found is not None:
+            target = join(root, found["path"])
+            if _read_if_exists(target) is None:  # the first try died between its two writes
+                write_json(target, found["event"])
+            log.info("audit event %s %s already recorded at %s", kind, ident, found["event"]["time"])
+            return found["event"]
+        write_json(index, {"path": rel, "event": event})
+    write_json(join(root, rel), event)
+    return event
+
+
+def _field(event: Any, name: str) -> Any:
+    return event.get(name) if isinstance(event, Mapping) else getattr(event, name, None)
+
+
+def _primary(asset_events: list[Any]) -> Any:
+    """The event that best explains the run: an alert, then a monitoring request, then the first."""
+    for source in ("alertmanager", "monitoring"):
+        for event in asset_events:
+            if (_field(event, "extra") or {}).get("source") == source:
+                return event
+    return asset_events[0]
+
+
+def _source(event: Any) -> dict[str, Any] | None:
+    extra = _field(event, "extra") or {}
+    dag_id, run_id = _field(event, "source_dag_id"), _field(event, "source_run_id")
+    if extra.get("source") == "alertmanager":
+        return {
+            "system": "alertmanager",
+            "alertname": extra.get("alertname"),
+            "fingerprint": extra.get("fingerprint"),
+            "starts_at": extra.get("starts_at"),
+            "features": extra.get("features") or [],
+        }
+    if extra.get("source") == "monitoring":
+        return {
+            "system": "monitoring",
+            "report_uri": extra.get("report_uri"),
+            "drifted_features": extra.get("drifted_features") or [],
+            "champion_version": extra.get("champion_version"),
+            "dag_id": dag_id,
+            "run_id": run_id or extra.get("monitoring_run_id"),
+        }
+    if dag_id:
+        return {"system": "dag", "dag_id": dag_id, "run_id": run_id}
+    return {"system": str(extra.get("source") or "api")}
+
+
+def trigger_info(
+    run_type: Any, *, user: str | None = None, asset_events: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """Who or what started a run: ``{"type", "by", "asset", "source"}`` (plus ``events`` for assets).
+
+    ``type`` is schedule, manual, asset, alert (an asset event from the Alertmanager webhook) or
+    backfill; an unknown run type is kept as given. ``by`` is the Airflow user, ``"scheduler"``,
+    or the asset's URI. ``asset_events`` are plain dicts ``{"uri", "extra", "source_dag_id",
+    "source_run_id"}``; when several triggered the run, an alert explains it first, then a
+    monitoring request, then the first event.
+    """
+    raw = str(getattr(run_type, "value", run_type)).lower().removeprefix("dagruntype.")
+    kind = TRIGGER_TYPES.get(raw, raw)
+    events = list(asset_events or [])
+    info: dict[str, Any] = {"type": kind, "by": user, "asset": None, "source": None}
+    if kind == "schedule":
+        info["by"] = "scheduler"
+    elif kind == "asset":
+        info["events"] = len(events)
+        if events:
+            primary = _primary(events)
+            source = _source(primary)
+            info.update(asset=_field(primary, "uri"), by=_field(primary, "uri") or user, source=source)
+            if source and source["system"] == "alertmanager":
+                info["type"] = "alert"
+    return scrub(info)
+
+
+def origin(ctx: Any) -> dict[str, Any]:
+    """``run_key`` and ``trigger`` of a step's run (a :class:`pipelines.context.StepContext`)."""
+    return {"run_key": ctx.run_key, "trigger": trigger_info(ctx.run_type, **(ctx.trigger or {}))}
+
+
+def manual_origin() -> dict[str, Any]:
+    """A person at a terminal (``mlops rollback``, a script): the OS user, no run."""
+    import getpass
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = None
+    return {"run_key": None, "trigger": trigger_info("manual", user=user)}
+
+
+def record_step(ctx: Any, kind: str, *, key: Any = None, **details: Any) -> dict[str, Any]:
+    """Record an event of a pipeline step's run (model, run key and trigger from its context)."""
+    return record(ctx.settings, kind, model=ctx.config.registry.model_name, key=key, **origin(ctx), **details)
+
+
+def parse_when(value: str | datetime) -> datetime:
+    """A UTC datetime from a datetime or ISO text (``2026-05``, ``2026-05-01``, ``...T12:00Z``).
+
+    A naive value is read as UTC.
+    """
+    if isinstance(value, datetime):
+        when = value
+    else:
+        text = value.strip()
+        if re.fullmatch(r"\d{4}-\d{2}", text):
+            text += "-01"
+        try:
+            when = datetime.fromisoformat(text)
+        except ValueError as exc:
+            raise ValueError(f"not a date or time: {value!r}") from exc
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
+def _candidates(root: str, since: datetime | None, until: datetime | None, kinds: set[str] | None):
+    """Event files whose name fits the time window and kinds, one per id (the earliest)."""
+    fs, path = _fs(root)
+    if not fs.exists(path):
+        return fs, []
+    chosen: dict[str, tuple[datetime, str]] = {}
+    for year_path in sorted(fs.ls(path, detail=False)):
+        year = year_path.rstrip("/").rsplit("/", 1)[-1]
+        if not re.fullmatch(r"\d{4}", year):
+            continue  # the index, anything else
+        if (since and int(year) < since.year) or (until and int(year) > until.year):
+            continue
+        for file in fs.find(year_path):
+            match = _EVENT_NAME.match(file.rsplit("/", 1)[-1])
+            if not match:
+                continue  # a temporary file of a write in progress, a stray file
+            when = datetime.strptime(match["stamp"], STAMP_FORMAT).replace(tzinfo=UTC)
+            if (since and when < since) or (until and when >= until):
+                continue
+            if kinds and match["kind"] not in kinds:
+                continue
+            if match["id"] not in chosen or (when, file) < chosen[match["id"]]:
+                chosen[match["id"]] = (when, file)
+    return fs, [file for _, file in sorted(chosen.values())]
+
+
+def event_versions(event: Mapping[str, Any]) -> set[str]:
+    details = event.get("details") or {}
+    return {str(details[k]) for k in VERSION_KEYS if details.get(k) is not None}
+
+
+def events(
+    settings: Settings,
+    *,
+    model: str | None = None,
+    since: str | datetime | None = None,
+    until: str | datetime | None = None,
+    kinds: Iterable[str] | None = None,
+    run_key: str | None = None,
+    version: str | int | None = None,
+) -> list[dict[str, Any]]:
+    """Events of the trail, oldest first; ``since`` is inclusive, ``until`` exclusive.
+
+    ``version`` matches an event whose details name it as ``version``, ``from_version`` or
+    ``to_version``.
+    """
+    start = parse_when(since) if since is not None else None
+    end = parse_when(until) if until is not None else None
+    wanted = set(kinds) if kinds else None
+    fs, files = _candidates(audit_root(settings), start, end, wanted)
+    if not files:
+        return []
+    found = []
+    for file, data in fs.cat(files, on_error="return").items():
+        if isinstance(data, BaseException):
+            log.warning("audit event %s unreadable: %s", file, data)
+            continue
+        try:
+            event = json.loads(data)
+        except json.JSONDecodeError as exc:
+            log.warning("audit event %s is not JSON: %s", file, exc)
+            continue
+        if model is not None and event.get("model") != model:
+            continue
+        if run_key is not None and event.get("run_key") != run_key:
+            continue
+        if version is not None and str(version) not in event_versions(event):
+            continue
+        found.append(event)
+    return sorted(found, key=lambda e: (parse_when(e["time"]), e["id"]))
+
+
+# --- the ``mlops audit`` command -------------------------------------------------------------
+
+
+def _when_arg(value: str) -> datetime:
+    try:
+        return parse_when(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``audit`` to the ``mlops`` command's subparsers; it runs :func:`command`."""
+    parser = subparsers.add_parser("audit", help="show the audit trail: runs, decisions, approvals, rollouts")
+    parser.add_argument("--model", help="registered model name (default: every model)")
+    parser.add_argument("--since", type=_when_arg, help="from this UTC date or time (inclusive)")
+    parser.add_argument("--until", type=_when_arg, help="up to this UTC date or time (exclusive)")
+    parser.add_argument(
+        "--kind", action="append", choices=KINDS, default=[], help="only this kind (repeatable)"
+    )
+    parser.add_argument("--version", help="only events about this model version")
+    parser.add_argument("--run-key", help="only events of this run (dag_id/run_id)")
+    parser.add_argument("--json", action="store_true", help="one JSON document per line")
+    parser.set_defaults(func=command)
+    return parser
+
+
+def _cell(value: Any, width: int) -> str:
+    text = "-" if value in (None, "") else " ".join(str(value).split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def row(event: Mapping[str, Any]) -> list[str]:
+    """The table cells of an event: time, kind, model, version, trigger, decision/reason, run."""
+    details = event.get("details") or {}
+    trigger = event.get("trigger") or {}
+    versions = [str(details[k]) for k in VERSION_KEYS if details.get(k) is not None]
+    if details.get("from_version") is not None and details.get("to_version") is not None:
+        versions = [f"{details['from_version']}->{details['to_version']}"]
+    said = [str(details[k]) for k in ("decision", "reason") if details.get(k) not in (None, "")]
+    who = "/".join(str(p) for p in (trigger.get("type"), trigger.get("by")) if p) if trigger else ""
+    when = parse_when(event["time"]).strftime("%Y-%m-%d %H:%M:%S")
+    return [
+        _cell(when, 19),
+        _cell(event.get("kind"), 18),
+        _cell(event.get("model"), 24),
+        _cell(versions[0] if versions else None, 10),
+        _cell(who, 48),
+        _cell(": ".join(said), 60),
+        _cell(event.get("run_key"), 60),
+    ]
+
+
+HEADER = ["time (UTC)", "kind", "model", "version", "trigger", "decision / reason", "run"]
+
+
+def format_table(found: list[dict[str, Any]]) -> str:
+    rows = [HEADER, *(row(e) for e in found)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def command(args: argparse.Namespace) -> int:
+    """``mlops audit``: print the matching events as a table, or as JSON lines with ``--json``."""
+    found = events(
+        Settings.from_env(),
+        model=args.model,
+        since=args.since,
+        until=args.until,
+        kinds=args.kind or None,
+        run_key=getattr(args, "run_key", None),
+        version=args.version,
+    )
+    if args.json:
+        for event in found:
+            print(json.dumps(event, sort_keys=True))
+    elif found:
+        print(format_table(found))
+    else:
+        print("no audit events match", file=sys.stderr)
+    return 0
