@@ -52,6 +52,9 @@ MONITORING: tuple[StepSpec, ...] = (
     StepSpec("decide_retrain", inputs=("detect_drift",)),
 )
 
+# Feature store: offline tables up to the interval's end, then the online store for serving.
+FEATURES: tuple[StepSpec, ...] = (StepSpec("materialize_features"),)
+
 # Steps an orchestrator polls until their result says ``status: decided`` (a sensor in Airflow).
 POLLED_STEPS = frozenset({"analyse_rollout"})
 
@@ -61,6 +64,7 @@ PIPELINES: dict[str, tuple[StepSpec, ...]] = {
     "rollback": ROLLBACK,
     "batch_inference": BATCH_INFERENCE,
     "monitoring": MONITORING,
+    "features": FEATURES,
 }
 
 

@@ -245,6 +245,17 @@ class ServerProcess:
         self.kill()
         raise TimeoutError(f"server did not start: {self.log_path.read_text()[-2000:]}")
 
+    def wait_ready(self, timeout: float = 90) -> ServerProcess:
+        """Until ``/ready`` says a model is loaded (``/health`` answers before that)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.url}/ready", timeout=2):
+                    return self
+            except OSError:
+                time.sleep(0.3)
+        raise TimeoutError(f"no model loaded: {self.log_path.read_text()[-2000:]}")
+
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, sig)

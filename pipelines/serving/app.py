@@ -94,6 +94,7 @@ class Server:
             pinned_version=config.pinned_version,
             on_change=self.metrics.show_deployment,
         )
+        self.online = None  # the feature store's online features, opened on first use
         self.inflight = 0
         self.queue: asyncio.Queue[Job] | None = None
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="model")
@@ -266,6 +267,30 @@ class Server:
         finally:
             self.inflight -= 1
 
+    def _complete(self, records: list[Any], schema: Any) -> list[dict[str, Any]]:
+        """Fill features a record lacks from the online store; drop the keys the model does not take.
+
+        Returns the lookups that found nothing for features the model requires (a 422).
+        """
+        from pipelines.feature_store import OnlineFeatures
+
+        if self.online is None:
+            self.online = OnlineFeatures(self.config.settings, self.config.store_dataset)
+        misses = self.online.enrich(records)
+        required = set(schema.columns) - set(schema.optional)
+        unknown = [
+            {"loc": ["records", m["row"]], "msg": f"{m['view']} has no values for {m['keys']}", **m}
+            for m in misses
+            if required & set(m["features"])
+        ]
+        model_inputs = set(schema.columns)
+        for record in records:
+            if isinstance(record, dict):
+                for key in self.config.request_keys:
+                    if key not in model_inputs:
+                        record.pop(key, None)
+        return unknown
+
     async def _read_json(self, request: Request) -> Any:
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > self.config.max_body_bytes:
@@ -298,6 +323,17 @@ class Server:
             model = deployment.challenger
         else:
             chosen = CHAMPION_ROUTE
+        if self.config.store_dataset is not None and isinstance(records, list):
+            try:
+                unknown = await run_in_threadpool(self._complete, records, model.schema)
+            except Exception as exc:  # the store is down: say so, never guess the features
+                log.exception("online feature lookup failed")
+                self.metrics.requests.labels("predict", "503").inc()
+                return problem(503, f"the feature store cannot complete the request: {exc}")
+            if unknown:
+                self.metrics.requests.labels("predict", "422").inc()
+                self.metrics.errors.labels("invalid_input").inc()
+                return problem(422, "the feature store has no values for these keys", unknown[:50])
         privacy.mask_records(records, self.config.personal)  # the raw value goes no further
         try:
             batch = parse_records(records, model.schema, max_rows=self.config.max_rows)

@@ -39,6 +39,14 @@ def _env_number(env: dict[str, str], name: str, default: float, kind=float, mini
     return value
 
 
+def _request_keys(dataset: Any) -> tuple[str, ...]:
+    """Fields a request may carry to be completed from the feature store: keys and entities."""
+    if dataset.feature_store is None:
+        return ()
+    keys = [*dataset.key, dataset.time_column, *dataset.feature_store.entity_columns]
+    return tuple(dict.fromkeys(keys))
+
+
 @dataclass(frozen=True)
 class ServingSettings:
     settings: Settings
@@ -57,6 +65,10 @@ class ServingSettings:
     features: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
     # Personal-data fields the model takes (pseudonymised): hashed before scoring and logging.
     personal: tuple[str, ...] = ()
+    # The dataset when it declares a feature store: requests may then carry only the keys
+    # (``request_keys``) and the server completes them with online features.
+    store_dataset: Any = None
+    request_keys: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> ServingSettings:
@@ -91,6 +103,8 @@ class ServingSettings:
             model_cache=Path(env.get("MLOPS_SERVING_MODEL_CACHE") or settings.home / "serving" / "models"),
             features=(tuple(config.dataset.features.numeric), tuple(config.dataset.features.categorical)),
             personal=tuple(config.dataset.personal_data.allowed_as_features),
+            store_dataset=config.dataset if config.dataset.feature_store else None,
+            request_keys=_request_keys(config.dataset),
         )
 
     def record_schema(self) -> dict[str, Any]:
@@ -98,6 +112,14 @@ class ServingSettings:
         numeric, categorical = self.features
         props: dict[str, Any] = {c: {"type": ["number", "null"]} for c in numeric}
         props |= {c: {"type": ["string", "null"]} for c in categorical}
+        if self.store_dataset is not None:  # the keys suffice; the feature store fills the rest
+            props |= {c: props.get(c, {"type": ["string", "number"]}) for c in self.request_keys}
+            return {
+                "type": "object",
+                "properties": props,
+                "required": list(self.store_dataset.key),
+                "additionalProperties": False,
+            }
         return {
             "type": "object",
             "properties": props,

@@ -31,6 +31,8 @@ STEP_NAMES = (
     # monitoring
     "detect_drift",
     "decide_retrain",
+    # feature store
+    "materialize_features",
 )
 
 StepFn = Callable[..., dict[str, Any]]

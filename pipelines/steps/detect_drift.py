@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from pipelines import modeling, monitoring, prediction_log, reports, sources, storage, tracking
+from pipelines import feature_store, modeling, monitoring, prediction_log, reports, sources, storage, tracking
 from pipelines.context import StepContext
 from pipelines.errors import ConfigError
 from pipelines.pipeline import skipped
@@ -41,6 +41,7 @@ def _batch(ctx: StepContext, model, version: str) -> pd.DataFrame:
 
     dataset = ctx.config.dataset
     raw = sources.read_window(dataset, ctx.interval_start, ctx.interval_end)
+    raw = feature_store.with_store_features(ctx.settings, dataset, raw, ctx.interval_end)
     out = modeling.model_input(raw, dataset) if len(raw) else pd.DataFrame(columns=dataset.features.all)
     out[modeling.PREDICTION_COLUMN] = model.predict_proba(out)[:, 1] if len(out) else []
     out[dataset.target.name] = float("nan")

@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from pipelines import sources, storage
+from pipelines import feature_store, sources, storage
 from pipelines.context import StepContext
 from pipelines.errors import DataError
 
@@ -89,6 +89,9 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
         raise DataError(f"no rows in the source between {start} and {end}")
     check_source_columns(raw, ctx)
     labelled, dropped = add_label(raw, ctx)
+    labelled = feature_store.with_store_features(
+        ctx.settings, ctx.config.dataset, labelled, end.to_pydatetime()
+    )
     snapshot = select_columns(labelled, ctx).reset_index(drop=True)
     data_hash = storage.frame_hash(snapshot)
     uri = storage.write_parquet(storage.join(ctx.artifact_dir("ingest"), "snapshot.parquet"), snapshot)

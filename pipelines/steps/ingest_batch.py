@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from pipelines import sources, storage
+from pipelines import feature_store, sources, storage
 from pipelines.context import StepContext
 from pipelines.errors import DataError
 from pipelines.steps.ingest import check_source_columns
@@ -29,6 +29,7 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
     if raw.empty:
         raise DataError(f"no rows to score in the source between {start} and {end}")
     check_source_columns(raw, ctx)
+    raw = feature_store.with_store_features(ctx.settings, dataset, raw, ctx.interval_end)
     wanted = list(dict.fromkeys([*dataset.key, dataset.time_column, *dataset.features.all, *dataset.slices]))
     absent = [c for c in wanted if c not in raw.columns]
     if absent:

@@ -68,11 +68,19 @@ def _reference_rows(ctx: StepContext, version: str, cache: Path):
 class Sandbox:
     """``mlops serve --version N`` on a free loopback port, in its own process group."""
 
-    def __init__(self, version: str, model_name: str, workdir: Path):
+    def __init__(self, version: str, model_name: str, workdir: Path, settings=None):
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        stores = {}
+        if settings is not None:  # the step's own stores, not whatever this process inherited
+            stores = {
+                "MLFLOW_TRACKING_URI": settings.tracking_uri,
+                "MLOPS_CONFIG": settings.config_path,
+                "MLOPS_ARTIFACT_ROOT": settings.artifact_root,
+            }
         env = {
             **os.environ,
+            **stores,
             "MLOPS_SERVING_MODEL": model_name,
             "MLOPS_SERVING_LOG_PREDICTIONS": "false",
             "MLOPS_SERVING_MODEL_CACHE": str(workdir / "models"),
@@ -181,7 +189,7 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
     try:
         with tempfile.TemporaryDirectory(prefix="mlops-infra-") as tmp, httpx.Client() as http:
             workdir = Path(tmp)
-            sandbox = Sandbox(version, name, workdir)
+            sandbox = Sandbox(version, name, workdir, ctx.settings)
             try:
                 ready = sandbox.wait_ready(http, READY_TIMEOUT_S)
                 try:
