@@ -11,7 +11,7 @@ from typing import Any
 from airflow.sdk import CronDataIntervalTimetable, Param
 
 from mlops_airflow.notifiers import RetrainNotifier
-from mlops_airflow.training import local_date, model_assets, time_schedules
+from mlops_airflow.training import interval_end_param, local_date, model_assets, time_schedules
 from pipelines.config import PipelineConfig
 
 
@@ -157,12 +157,9 @@ def batch_dag_kwargs(config: PipelineConfig) -> dict[str, Any]:
         "catchup": False,
         "max_active_runs": 2,
         "params": {
-            "interval_end": Param(
-                None,
-                type=["null", "string"],
-                format="date",
-                title="Score up to (exclusive)",
-                description="End of the interval to score, e.g. 2013-05-01. Empty: the run's data interval.",
+            "interval_end": interval_end_param(
+                "Score up to (exclusive)",
+                "End of the interval to score, e.g. 2013-05-01. Empty: the run's data interval.",
             )
         },
         "doc_md": f"Score each data interval of {config.dataset.description} with the champion.",
@@ -171,6 +168,29 @@ def batch_dag_kwargs(config: PipelineConfig) -> dict[str, Any]:
 
 def _timetable(cron: str, config: PipelineConfig) -> CronDataIntervalTimetable | None:
     return CronDataIntervalTimetable(cron, timezone=config.schedule.timezone) if time_schedules() else None
+
+
+def features_dag_kwargs(config: PipelineConfig) -> dict[str, Any]:
+    """Daily intervals in the dataset's timezone: the online store is at most a day behind."""
+    return {
+        "schedule": _timetable("@daily", config),
+        "start_date": local_date(config.schedule.start_date, config),
+        "end_date": local_date(config.schedule.end_date, config),
+        "catchup": False,
+        "max_active_runs": 1,  # runs rewrite the same offline tables: one at a time
+        "params": {
+            "interval_end": interval_end_param(
+                "Materialize up to (exclusive)",
+                "Load the day before this date into the online store. Empty: the run's interval.",
+            )
+        },
+        "doc_md": (
+            "Keep the feature store fresh: offline tables up to the interval's end, the interval "
+            "materialized into the online store that the model server reads."
+            if config.dataset.feature_store
+            else "The dataset config declares no feature store: runs skip."
+        ),
+    }
 
 
 def monitoring_dag_kwargs(config: PipelineConfig) -> dict[str, Any]:
@@ -183,12 +203,9 @@ def monitoring_dag_kwargs(config: PipelineConfig) -> dict[str, Any]:
         "catchup": False,
         "max_active_runs": 1,  # decisions read the last request: one at a time
         "params": {
-            "interval_end": Param(
-                None,
-                type=["null", "string"],
-                format="date",
-                title="Window ends (exclusive)",
-                description="Judge the month before this date, e.g. 2013-05-01. Empty: the run's interval.",
+            "interval_end": interval_end_param(
+                "Window ends (exclusive)",
+                "Judge the month before this date, e.g. 2013-05-01. Empty: the run's interval.",
             ),
             "source": Param(monitoring.source, enum=["prediction_log", "batch"], title="Rows to judge"),
             "drift_share": Param(

@@ -46,15 +46,17 @@ def local_date(value: str | None, config: PipelineConfig) -> pendulum.DateTime |
     return pendulum.parse(value, tz=config.schedule.timezone) if value else None
 
 
+def interval_end_param(title: str, description: str) -> Param:
+    """The optional date a manual run ends its data interval at (exclusive), in every DAG's form."""
+    return Param(None, type=["null", "string"], format="date", title=title, description=description)
+
+
 def params_form(config: PipelineConfig) -> dict[str, Param]:
     """The manual-trigger form; defaults are the config's values."""
     return {
-        "interval_end": Param(
-            None,
-            type=["null", "string"],
-            format="date",
-            title="Train up to (exclusive)",
-            description="End of the training window, e.g. 2013-04-01. Empty: the run's data interval.",
+        "interval_end": interval_end_param(
+            "Train up to (exclusive)",
+            "End of the training window, e.g. 2013-04-01. Empty: the run's data interval.",
         ),
         "window_months": Param(
             config.ingest.window_months, type="integer", minimum=1, maximum=120, title="Window (months)"

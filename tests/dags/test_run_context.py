@@ -58,3 +58,53 @@ def test_asset_triggered_run_takes_the_window_from_the_event(store):
     assert ctx["interval_end"] == "2013-07-01" and ctx["interval_start"] is None
     bare = run_context(airflow_context(run_after=pendulum.datetime(2026, 11, 23, tz="UTC")))
     assert bare["interval_end"].startswith("2026-11-23")  # live data: the window ends when the run was due
+
+
+def test_steps_take_registry_and_serving_credentials_from_airflow_connections(monkeypatch):
+    """Connections (here from AIRFLOW_CONN_* variables, as the chart fills them from Secrets)
+    give the step its MLflow and serving credentials for its duration only; no value is in code."""
+    import json
+    import os
+
+    from mlops_airflow.step_tasks import with_connections
+
+    mlflow_conn = {"conn_type": "http", "host": "mlflow.internal", "port": 5000, "schema": "https",
+                   "login": "ci", "password": "from-a-secret"}  # fmt: skip
+    monkeypatch.setenv("AIRFLOW_CONN_MLFLOW_DEFAULT", json.dumps(mlflow_conn))
+    monkeypatch.setenv("AIRFLOW_CONN_MLOPS_SERVING", json.dumps({"conn_type": "http", "host": "serving",
+                       "port": 8000, "password": "serving-token"}))  # fmt: skip
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///before.db")
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    names = ["MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+             "MLOPS_SERVING_URL", "MLOPS_SERVING_TOKEN"]  # fmt: skip
+    seen = {}
+
+    def step(**_):
+        seen.update({n: os.environ.get(n) for n in names})
+        return {}
+
+    with_connections(step)()
+    assert seen == {
+        "MLFLOW_TRACKING_URI": "https://mlflow.internal:5000",
+        "MLFLOW_TRACKING_USERNAME": "ci",
+        "MLFLOW_TRACKING_PASSWORD": "from-a-secret",
+        "MLOPS_SERVING_URL": "http://serving:8000",
+        "MLOPS_SERVING_TOKEN": "serving-token",
+    }
+    assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:///before.db"  # restored after the step
+    assert "MLFLOW_TRACKING_PASSWORD" not in os.environ
+
+
+def test_no_credential_is_written_in_the_code():
+    """Scan the code, DAGs, chart values and profiles for literal passwords and tokens."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    files = [*root.glob("pipelines/**/*.py"), *root.glob("plugins/**/*.py"), *root.glob("dags/*.py"),
+             *root.glob("helm/mlops/values*.yaml"), *root.glob("profiles/*.env")]  # fmt: skip
+    literal = re.compile(
+        r"""(password|passwd|secret|token|api_key)\s*[:=]\s*["'][^"'${}<>\s]{6,}["']""", re.I
+    )
+    found = [f"{p.relative_to(root)}: {m.group(0)}" for p in files for m in literal.finditer(p.read_text())]
+    assert not found, found

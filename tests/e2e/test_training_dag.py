@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pendulum
@@ -101,6 +102,62 @@ def test_training_run_registers_a_champion_with_lineage(first_run, client):
     assert "data:image/png;base64," in html and "PASSED" in html
 
 
+def test_every_registered_version_carries_a_model_card_readable_in_mlflow(first_run, client, tmp_path):
+    """The card is the version's description (MLflow's UI renders it) and artifacts of its run."""
+    version = client.get_model_version(MODEL, "1")
+    card_md = version.description
+    for section in ("Intended use", "Training data", "Metrics", "Known limits"):
+        assert section in card_md, f"model card lacks {section!r}"
+    assert version.tags["data_hash"][:12] in card_md  # the data version it was trained on
+    assert "tailnum" in card_md  # personal data declared, and not used as a feature
+    assert version.tags["model_card"] == f"runs:/{version.run_id}/model_card"
+    local = Path(client.download_artifacts(version.run_id, "model_card", str(tmp_path)))
+    assert {p.name for p in local.iterdir()} == {"model_card.md", "model_card.html", "model_card.json"}
+    card = json.loads((local / "model_card.json").read_text())
+    assert card["training_data"]["data_hash"] == version.tags["data_hash"]
+    assert card["fairness"]["columns"]["carrier"]["scored"] >= 5  # performance by carrier, reported
+    assert card["gate"]["passed"] is True
+
+
+def test_evaluation_reports_the_slice_gaps_by_carrier_and_origin(first_run, client):
+    evaluation = storage.read_json(client.get_model_version(MODEL, "1").tags["evaluation_uri"])
+    fairness = evaluation["fairness"]
+    assert set(fairness["columns"]) == {"carrier", "origin"}
+    carrier = fairness["columns"]["carrier"]
+    scored = {
+        value: row["roc_auc"]["candidate"]
+        for value, row in evaluation["slices"]["carrier"].items()
+        if value not in carrier["unscored"]
+    }
+    assert carrier["gap"] == pytest.approx(max(scored.values()) - min(scored.values()))
+    assert carrier["passed"] == (carrier["gap"] <= fairness["max_gap"])
+
+
+def test_audit_trail_says_who_triggered_what_and_what_was_decided(first_run, env):
+    """``mlops audit`` (one command) lists the trigger, the gate's decision and the registration."""
+    import os
+    import subprocess
+    import sys
+
+    dag_run, _ = first_run
+    out = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "audit", "--model", MODEL, "--json"],
+        capture_output=True, text=True, check=True, env=os.environ.copy(),
+    )  # fmt: skip
+    events = [json.loads(line) for line in out.stdout.splitlines()]
+    mine = [e for e in events if e["run_key"] == f"training/{dag_run.run_id}"]
+    assert [e["kind"] for e in mine] == ["run_triggered", "gate_decided", "version_registered"]
+    trigger = mine[0]["trigger"]
+    assert trigger["type"] == "manual" and trigger["by"] == "dag_test"  # dag.test's user
+    assert mine[1]["details"]["decision"] == "passed"
+    assert mine[2]["details"]["version"] == "1"
+    table = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "audit", "--model", MODEL, "--kind", "version_registered"],
+        capture_output=True, text=True, check=True, env=os.environ.copy(),
+    ).stdout  # fmt: skip
+    assert "version_registered" in table and "dag_test" in table and "gate_decided" not in table
+
+
 def test_shuffled_labels_are_rejected_and_champion_stays(first_run, dag, client):
     dag_run, states = run(dag, {"shuffle_labels": True})
     assert str(dag_run.state) == "success"
@@ -156,8 +213,12 @@ def test_bad_data_stops_at_validate_and_registers_nothing(
     assert failed and all(column in r["columns"] for r in failed)
 
 
-def test_subprocess_mode_runs_each_step_as_mlops_step(first_run, client, env):
-    """The same DAG with MLOPS_EXECUTION_MODE=subprocess: every task runs `mlops step` in a child process."""
+def test_subprocess_mode_runs_each_step_as_mlops_step(first_run, client, env, mlflow_server):
+    """The same DAG with MLOPS_EXECUTION_MODE=subprocess: every task runs `mlops step` in a child process.
+
+    The registry's address comes from the Airflow connection ``mlflow_default`` only: the
+    environment's own MLFLOW_TRACKING_URI points nowhere.
+    """
     from airflow.dag_processing.dagbag import DagBag
 
     env.setenv("MLOPS_EXECUTION_MODE", "subprocess")
@@ -166,7 +227,18 @@ def test_subprocess_mode_runs_each_step_as_mlops_step(first_run, client, env):
     finally:
         env.delenv("MLOPS_EXECUTION_MODE")
     assert dag.get_task("train").python_callable.__name__ == "run_step_in_subprocess"
-    dag_run, states = run(dag, {"shuffle_labels": True})
+    env.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens there
+    env.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    env.setenv(
+        "AIRFLOW_CONN_MLFLOW_DEFAULT",
+        json.dumps({"conn_type": "http", "extra": {"tracking_uri": mlflow_server}}),
+    )
+    try:
+        dag_run, states = run(dag, {"shuffle_labels": True})
+    finally:
+        env.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+        env.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+        env.delenv("AIRFLOW_CONN_MLFLOW_DEFAULT")
     assert str(dag_run.state) == "success"
     assert states == {
         "ingest": "success",
@@ -176,3 +248,8 @@ def test_subprocess_mode_runs_each_step_as_mlops_step(first_run, client, env):
         "register": "skipped",  # exit code 99 from `mlops step register`
     }
     assert len(client.search_model_versions(f"name = '{MODEL}'")) == 1
+    (logged,) = client.search_runs(
+        [client.get_experiment_by_name(MODEL).experiment_id],
+        filter_string=f"tags.`airflow.run_id` = '{dag_run.run_id}'",
+    )  # the steps reached the server through the connection
+    assert logged.data.tags["gate.passed"] == "false"

@@ -199,6 +199,22 @@ def test_production_model_server_auth_and_prediction_log() -> None:
     assert token["secret"]["secretName"] == "mlops-serving-token"
 
 
+def test_feature_store_and_pii_key_come_from_a_secret_for_server_and_steps() -> None:
+    """``dataSecret`` (MLOPS_FEATURE_*, MLOPS_PII_KEY) reaches the model server and every step pod."""
+    values = merged(values_file("values-production.yaml"), {"dataSecret": "mlops-data"})
+    docs = render(values)
+    spec = one(docs, "Deployment", f"{RELEASE}-model-server")["spec"]["template"]["spec"]
+    assert {"secretRef": {"name": "mlops-data"}} in spec["containers"][0]["envFrom"]
+    assert {"secretRef": {"name": "mlops-stores"}} in spec["containers"][0]["envFrom"]
+    config = execution_config(docs)
+    assert config["kubernetes"]["env_from"] == [
+        {"secretRef": {"name": "mlops-stores"}},
+        {"secretRef": {"name": "mlops-data"}},
+    ]
+    plain = execution_config(render("values-production.yaml"))  # unset: nothing extra
+    assert plain["kubernetes"]["env_from"] == [{"secretRef": {"name": "mlops-stores"}}]
+
+
 def test_rbac_is_minimal(rollout: tuple[str, list[dict[str, Any]]]) -> None:
     _, docs = rollout
     kinds = {d["kind"] for d in docs}
