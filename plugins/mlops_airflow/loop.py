@@ -49,7 +49,7 @@ def say(message: str) -> None:
 # -- configuration --------------------------------------------------------------------------------
 
 
-def loop_config(home: Path, base: Path) -> Path:
+def loop_config(home: Path, base: Path, swing_band: float | None = None) -> Path:
     """The bundled config with the loop's pace: the rollout sensor pokes every 5 s, and the
     rollout test asks for a 5-point effect, so a 10% canary decides within a month of traffic."""
     import yaml
@@ -58,6 +58,8 @@ def loop_config(home: Path, base: Path) -> Path:
     data["base_dir"] = str(base.parent.resolve())
     rollout = data.setdefault("deploy", {}).setdefault("rollout", {})
     rollout.update({"poke_seconds": 5, "min_detectable_effect": 0.05})
+    if swing_band is not None:  # a narrow band sends every retrained candidate to a person
+        data.setdefault("gate", {})["swing_band"] = swing_band
     path = home / "loop-config.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -174,10 +176,24 @@ FINISHED = {"success", "failed"}
 class Airflow:
     """The few calls the loop needs (the simple auth manager lets a local admin in without a login)."""
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, auto_approve: bool = True):
         import httpx
 
         self.http = httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v2", timeout=30)
+        # A rollout sent to a person (wide metric swing) waits in the UI; the replay stands in
+        # for that person, through the same API the UI uses, unless told not to.
+        self.auto_approve = auto_approve
+        self.approvals: list[dict[str, Any]] = []
+
+    def approve(self, dag_id: str, run_id: str) -> None:
+        """Answer a waiting human-in-the-loop approval with "Approve", as a person in the UI would."""
+        path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/approve/-1/hitlDetails"
+        detail = self._get(path)
+        say(f"  approval requested: {detail.get('subject')} {str(detail.get('body'))[:200]}")
+        response = self.http.patch(path, json={"chosen_options": ["Approve"]})
+        response.raise_for_status()
+        self.approvals.append({"dag_id": dag_id, "run_id": run_id, "body": detail.get("body")})
+        say("  approved by the replay (in production a person answers in the Airflow UI)")
 
     def _get(self, path: str, **params: Any) -> Any:
         response = self.http.get(path, params=params)
@@ -220,6 +236,12 @@ class Airflow:
                 shown = progress
             if run["state"] in FINISHED or (until and until(tasks)):
                 return {**run, "tasks": tasks}
+            if (
+                tasks.get("approve") == "deferred"
+                and self.auto_approve
+                and run_id not in {a["run_id"] for a in self.approvals}
+            ):
+                self.approve(dag_id, run_id)
             if time.time() > deadline:
                 return {**run, "tasks": tasks, "timed_out": True}
             time.sleep(2)
@@ -400,7 +422,7 @@ def run_loop(args: argparse.Namespace) -> int:
     from pipelines.settings import DEFAULT_CONFIG
 
     os.environ["MLOPS_HOME"] = str(home)
-    os.environ["MLOPS_CONFIG"] = str(loop_config(home, Path(args.config or DEFAULT_CONFIG)))
+    os.environ["MLOPS_CONFIG"] = str(loop_config(home, Path(args.config or DEFAULT_CONFIG), args.swing_band))
     ports = {"airflow": args.airflow_port, "mlflow": args.mlflow_port, "server": args.serving_port}
     # SIGTERM (a CI timeout, kill) must stop the stack too, not orphan the scheduler's workers.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -426,7 +448,7 @@ def _loop(args: argparse.Namespace, home: Path, env: dict[str, str], ports: dict
     os.environ.update(env)
     settings = Settings.from_env()
     config = load_config(settings.config_path)
-    api = Airflow(ports["airflow"])
+    api = Airflow(ports["airflow"], auto_approve=not args.no_auto_approve)
     url = f"http://127.0.0.1:{ports['server']}"
     known = {dag: {r["dag_run_id"] for r in api.runs(dag)} for dag in DAGS}
     failures = []
@@ -515,7 +537,7 @@ def _loop(args: argparse.Namespace, home: Path, env: dict[str, str], ports: dict
             row["retrain_reason"] = monitored["tasks"].get("decide_retrain")
         table.append(row)
         say(f"  {month}: {_row_text(row)}")
-    _finish(home, settings, config, table)
+    _finish(home, settings, config, table, api.approvals)
     for failure in failures:
         say(f"problem: {failure}")
     return 1 if failures else 0
@@ -570,11 +592,14 @@ def table_text(table: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _finish(home: Path, settings, config, table: list[dict[str, Any]]) -> None:
+def _finish(
+    home: Path, settings, config, table: list[dict[str, Any]], approvals: list[dict[str, Any]]
+) -> None:
     from pipelines import reports, storage
 
     out = storage.join(settings.artifact_root, "loop")
     storage.write_json(storage.join(out, "loop.json"), table)
+    storage.write_json(storage.join(out, "approvals.json"), approvals)
     html_uri = storage.write_text(
         storage.join(out, "loop.html"), reports.loop_html(config.registry.model_name, table)
     )
@@ -599,6 +624,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-up", action="store_true", help="leave the stack running at the end")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight while replaying")
     parser.add_argument("--rollout-wait", type=float, default=300, help="seconds to wait for a verdict")
+    parser.add_argument(
+        "--swing-band", type=float, default=None, help="override gate.swing_band (wider swings need approval)"
+    )
+    parser.add_argument(
+        "--no-auto-approve", action="store_true",
+        help="leave rollouts that need approval to you in the Airflow UI (the replay waits)",
+    )  # fmt: skip
     parser.add_argument("--airflow-port", type=int, default=stack.AIRFLOW_PORT)
     parser.add_argument("--mlflow-port", type=int, default=stack.MLFLOW_PORT)
     parser.add_argument("--serving-port", type=int, default=stack.SERVING_PORT)

@@ -133,7 +133,24 @@ def canary(serving_home, server, april_rows, tmp_path, *, champion: str, challen
 
 
 def test_infra_validation_passes_a_servable_model(serving_home):
-    result = execute_step("validate_serving", context(serving_home, version="2"), {})
+    """...and hands on the reason a person must approve, set at registration on a wide swing."""
+    from mlops_airflow.deployment import route_approval
+
+    client = tracking.client(serving_home["settings"])
+    reason = "roc_auc 0.80 vs champion 0.66: a change of +0.14, wider than the swing band ±0.1"
+    client.set_model_version_tag(SERVING_MODEL, "2", "approval.reason", reason)
+    try:
+        result = execute_step("validate_serving", context(serving_home, version="2"), {})
+    finally:
+        client.delete_model_version_tag(SERVING_MODEL, "2", "approval.reason")
+    assert result["approval_reason"] == reason
+
+    class TI:
+        def xcom_pull(self, task_ids):
+            return result
+
+    run = type("Run", (), {"dag_id": "deploy", "run_id": "swing-test"})()
+    assert route_approval(False, ti=TI(), dag_run=run) == "approve"
     assert result["status"] == "passed"
     assert result["version"] == "2" and result["runtime"] == "lean-hgb"
     assert result["max_abs_diff"] < 1e-6 and result["rows_checked"] > 10
@@ -271,5 +288,6 @@ def test_deploy_dag_with_approval_waits_for_a_person(serving_home, tmp_path):
         dag = DagBag(dag_folder=str(ROOT / "dags")).dags["deploy"]
     approve = dag.get_task("approve")
     assert isinstance(approve, ApprovalOperator)
-    assert approve.upstream_task_ids == {"validate_serving"}
+    assert approve.upstream_task_ids == {"route_approval"}
+    assert dag.get_task("route_approval").op_kwargs == {"always": True}  # every rollout asks
     assert "start_rollout" in approve.downstream_task_ids

@@ -51,6 +51,7 @@ def loop(tmp_path_factory, webhook):
         "--first", "2013-04", "--last", "2013-05",
         "--airflow-port", str(free_port()), "--mlflow-port", str(free_port()),
         "--serving-port", str(free_port()),
+        "--swing-band", "0.001",  # every retrained candidate swings "wide": its rollout needs approval
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT / "plugins"), "MLOPS_NOTIFY_WEBHOOK": webhook[0]}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800, cwd=ROOT)
@@ -147,3 +148,31 @@ def test_each_retrain_request_is_posted_to_the_webhook(loop, webhook):
     assert content_type == "application/json"
     assert body["text"].startswith("Retrain requested for flights-delay v1: drift in")
     assert "drift.html" in body["text"] and "Runbook:" in body["text"]
+
+
+def test_a_wide_swing_waits_for_a_person_and_the_audit_trail_names_who_approved(loop):
+    """The retrained candidate's rollout stops at Airflow's approval task until someone answers
+    (here the replay, through the REST API the UI uses); ``mlops audit`` shows the whole story."""
+    _, home = loop
+    approvals = json.loads((home / "artifacts" / "loop" / "approvals.json").read_text())
+    assert approvals, "no rollout waited for approval"
+    assert "wider than the swing band" in approvals[0]["body"]
+    env = {**os.environ, "MLOPS_HOME": str(home), "MLOPS_CONFIG": str(home / "loop-config.yaml")}
+    out = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "audit", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    events = [json.loads(line) for line in out.stdout.splitlines()]
+    kinds = [e["kind"] for e in events]
+    for kind in ("run_triggered", "gate_decided", "version_registered", "approval_requested", "approved",
+                 "rollout_started", "retrain_requested"):  # fmt: skip
+        assert kind in kinds, (kind, kinds)
+    approved = next(e for e in events if e["kind"] == "approved")
+    assert approved["details"]["by"]  # the user who answered
+    retrained = [e for e in events if e["kind"] == "run_triggered" and e["trigger"]["type"] == "asset"]
+    assert retrained and retrained[0]["trigger"]["source"]["system"] == "monitoring"
+    first = next(e for e in events if e["kind"] == "run_triggered")
+    assert first["trigger"]["type"] == "manual"  # the replay triggered the first training by hand
