@@ -171,6 +171,8 @@ def start_stack(home: Path, ports: dict[str, int]) -> tuple[Stack, dict[str, str
 # -- Airflow's REST API ---------------------------------------------------------------------------
 
 FINISHED = {"success", "failed"}
+# Airflow 3.3 shows a human-in-the-loop task waiting for its answer as "awaiting_input".
+WAITING_FOR_A_PERSON = {"awaiting_input", "deferred"}
 
 
 class Airflow:
@@ -237,7 +239,7 @@ class Airflow:
             if run["state"] in FINISHED or (until and until(tasks)):
                 return {**run, "tasks": tasks}
             if (
-                tasks.get("approve") == "deferred"
+                tasks.get("approve") in WAITING_FOR_A_PERSON
                 and self.auto_approve
                 and run_id not in {a["run_id"] for a in self.approvals}
             ):
