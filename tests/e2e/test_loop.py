@@ -172,7 +172,14 @@ def test_a_wide_swing_waits_for_a_person_and_the_audit_trail_names_who_approved(
         assert kind in kinds, (kind, kinds)
     approved = next(e for e in events if e["kind"] == "approved")
     assert approved["details"]["by"]  # the user who answered
-    retrained = [e for e in events if e["kind"] == "run_triggered" and e["trigger"]["type"] == "asset"]
-    assert retrained and retrained[0]["trigger"]["source"]["system"] == "monitoring"
+    triggered = [e for e in events if e["kind"] == "run_triggered" and e["trigger"]["type"] == "asset"]
+    retrained = [e for e in triggered if e["details"]["pipeline"] == "training"]
+    assert retrained and retrained[0]["trigger"]["source"]["system"] == "monitoring"  # drift asked for it
+    deployed = [e for e in triggered if e["details"]["pipeline"] == "deploy"]
+    assert deployed and deployed[0]["trigger"]["source"] == {
+        "system": "dag",
+        "dag_id": "training",
+        "run_id": deployed[0]["trigger"]["source"]["run_id"],
+    }  # a registration started the rollout
     first = next(e for e in events if e["kind"] == "run_triggered")
     assert first["trigger"]["type"] == "manual"  # the replay triggered the first training by hand
