@@ -206,10 +206,11 @@ def _store(dataset: Dataset) -> FeatureStoreConfig:
 
 
 def label_rows(frame: pd.DataFrame, dataset: Dataset) -> pd.Series:
-    """The label of each row that has one (rows missing a required column are dropped)."""
-    target = dataset.target
-    known = frame.dropna(subset=target.required) if target.required else frame
-    return known.eval(target.expression).astype(bool)
+    """The label of each row that has one (rows missing a required column are dropped), as ingest labels."""
+    from pipelines.steps.ingest import label_frame
+
+    labelled, _ = label_frame(frame.copy(), dataset)
+    return labelled[dataset.target.name]
 
 
 def rolling_rate(

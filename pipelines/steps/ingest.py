@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from pipelines import feature_store, sources, storage
+from pipelines.config import Dataset
 from pipelines.context import StepContext
 from pipelines.errors import DataError
 
@@ -33,7 +34,12 @@ def training_window(ctx: StepContext) -> tuple[pd.Timestamp, pd.Timestamp]:
 
 def add_label(frame: pd.DataFrame, ctx: StepContext) -> tuple[pd.DataFrame, int]:
     """Evaluate the target expression; drop rows that cannot be labelled and count them."""
-    target = ctx.config.dataset.target
+    return label_frame(frame, ctx.config.dataset)
+
+
+def label_frame(frame: pd.DataFrame, dataset: Dataset) -> tuple[pd.DataFrame, int]:
+    """``frame`` with the dataset's label column, unlabellable rows dropped; and how many were."""
+    target = dataset.target
     missing = [c for c in target.required if c not in frame.columns]
     if missing:
         raise DataError(f"columns needed for the label {target.name!r} are missing: {missing}")

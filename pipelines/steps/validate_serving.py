@@ -27,6 +27,7 @@ from pipelines import tracking
 from pipelines.context import StepContext
 from pipelines.errors import InfraValidationFailed
 from pipelines.pipeline import skipped
+from pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 120.0
@@ -68,19 +69,15 @@ def _reference_rows(ctx: StepContext, version: str, cache: Path):
 class Sandbox:
     """``mlops serve --version N`` on a free loopback port, in its own process group."""
 
-    def __init__(self, version: str, model_name: str, workdir: Path, settings=None):
+    def __init__(self, version: str, model_name: str, workdir: Path, settings: Settings):
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        stores = {}
-        if settings is not None:  # the step's own stores, not whatever this process inherited
-            stores = {
-                "MLFLOW_TRACKING_URI": settings.tracking_uri,
-                "MLOPS_CONFIG": settings.config_path,
-                "MLOPS_ARTIFACT_ROOT": settings.artifact_root,
-            }
         env = {
             **os.environ,
-            **stores,
+            # the step's own stores, not whatever this process inherited
+            "MLFLOW_TRACKING_URI": settings.tracking_uri,
+            "MLOPS_CONFIG": settings.config_path,
+            "MLOPS_ARTIFACT_ROOT": settings.artifact_root,
             "MLOPS_SERVING_MODEL": model_name,
             "MLOPS_SERVING_LOG_PREDICTIONS": "false",
             "MLOPS_SERVING_MODEL_CACHE": str(workdir / "models"),
