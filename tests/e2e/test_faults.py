@@ -144,8 +144,11 @@ def test_server_keeps_serving_when_the_registry_goes_away(registry, evaluated, a
         assert status == 200 and "registry unreachable" in body["registry_error"]
 
         cold = ServerProcess(env, evaluated["home"] / "cold.log").start()  # a new replica, no registry
-        time.sleep(2)
+        deadline = time.time() + 30  # its first poll must fail first (slower on a busy machine)
         status, body = _get(f"{cold.url}/ready")
+        while body.get("registry_error") is None and time.time() < deadline:
+            time.sleep(0.5)
+            status, body = _get(f"{cold.url}/ready")
         assert status == 503 and body["ready"] is False and "registry unreachable" in body["registry_error"]
         assert cold.proc.poll() is None  # alive, not crashed
         with pytest.raises(urllib.error.HTTPError) as not_ready:
