@@ -39,15 +39,6 @@ from pipelines.pipeline import POLLED_STEPS, StepSpec, is_skipped
 DEFAULT_ARGS = {"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True}
 
 
-def _asset_interval_end(context: dict[str, Any]) -> Any:
-    """``interval_end`` carried in the extra of the asset event that triggered this run, if any."""
-    for events in (context.get("triggering_asset_events") or {}).values():
-        for event in events:
-            if (event.extra or {}).get("interval_end"):
-                return event.extra["interval_end"]
-    return None
-
-
 def _trigger(context: dict[str, Any]) -> dict[str, Any]:
     """Who or what started the run, as plain JSON: the audit trail records it."""
     dag_run = context["dag_run"]
@@ -82,7 +73,12 @@ def run_context(context: dict[str, Any]) -> dict[str, Any]:
         start, end = context.get("data_interval_start"), context["data_interval_end"]
         if start == end:  # asset-triggered or unscheduled runs have a point, not an interval
             start = None
-    end = end or _asset_interval_end(context) or dag_run.run_after
+    trigger = _trigger(context)
+    # ``interval_end`` carried in the extra of an asset event that triggered this run, if any
+    from_asset = next(
+        (e["extra"]["interval_end"] for e in trigger["asset_events"] if e["extra"].get("interval_end")), None
+    )
+    end = end or from_asset or dag_run.run_after
     return {
         "dag_id": dag_run.dag_id,
         "run_id": dag_run.run_id,
@@ -91,7 +87,7 @@ def run_context(context: dict[str, Any]) -> dict[str, Any]:
         "try_number": context["ti"].try_number,
         "run_type": str(getattr(dag_run.run_type, "value", dag_run.run_type)),
         "overrides": {k: params.get(k, conf[k]) for k in RUN_PARAMETERS if k in conf},
-        "trigger": _trigger(context),
+        "trigger": trigger,
     }
 
 
