@@ -173,6 +173,7 @@ def start_stack(home: Path, ports: dict[str, int]) -> tuple[Stack, dict[str, str
 FINISHED = {"success", "failed"}
 # Airflow 3.3 shows a human-in-the-loop task waiting for its answer as "awaiting_input".
 WAITING_FOR_A_PERSON = {"awaiting_input", "deferred"}
+APPROVAL_DELAY_S = 4.0
 
 
 class Airflow:
@@ -191,6 +192,8 @@ class Airflow:
         """Answer a waiting human-in-the-loop approval with "Approve", as a person in the UI would."""
         path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/approve/-1/hitlDetails"
         detail = self._get(path)
+        if detail.get("response_received"):
+            return  # answered already; the task has not picked the answer up yet
         say(f"  approval requested: {detail.get('subject')} {str(detail.get('body'))[:200]}")
         response = self.http.patch(path, json={"chosen_options": ["Approve"]})
         response.raise_for_status()
@@ -228,7 +231,7 @@ class Airflow:
 
     def wait(self, dag_id: str, run_id: str, timeout: float, until=None) -> dict[str, Any]:
         """Poll a run until it finishes (or ``until(tasks)`` says enough); show progress as it goes."""
-        deadline, shown = time.time() + timeout, None
+        deadline, shown, waiting_since = time.time() + timeout, None, None
         while True:
             run = self.run(dag_id, run_id)
             tasks = self.tasks(dag_id, run_id)
@@ -238,11 +241,12 @@ class Airflow:
                 shown = progress
             if run["state"] in FINISHED or (until and until(tasks)):
                 return {**run, "tasks": tasks}
-            if (
-                tasks.get("approve") in WAITING_FOR_A_PERSON
-                and self.auto_approve
-                and run_id not in {a["run_id"] for a in self.approvals}
-            ):
+            waiting = tasks.get("approve") in WAITING_FOR_A_PERSON
+            waiting_since = (waiting_since or time.time()) if waiting else None
+            # Answer like a person: not within a second of the request. Airflow 3.3.2 fails the
+            # task (up_for_retry) when the answer re-queues it before the scheduler has taken
+            # the pausing worker's exit event; a retried task asks again and is answered again.
+            if waiting and self.auto_approve and time.time() - waiting_since >= APPROVAL_DELAY_S:
                 self.approve(dag_id, run_id)
             if time.time() > deadline:
                 return {**run, "tasks": tasks, "timed_out": True}
