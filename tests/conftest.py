@@ -340,3 +340,36 @@ def shared_store(tmp_path) -> Path:
     store.mkdir()
     store.chmod(0o777)
     return store
+
+
+# -- parallel runs (`make test` runs pytest-xdist with two workers) ------------------------------------
+# A file's tests stay on one worker (its module fixtures, e.g. the loop's replay, run once), and
+# the files that build images share one worker (one image build, one podman). The longest files go
+# first, so that neither worker is left with a long one at the end. Seconds from CI's
+# durations report; a file not listed counts as short.
+LONG_FILES = {
+    "e2e/test_production_concurrency.py": 380,
+    "e2e/test_loop.py": 320,
+    "containers": 300,
+    "e2e/test_scheduler_backfill.py": 170,
+    "e2e/test_load.py": 110,
+    "e2e/test_training_dag.py": 110,
+    "e2e/test_alerting.py": 100,
+    "e2e/test_serving.py": 100,
+    "e2e/test_faults.py": 90,
+    "e2e/test_local_stack.py": 80,
+    "e2e/test_deploy.py": 80,
+    "e2e/test_feature_store.py": 70,
+}
+
+
+def _group(item: pytest.Item) -> str:
+    path = Path(item.fspath).relative_to(ROOT / "tests").as_posix()
+    return "containers" if path.startswith(("containers/", "release/")) else path
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Group each file's tests for xdist, and put the long files first (a stable sort)."""
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(_group(item)))
+    items.sort(key=lambda item: -LONG_FILES.get(_group(item), 0))
