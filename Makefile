@@ -56,7 +56,7 @@ images: install container-engine  ## Build the step and serving images through t
 # take two files at once; tests/conftest.py keeps each file on one worker. TEST_WORKERS=0: serial.
 TEST_WORKERS ?= 2
 test: install lint container-engine  ## Lint, then the whole test suite (unit, DAG integrity, containers, helm, end-to-end, scheduler)
-	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(VENV)/bin/pytest -n $(TEST_WORKERS)
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -344,9 +344,10 @@ def shared_store(tmp_path) -> Path:
 
 # -- parallel runs (`make test` runs pytest-xdist with two workers) ------------------------------------
 # A file's tests stay on one worker (its module fixtures, e.g. the loop's replay, run once), and
-# the files that build images share one worker (one image build, one podman). The longest files go
-# first, so that neither worker is left with a long one at the end. Seconds from CI's
-# durations report; a file not listed counts as short.
+# the files that build images share one worker (one image build, one podman). The longest files
+# go first, so that neither worker is left with a long one at the end. Seconds from CI's
+# durations report; a file not listed counts as short. (xdist's own `--dist loadgroup` cannot do
+# this under pytest 9.2: it renames `item._nodeid`, which pytest 9 no longer reads.)
 LONG_FILES = {
     "e2e/test_production_concurrency.py": 380,
     "e2e/test_loop.py": 320,
@@ -363,13 +364,25 @@ LONG_FILES = {
 }
 
 
-def _group(item: pytest.Item) -> str:
-    path = Path(item.fspath).relative_to(ROOT / "tests").as_posix()
+def work_unit(nodeid: str) -> str:
+    """The unit a test is scheduled with: its file under ``tests/``, or ``containers``."""
+    path = nodeid.split("::", 1)[0].removeprefix("tests/")
     return "containers" if path.startswith(("containers/", "release/")) else path
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Group each file's tests for xdist, and put the long files first (a stable sort)."""
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(_group(item)))
-    items.sort(key=lambda item: -LONG_FILES.get(_group(item), 0))
+    """Put the long files first (a stable sort: a file's tests keep their order)."""
+    items.sort(key=lambda item: -LONG_FILES.get(work_unit(item.nodeid), 0))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """xdist's scope scheduling with :func:`work_unit` as the scope, in collection order."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByWorkUnit(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    config.option.loadscopereorder = False  # keep the long-first order of the collection
+    return ByWorkUnit(config, log)
