@@ -52,11 +52,8 @@ endif
 images: install container-engine  ## Build the step and serving images through the Docker API
 	$(PY) containers/build.py
 
-# Two workers (pytest-xdist): most of the suite waits on servers and schedulers, so two cores
-# take two files at once; tests/conftest.py keeps each file on one worker. TEST_WORKERS=0: serial.
-TEST_WORKERS ?= 2
 test: install lint container-engine  ## Lint, then the whole test suite (unit, DAG integrity, containers, helm, end-to-end, scheduler)
-	$(VENV)/bin/pytest -n $(TEST_WORKERS)
+	$(VENV)/bin/pytest
 
 lint: install
 	$(VENV)/bin/ruff check .
