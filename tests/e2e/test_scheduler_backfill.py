@@ -70,11 +70,12 @@ def _runs(env) -> list[dict]:
 
 def test_backfill_over_three_months_gives_one_model_per_month(scheduler):
     env, _ = scheduler
-    subprocess.run(
+    created = subprocess.run(
         ["airflow", "backfill", "create", "--dag-id", "training",
          "--from-date", "2013-01-01", "--to-date", "2013-03-02", "--max-active-runs", "1"],
-        env=env, check=True, capture_output=True,
+        env=env, capture_output=True, text=True,
     )  # fmt: skip
+    assert created.returncode == 0, created.stdout[-2000:] + created.stderr[-3000:]
     deadline = time.time() + 900
     backfill = []
     while time.time() < deadline:
