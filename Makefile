@@ -43,7 +43,7 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-* && touch $@
 
 # podman's Docker API (needs root: it installs Debian's podman), when this machine has no engine.
-# (A clone without the tool, e.g. a user's, skips it: the container tests then skip without an engine.)
+# A clone without the workspace's tool (a user's) skips it; the container tests then skip.
 container-engine:
 ifneq ($(ENGINE_TOOL),)
 	@if [ "$(DOCKER_HOST)" = unix:///run/podman/podman.sock ]; then $(ENGINE_TOOL); fi
