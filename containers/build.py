@@ -66,21 +66,35 @@ def build_image(
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Build the images named on the command line (default: both) and print a JSON summary."""
-    import docker
-
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; no target means both images."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("targets", nargs="*", choices=list(IMAGES), default=list(IMAGES))
+    # No ``choices=``: Python 3.11's argparse checks an omitted ``nargs="*"`` positional against
+    # them and refuses it (``invalid choice: []``), which broke a plain ``make images``.
+    parser.add_argument(
+        "targets", nargs="*", metavar="TARGET", help=f"{' and/or '.join(IMAGES)} (default: both)"
+    )
     parser.add_argument("--repository", default="", help="prefix, e.g. ghcr.io/acme/ (default: local names)")
     parser.add_argument("--tag", default=None, help="default: the project version from pyproject.toml")
     parser.add_argument("--pull", action="store_true", help="pull a newer base image (needs a registry)")
     parser.add_argument("--source", default="", help="the source URL recorded as an image label")
     args = parser.parse_args(argv)
+    unknown = [t for t in args.targets if t not in IMAGES]
+    if unknown:
+        parser.error(f"unknown target(s) {unknown}; choose from {list(IMAGES)}")
+    args.targets = args.targets or list(IMAGES)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Build the images named on the command line (default: both) and print a JSON summary."""
+    import docker
+
+    args = parse_args(argv)
     tag = args.tag or project_version()
     client = docker.from_env(timeout=1800)
     results = []
-    for target in args.targets or list(IMAGES):
+    for target in args.targets:
         name = f"{args.repository}{IMAGES[target]}:{tag}"
         print(f"building {name} ...", file=sys.stderr)
         results.append(build_image(client, target, name, pull=args.pull, source=args.source))

@@ -50,6 +50,14 @@ def wait_http(url: str, timeout: float) -> None:
     raise TimeoutError(f"{url} did not answer within {timeout}s")
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Each phase's report on the item (``item.rep_call``): fixtures can act on a failed test."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
 @pytest.fixture(scope="session")
 def airflow_db() -> Path:
     """Airflow's metadata database (SQLite), migrated once per session."""
@@ -319,13 +327,8 @@ def docker_client():
 
 @pytest.fixture(scope="session")
 def images(docker_client) -> dict[str, dict]:
-    """Both images, built by the project's own build command (layer cache: fast when unchanged)."""
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "containers" / "build.py"), "step", "serving"],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
+    """Both images, built by ``make images`` as the README says (layer cache: fast when unchanged)."""
+    proc = subprocess.run(["make", "-s", "images"], cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     built = {image["target"]: image for image in json.loads(proc.stdout)}
     for image in built.values():
