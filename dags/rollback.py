@@ -3,7 +3,7 @@
 from airflow.sdk import dag
 
 from mlops_airflow.step_tasks import pipeline_tasks
-from mlops_airflow.training import pipeline_config
+from mlops_airflow.training import pipeline_config, timing
 from pipelines.pipeline import ROLLBACK
 
 config = pipeline_config()
@@ -13,7 +13,7 @@ config = pipeline_config()
     dag_id="rollback",
     tags=["mlops", "deploy", config.dataset.name],
     schedule=None,
-    catchup=False,
+    **timing(config),
     max_active_runs=1,
     default_args={"retries": 1},
     doc_md=f"Move `{config.registry.model_name}@champion` back to `@previous`; servers follow within a poll.",

@@ -70,6 +70,7 @@ def _context_from_args(args: argparse.Namespace):
         run_id=args.run_id or f"manual__{uuid.uuid4().hex[:12]}",
         interval_start=args.interval_start,
         interval_end=args.interval_end,
+        interval_origin="the --interval-end option",
         overrides=dict(args.param),
     )
 

@@ -214,8 +214,10 @@ class Dataset(_Strict):
 
 class Schedule(_Strict):
     cron: str = "@monthly"
+    # The span the dataset has data for: scheduled intervals lie inside it, and a run whose interval
+    # lies wholly outside fails at its first step, saying so (StepContext.check_window).
     start_date: str = "2013-01-01"
-    end_date: str | None = None  # no scheduled runs past this (e.g. a historical dataset's end)
+    end_date: str | None = None  # exclusive; None: live data, no end
     timezone: str = "UTC"
 
     @field_validator("timezone")

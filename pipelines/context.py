@@ -48,6 +48,8 @@ class StepContext:
     # Who or what started the run: {"user": ..., "asset_events": [{"uri", "extra", ...}]}
     # (from the orchestrator; the audit trail records it).
     trigger: dict[str, Any] | None = None
+    # Where the interval's end came from, for error messages: "the form's interval_end", ...
+    interval_origin: str = "interval_end"
 
     def __post_init__(self) -> None:
         if self.interval_end <= self.interval_start:
@@ -59,6 +61,32 @@ class StepContext:
     def run_key(self) -> str:
         """Globally unique name of this pipeline run, used to make retries idempotent."""
         return f"{self.dag_id}/{self.run_id}"
+
+    def check_window(self) -> None:
+        """Fail, saying why, when the data interval lies outside the span the dataset has data for.
+
+        The span is ``schedule.start_date`` .. ``schedule.end_date`` (no end: live data). Steps that
+        read the interval's rows call this first (``pipelines.pipeline.WINDOWED_STEPS``), so a run
+        triggered at a logical date outside the data fails at once instead of reading nothing.
+        """
+        schedule, tz = self.config.schedule, self.config.schedule.timezone
+        first = parse_time(schedule.start_date, "schedule.start_date", tz)
+        last = parse_time(schedule.end_date, "schedule.end_date", tz) if schedule.end_date else None
+        if self.interval_end > first and (last is None or self.interval_start < last):
+            return
+
+        def day(value: datetime) -> str:
+            return f"{pd.Timestamp(value).tz_convert(tz):%Y-%m-%d %H:%M}"
+
+        span = f"from {schedule.start_date}" + (f" to {schedule.end_date}" if last else " on")
+        latest = f" and no later than {schedule.end_date}" if last else ""
+        raise ConfigError(
+            f"the run's data interval [{day(self.interval_start)}, {day(self.interval_end)}) ({tz}) lies "
+            f"outside the data of dataset {self.config.dataset.name!r}, which has data {span} "
+            f"(schedule.start_date/end_date in its config). The interval came from "
+            f"{self.interval_origin}. Trigger again with interval_end (the form's first field) "
+            f"after {schedule.start_date}{latest}."
+        )
 
     def artifact_dir(self, step: str) -> str:
         return step_dir(self.settings.artifact_root, self.dag_id, self.run_id, step)
@@ -75,6 +103,7 @@ class StepContext:
         try_number: int = 1,
         run_type: str = "manual",
         trigger: dict[str, Any] | None = None,
+        interval_origin: str = "interval_end",
         settings: Settings | None = None,
     ) -> StepContext:
         """Build a context from plain values, loading the config named by the settings.
@@ -100,4 +129,5 @@ class StepContext:
             try_number=try_number,
             run_type=run_type,
             trigger=trigger,
+            interval_origin=interval_origin,
         )

@@ -1,6 +1,6 @@
 """Alerts from outside Airflow: Alertmanager's webhook turns a firing drift alert into a retrain.
 
-An Airflow 3 plugin mounts a FastAPI app on the API server:
+The plugin (``mlops_airflow.plugin``) mounts this FastAPI app on the API server:
 
     POST /mlops/alerts     Authorization: Bearer <MLOPS_ALERT_TOKEN>
 
@@ -35,7 +35,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from airflow.plugins_manager import AirflowPlugin
 from fastapi import FastAPI, Header, HTTPException, Request
 from pydantic import BaseModel, Field, ValidationError
 
@@ -175,8 +174,3 @@ async def receive_alerts(request: Request, authorization: str | None = Header(No
             event_id,
         )
     return {"created": created, "duplicate": duplicate, "ignored": ignored}
-
-
-class MlopsAlertsPlugin(AirflowPlugin):
-    name = "mlops_alerts"
-    fastapi_apps = [{"app": app, "url_prefix": "/mlops", "name": "MLOps alert webhook"}]

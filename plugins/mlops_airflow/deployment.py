@@ -8,10 +8,11 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from airflow.sdk import CronDataIntervalTimetable, Param
+from airflow.sdk import Param
 
 from mlops_airflow.notifiers import RetrainNotifier
-from mlops_airflow.training import interval_end_param, local_date, model_assets, time_schedules
+from mlops_airflow.schedules import DataSpanTimetable
+from mlops_airflow.training import interval_end_param, model_assets, time_schedules, timing
 from pipelines.config import PipelineConfig
 
 
@@ -51,8 +52,7 @@ def deploy_dag_kwargs(config: PipelineConfig) -> dict[str, Any]:
     challenger, _ = model_assets(config)
     return {
         "schedule": [challenger],
-        "start_date": local_date(config.schedule.start_date, config),
-        "catchup": False,
+        **timing(config),
         "max_active_runs": 1,  # one rollout at a time: the registry holds one policy
         "params": deploy_params(config),
         "doc_md": (
@@ -152,9 +152,7 @@ def batch_dag_kwargs(config: PipelineConfig) -> dict[str, Any]:
     """Monthly data intervals in the dataset's timezone, like training."""
     return {
         "schedule": _timetable(config.schedule.cron, config),
-        "start_date": local_date(config.schedule.start_date, config),
-        "end_date": local_date(config.schedule.end_date, config),
-        "catchup": False,
+        **timing(config),
         "max_active_runs": 2,
         "params": {
             "interval_end": interval_end_param(
@@ -166,17 +164,15 @@ def batch_dag_kwargs(config: PipelineConfig) -> dict[str, Any]:
     }
 
 
-def _timetable(cron: str, config: PipelineConfig) -> CronDataIntervalTimetable | None:
-    return CronDataIntervalTimetable(cron, timezone=config.schedule.timezone) if time_schedules() else None
+def _timetable(cron: str, config: PipelineConfig) -> DataSpanTimetable | None:
+    return DataSpanTimetable.for_config(config, cron) if time_schedules() else None
 
 
 def features_dag_kwargs(config: PipelineConfig) -> dict[str, Any]:
     """Daily intervals in the dataset's timezone: the online store is at most a day behind."""
     return {
         "schedule": _timetable("@daily", config),
-        "start_date": local_date(config.schedule.start_date, config),
-        "end_date": local_date(config.schedule.end_date, config),
-        "catchup": False,
+        **timing(config),
         "max_active_runs": 1,  # runs rewrite the same offline tables: one at a time
         "params": {
             "interval_end": interval_end_param(
@@ -198,9 +194,7 @@ def monitoring_dag_kwargs(config: PipelineConfig) -> dict[str, Any]:
     monitoring = config.monitoring
     return {
         "schedule": _timetable(monitoring.cron, config),
-        "start_date": local_date(config.schedule.start_date, config),
-        "end_date": local_date(config.schedule.end_date, config),
-        "catchup": False,
+        **timing(config),
         "max_active_runs": 1,  # decisions read the last request: one at a time
         "params": {
             "interval_end": interval_end_param(

@@ -67,28 +67,35 @@ def run_context(context: dict[str, Any]) -> dict[str, Any]:
     dag_run = context["dag_run"]
     conf = dag_run.conf or {}
     params = context.get("params") or {}
-    start = None
-    end = conf.get("interval_end")
+    trigger = _trigger(context)
+    start, end, origin = None, conf.get("interval_end"), "the interval_end in the run's conf (the form)"
     if not end and context.get("data_interval_end"):
         start, end = context.get("data_interval_start"), context["data_interval_end"]
+        origin = f"the run's data interval (its logical date is {_day(context)})"
         if start == end:  # asset-triggered or unscheduled runs have a point, not an interval
             start = None
-    trigger = _trigger(context)
-    # ``interval_end`` carried in the extra of an asset event that triggered this run, if any
-    from_asset = next(
-        (e["extra"]["interval_end"] for e in trigger["asset_events"] if e["extra"].get("interval_end")), None
-    )
-    end = end or from_asset or dag_run.run_after
+    if not end:  # ``interval_end`` in the extra of an asset event that triggered this run, if any
+        events = trigger["asset_events"]
+        end = next((e["extra"]["interval_end"] for e in events if e["extra"].get("interval_end")), None)
+        origin = "the interval_end of the asset event that triggered the run"
+    if not end:
+        end, origin = dag_run.run_after, "the time the run was triggered (no interval_end, no data interval)"
     return {
         "dag_id": dag_run.dag_id,
         "run_id": dag_run.run_id,
         "interval_start": str(start) if start else None,
         "interval_end": str(end),
+        "interval_origin": origin,
         "try_number": context["ti"].try_number,
         "run_type": str(getattr(dag_run.run_type, "value", dag_run.run_type)),
         "overrides": {k: params.get(k, conf[k]) for k in RUN_PARAMETERS if k in conf},
         "trigger": trigger,
     }
+
+
+def _day(context: dict[str, Any]) -> str:
+    logical = context.get("logical_date") or getattr(context["dag_run"], "logical_date", None)
+    return f"{logical:%Y-%m-%d %H:%M %Z}" if logical else "(none)"
 
 
 def _skip_if_skipped(result: dict[str, Any]) -> dict[str, Any]:

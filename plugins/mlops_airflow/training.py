@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import pendulum
-from airflow.sdk import Asset, AssetOrTimeSchedule, CronDataIntervalTimetable, Param
+from airflow.sdk import Asset, AssetOrTimeSchedule, Param
 
+from mlops_airflow.schedules import DataSpanTimetable, dag_start
 from pipelines.config import PipelineConfig, load_config
 from pipelines.settings import Settings
 
@@ -37,13 +37,12 @@ def schedule(config: PipelineConfig) -> AssetOrTimeSchedule | list[Asset]:
     retrain = model_assets(config)[1]
     if not time_schedules():
         return [retrain]
-    timetable = CronDataIntervalTimetable(config.schedule.cron, timezone=config.schedule.timezone)
-    return AssetOrTimeSchedule(timetable=timetable, assets=[retrain])
+    return AssetOrTimeSchedule(timetable=DataSpanTimetable.for_config(config), assets=[retrain])
 
 
-def local_date(value: str | None, config: PipelineConfig) -> pendulum.DateTime | None:
-    """A config date as midnight in the dataset's timezone (None stays None)."""
-    return pendulum.parse(value, tz=config.schedule.timezone) if value else None
+def timing(config: PipelineConfig) -> dict[str, Any]:
+    """``start_date`` and ``catchup`` of every DAG; none has an ``end_date`` (see ``schedules``)."""
+    return {"start_date": dag_start(config), "catchup": False}
 
 
 def interval_end_param(title: str, description: str) -> Param:
@@ -100,9 +99,7 @@ def dag_kwargs(config: PipelineConfig) -> dict[str, Any]:
     """Common DAG arguments derived from the config."""
     return {
         "schedule": schedule(config),
-        "start_date": local_date(config.schedule.start_date, config),
-        "end_date": local_date(config.schedule.end_date, config),
-        "catchup": False,
+        **timing(config),
         "max_active_runs": 1,
         "params": params_form(config),
         "doc_md": f"Train `{config.registry.model_name}` on {config.dataset.description}.",

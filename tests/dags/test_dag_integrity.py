@@ -183,7 +183,7 @@ def test_monitoring_emits_the_retrain_asset_that_training_is_scheduled_on(dagbag
     assert [a.name for a in decide.outlets] == [retrain]
     assert any(isinstance(cb, RetrainNotifier) for cb in decide.on_success_callback)
     assert monitoring.get_task("detect_drift").outlets == []  # only a decision emits
-    assert monitoring.timetable.expression == "0 0 1 * *"  # flights.yaml: @monthly
+    assert monitoring.timetable.summary == "0 0 1 * *, 2013-01-01 to 2014-01-01"  # flights.yaml: @monthly
     assert set(monitoring.params.dump()) == {"interval_end", "source", "drift_share"}
     training = dagbag.dags["training"]
     assert retrain in [a.name for a in training.timetable.asset_condition.objects]
@@ -204,3 +204,63 @@ def test_time_schedules_can_be_switched_off_for_a_replay(tmp_path):
     assert timetables["training"] == "AssetTriggeredTimetable"
     assert timetables["monitoring"] == timetables["batch_inference"] == "NullTimetable"
     assert timetables["deploy"] == "AssetTriggeredTimetable"
+
+
+# -- a manual run at any logical date runs its tasks (issue 16) ------------------------------------
+# Airflow creates a run's task instances only for a logical date between the DAG's (and so every
+# task's) start_date and end_date; outside them a run is created with no task and turns green having
+# done nothing. The UI's trigger form defaults the logical date to *now*, after a historical dataset's
+# end. So no DAG has an end_date, every start_date is the epoch, and the data's span bounds only the
+# schedule (``mlops_airflow.schedules.DataSpanTimetable``); a window outside the data then fails at
+# its first step, saying why (tests/unit/test_steps.py and the browser tests in tests/e2e/test_ui.py).
+
+
+def _as_scheduled(dag):
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    return DagSerialization.from_dict(DagSerialization.to_dict(dag))  # as the scheduler sees it
+
+
+def test_no_dag_bounds_the_logical_dates_its_tasks_run_at(dagbag):
+    import pendulum
+
+    for dag_id in dagbag.dag_ids:
+        dag = _as_scheduled(dagbag.dags[dag_id])
+        assert dag.end_date is None, f"{dag_id} has an end_date: a later manual run would get no task"
+        for task in dag.tasks:
+            assert task.end_date is None, f"{dag_id}.{task.task_id} ends {task.end_date}"
+            assert task.start_date <= pendulum.datetime(1970, 1, 2), f"{dag_id}.{task.task_id}"
+
+
+def test_a_run_at_the_ui_default_logical_date_gets_every_task(dagbag, airflow_db):
+    """The UI form's default logical date (now, years after the bundled data) creates every task of
+    every DAG; tasks are marked success here, not run (running them is the browser tests' job)."""
+    import pendulum
+
+    now = pendulum.now("UTC").replace(microsecond=0)
+    for dag_id in sorted(dagbag.dag_ids):
+        dag = dagbag.dags[dag_id]
+        run = dag.test(logical_date=now, mark_success_pattern=".*")
+        created = {ti.task_id for ti in run.get_task_instances()}
+        assert created == set(dag.task_ids), f"{dag_id}: no task instance for {set(dag.task_ids) - created}"
+
+
+@pytest.mark.parametrize(
+    ("dag_id", "intervals"),
+    [("training", 12), ("monitoring", 12), ("batch_inference", 12), ("features", 365)],
+)
+def test_scheduled_intervals_lie_inside_the_data(dagbag, dag_id, intervals):
+    """The schedule, not the DAG's dates, stops at the data's end: every interval of 2013, none after."""
+    import pendulum
+
+    config = load_config(DEFAULT_CONFIG)
+    tz = config.schedule.timezone
+    dag = _as_scheduled(dagbag.dags[dag_id])
+    infos = list(
+        dag.iter_dagrun_infos_between(
+            pendulum.datetime(2012, 6, 1, tz=tz), pendulum.datetime(2015, 1, 1, tz=tz)
+        )
+    )
+    assert len(infos) == intervals
+    assert infos[0].data_interval.start == pendulum.parse(config.schedule.start_date, tz=tz)
+    assert infos[-1].data_interval.end == pendulum.parse(config.schedule.end_date, tz=tz)

@@ -42,7 +42,7 @@ def test_bad_input_exits_3_with_a_named_error(store):
     assert proc.returncode == 3
     assert "error: invalid pipeline config: ingest.window_months" in proc.stderr
     proc = mlops("step", "ingest", "--interval-end", "2015-06-01", env=dict(os.environ))
-    assert proc.returncode == 3 and "no rows in the source" in proc.stderr
+    assert proc.returncode == 3 and "lies outside the data of dataset 'flights'" in proc.stderr
 
 
 def test_skipped_step_exits_99(store, tmp_path):

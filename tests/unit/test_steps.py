@@ -9,8 +9,8 @@ import pytest
 from conftest import dataset_config
 from pipelines import modeling, storage, tracking
 from pipelines.context import StepContext
-from pipelines.errors import DataError, ValidationFailed
-from pipelines.pipeline import TRAINING
+from pipelines.errors import ConfigError, DataError, ValidationFailed
+from pipelines.pipeline import TRAINING, WINDOWED_STEPS
 from pipelines.runner import execute_step, run_pipeline
 from pipelines.settings import Settings
 
@@ -57,8 +57,33 @@ def test_ingest_window_follows_config_and_empty_window_is_named(sliced):
     assert one_month["window"] == {"start": "2013-03-01T05:00:00+00:00", "end": "2013-04-01T04:00:00+00:00"}
     snapshot = storage.read_parquet(one_month["snapshot_uri"])
     assert snapshot["time_hour"].min() >= pd.Timestamp("2013-03-01T05:00", tz="UTC")
+    # inside the dataset's span, but the source (a slice of Jan-Mar) has no rows there
     with pytest.raises(DataError, match="no rows in the source"):
-        execute_step("ingest", make_ctx(end="2015-06-01"), {})
+        execute_step("ingest", make_ctx(end="2013-09-01"), {})
+
+
+@pytest.mark.parametrize("step", sorted(WINDOWED_STEPS))
+@pytest.mark.parametrize(
+    ("end", "origin"),
+    [
+        ("2026-12-01", "the run's data interval (its logical date is 2026-12-04 17:58 UTC)"),
+        ("2013-01-01", "the interval_end in the run's conf (the form)"),
+    ],
+)
+def test_a_window_outside_the_data_fails_before_reading_and_says_why(store, step, end, origin):
+    """A run whose interval lies outside schedule.start_date..end_date (the UI's default logical date
+    is *now*) fails at its first step with a message naming the interval, the data's span and
+    where the interval came from; nothing is read or written."""
+    ctx = StepContext.create(dag_id="training", run_id="outside", interval_end=end, interval_origin=origin)
+    with pytest.raises(ConfigError) as failure:
+        execute_step(step, ctx, {})
+    message = str(failure.value)
+    assert (
+        "lies outside the data of dataset 'flights', which has data from 2013-01-01 to 2014-01-01" in message
+    )
+    assert f"The interval came from {origin}." in message
+    assert "Trigger again with interval_end" in message
+    assert not (store / "artifacts").exists() or not any((store / "artifacts").rglob("*.*"))
 
 
 def test_validate_passes_on_real_data_and_stores_the_report(sliced):

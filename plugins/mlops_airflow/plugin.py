@@ -1,0 +1,18 @@
+"""The project's Airflow plugin: the alert webhook on the API server and the DAGs' timetable.
+
+Airflow's plugin manager imports every ``.py`` under the plugins folder as a top-level module;
+this is the one that declares a plugin. It takes its parts from the ``mlops_airflow`` package,
+so a registered class keeps the import path the DAG files use (Airflow looks custom timetables
+up by that path when it reads a serialized DAG).
+"""
+
+from airflow.plugins_manager import AirflowPlugin
+
+from mlops_airflow.alerts import app
+from mlops_airflow.schedules import DataSpanTimetable
+
+
+class MlopsPlugin(AirflowPlugin):
+    name = "mlops"
+    fastapi_apps = [{"app": app, "url_prefix": "/mlops", "name": "MLOps alert webhook"}]
+    timetables = [DataSpanTimetable]
