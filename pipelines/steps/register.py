@@ -1,9 +1,10 @@
 """Register: only a candidate that passed the gate becomes a registry version.
 
 The new version gets the alias ``challenger`` (and ``champion`` when there is no
-champion yet) and lineage tags. Idempotent: the version is keyed by the MLflow
-run of this pipeline run, so a retried task or a re-run of the same DAG run
-finds the version it made before instead of creating a second one.
+champion yet and ``deploy.approval`` is off) and lineage tags. Idempotent: the
+version is keyed by the MLflow run of this pipeline run, so a retried task or a
+re-run of the same DAG run finds the version it made before instead of creating
+a second one.
 """
 
 from __future__ import annotations
@@ -84,7 +85,10 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
 
     aliases = [tracking.CHALLENGER]
     champion = tracking.champion_version(ctx.settings, name)
-    if champion is None or str(champion.version) == str(version.version):
+    # The first version serves at once, unless a person approves every rollout (deploy.approval):
+    # then it goes live only when the deploy DAG's approval says so.
+    first = champion is None and not ctx.config.deploy.approval
+    if first or (champion is not None and str(champion.version) == str(version.version)):
         aliases.append(tracking.CHAMPION)
     for alias in aliases:
         client.set_registered_model_alias(name, alias, version.version)

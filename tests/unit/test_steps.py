@@ -196,6 +196,19 @@ def test_pipeline_registers_once_and_gate_rejects_a_shuffled_model(sliced):
     assert client.get_model_version_by_alias("flights-delay", "champion").version in (1, "1")
 
 
+def test_with_approval_on_the_first_version_waits_for_a_person_too(sliced, tmp_path, monkeypatch):
+    """deploy.approval: a person approves every rollout, the first one included: register names the
+    first version challenger only, and the deploy DAG makes it champion once approved."""
+    monkeypatch.setenv(
+        "MLOPS_CONFIG",
+        str(dataset_config(tmp_path, str(tmp_path / "flights_slice.parquet"), **{"deploy.approval": True})),
+    )
+    reg = run_pipeline(TRAINING, make_ctx("run-approval"))["register"]
+    assert reg["registered"] and reg["aliases"] == ["challenger"]
+    client = tracking.client(Settings.from_env())
+    assert "champion" not in client.get_registered_model("flights-delay").aliases
+
+
 def test_logistic_regression_and_search(sliced):
     ctx = make_ctx("run-lr", estimator="logistic_regression")
     results = run_pipeline(TRAINING[:3], ctx)
