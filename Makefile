@@ -14,7 +14,7 @@ export DOCKER_HOST := unix:///run/podman/podman.sock
 endif
 endif
 
-.PHONY: demo train-demo install monitoring-tools container-engine images test lint serve up down bench bench-serving bench-drift clean
+.PHONY: demo train-demo install monitoring-tools browser container-engine images test lint serve up down bench bench-serving bench-drift clean
 
 demo: install  ## The closed loop: train on Jan-Mar 2013, replay Apr-Dec through the scheduler, print the table
 	$(PY) -m mlops_airflow.loop --fresh
@@ -36,6 +36,18 @@ monitoring-tools:
 	  fi; \
 	fi
 
+# Debian's Chromium for the Airflow UI tests (Playwright drives it; it downloads no browser).
+browser:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian's chromium ..."; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      chromium >/dev/null; \
+	  else \
+	    echo "missing: run 'sudo apt-get install chromium' (the UI tests skip without it)" >&2; \
+	  fi; \
+	fi
+
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -52,7 +64,7 @@ endif
 images: install container-engine  ## Build the step and serving images through the Docker API
 	$(PY) containers/build.py
 
-test: install lint container-engine  ## Lint, then the whole test suite (unit, DAG integrity, containers, helm, end-to-end, scheduler)
+test: install lint container-engine browser  ## Lint, then the whole test suite (unit, DAG integrity, containers, helm, end-to-end, scheduler, the UI in a browser)
 	$(VENV)/bin/pytest
 
 lint: install

@@ -1,0 +1,112 @@
+"""Every ``make`` target the README names runs as written.
+
+A short target runs for real here; a long one (the 15-minute demo, the benchmarks) runs with
+``make --dry-run`` and its command is then started with ``--help``, which proves the entry point
+and its options parse. Targets run for real elsewhere are listed with the test that runs them,
+and a target the README names without an entry here fails the first test.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+DOCUMENTS = [ROOT / "README.md", ROOT / "benchmarks" / "README.md", ROOT / "helm" / "mlops" / "README.md"]
+
+# target -> where it runs for real ("dry-run" = below, as `make -n` plus `--help`)
+COVERED = {
+    "test": ".ci/run (CI runs the README's test command)",
+    "install": "test_install_and_clean_run_for_real",
+    "clean": "test_install_and_clean_run_for_real",
+    "train-demo": "test_train_demo_runs_for_real",
+    "up": "tests/e2e/test_ui.py (make up, then the browser)",
+    "down": "tests/e2e/test_ui.py::test_make_down_stops_every_process",
+    "serve": "tests/e2e/test_ui.py::test_make_serve_serves_the_champion",
+    "images": "tests/conftest.py::images (the container tests build through `make images`)",
+    "demo": "dry-run (the loop itself: tests/e2e/test_loop.py)",
+    "bench": "dry-run",
+    "bench-serving": "dry-run",
+    "bench-drift": "dry-run",
+}
+LONG = [target for target, how in COVERED.items() if how.startswith("dry-run")]
+
+
+def documented_targets() -> set[str]:
+    """Every ``make <target>`` in the README's code (inline spans and fenced blocks)."""
+    found: set[str] = set()
+    for doc in DOCUMENTS:
+        text = doc.read_text()
+        code = re.findall(r"```.*?```", text, flags=re.S) + re.findall(r"`[^`\n]+`", text)
+        for snippet in code:
+            found.update(re.findall(r"(?:^|[\s`;&|(])make ([a-z][a-z-]*)", snippet, flags=re.M))
+    return found
+
+
+def makefile_targets() -> set[str]:
+    return set(re.findall(r"^([a-z][a-z-]*):", (ROOT / "Makefile").read_text(), flags=re.M))
+
+
+def make(*args: str, cwd: Path = ROOT, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
+    """``make`` as a user runs it; the session's MLflow store is not the user's (``MLOPS_HOME`` decides)."""
+    environ = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return subprocess.run(
+        ["make", *args], cwd=cwd, env={**environ, **env}, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_every_target_the_readme_names_exists_and_is_tested_here():
+    documented = documented_targets()
+    assert {"demo", "test", "up", "images", "train-demo"} <= documented  # the parser finds them
+    assert documented <= makefile_targets(), (
+        f"README names targets the Makefile lacks: {documented - makefile_targets()}"
+    )
+    assert documented == set(COVERED), f"add the new target to COVERED: {documented ^ set(COVERED)}"
+
+
+@pytest.mark.parametrize("target", LONG)
+def test_a_long_target_dry_runs_and_its_command_parses(target):
+    dry = make("--dry-run", target)
+    assert dry.returncode == 0, dry.stderr
+    command = shlex.split(dry.stdout.strip().splitlines()[-1])  # the target's own recipe comes last
+    assert command[0].endswith("/python") or command[0].endswith("python"), command
+    helped = subprocess.run([*command, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert helped.returncode == 0, helped.stderr[-2000:]
+    assert "usage:" in helped.stdout
+
+
+def test_demo_runs_the_loop_that_the_loop_test_drives():
+    command = make("--dry-run", "demo").stdout.strip().splitlines()[-1]
+    assert command.endswith("-m mlops_airflow.loop --fresh"), command
+    assert '"-m", "mlops_airflow.loop"' in (ROOT / "tests" / "e2e" / "test_loop.py").read_text()
+
+
+def test_install_and_clean_run_for_real(tmp_path):
+    installed = make("-s", "install", timeout=900)  # the venv is there: a no-op that must stay one
+    assert installed.returncode == 0, installed.stderr
+    assert installed.stdout == ""
+    # `make clean` in a copy, so that a developer's own .mlops survives the test suite
+    shutil.copy(ROOT / "Makefile", tmp_path / "Makefile")
+    (tmp_path / ".mlops" / "artifacts").mkdir(parents=True)
+    (tmp_path / ".mlops" / "artifacts" / "x.json").write_text("{}")
+    cleaned = make("clean", cwd=tmp_path)
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert not (tmp_path / ".mlops").exists()
+
+
+def test_train_demo_runs_for_real(tmp_path):
+    """`make train-demo`: three monthly training runs and April's batch through ``dag.test()``."""
+    env = {"MLOPS_HOME": str(tmp_path / "home")}
+    demo = make("-s", "train-demo", timeout=900, **env)
+    assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
+    out = demo.stdout
+    assert len(re.findall(r"^\[\d/3\] 2013-0[123]: run success in", out, flags=re.M)) == 3, out
+    assert "Batch inference (2013-04):" in out and "flights scored by flights-delay v" in out
+    assert re.search(r"flights-delay v1 \[.*'champion'.*\]", out), out  # the first model serves
