@@ -64,13 +64,13 @@ def _context_from_args(args: argparse.Namespace):
     from pipelines.context import StepContext
 
     if getattr(args, "context", None):
-        return StepContext.create(**args.context)
+        return StepContext.from_json(args.context)
     return StepContext.create(
         dag_id=args.dag_id,
         run_id=args.run_id or f"manual__{uuid.uuid4().hex[:12]}",
         interval_start=args.interval_start,
         interval_end=args.interval_end,
-        interval_origin="the --interval-end option",
+        interval_origin="the --interval-end option (or its default)",
         overrides=dict(args.param),
     )
 

@@ -7,6 +7,8 @@ effective config, never data.
 
 from __future__ import annotations
 
+import inspect
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -17,6 +19,8 @@ from pipelines.config import PipelineConfig, load_config
 from pipelines.errors import ConfigError
 from pipelines.settings import Settings
 from pipelines.storage import step_dir
+
+log = logging.getLogger(__name__)
 
 
 def parse_time(value: str | datetime, name: str, timezone: str = "UTC") -> datetime:
@@ -62,17 +66,19 @@ class StepContext:
         """Globally unique name of this pipeline run, used to make retries idempotent."""
         return f"{self.dag_id}/{self.run_id}"
 
-    def check_window(self) -> None:
-        """Fail, saying why, when the data interval lies outside the span the dataset has data for.
+    def check_window(self, start: datetime | None = None, end: datetime | None = None) -> None:
+        """Fail, saying why, when the rows a step is about to read lie outside the dataset's data.
 
-        The span is ``schedule.start_date`` .. ``schedule.end_date`` (no end: live data). Steps that
-        read the interval's rows call this first (``pipelines.pipeline.WINDOWED_STEPS``), so a run
-        triggered at a logical date outside the data fails at once instead of reading nothing.
+        ``[start, end)`` is the window the step reads (default: the data interval); the span is
+        ``schedule.start_date`` .. ``schedule.end_date`` (no end: live data). A step that reads the
+        dataset calls this first, so a run triggered at a logical date outside the data (the UI's
+        default is *now*) fails at once, naming the window and where it came from.
         """
+        start, end = start or self.interval_start, end or self.interval_end
         schedule, tz = self.config.schedule, self.config.schedule.timezone
         first = parse_time(schedule.start_date, "schedule.start_date", tz)
         last = parse_time(schedule.end_date, "schedule.end_date", tz) if schedule.end_date else None
-        if self.interval_end > first and (last is None or self.interval_start < last):
+        if end > first and (last is None or start < last):
             return
 
         def day(value: datetime) -> str:
@@ -81,15 +87,29 @@ class StepContext:
         span = f"from {schedule.start_date}" + (f" to {schedule.end_date}" if last else " on")
         latest = f" and no later than {schedule.end_date}" if last else ""
         raise ConfigError(
-            f"the run's data interval [{day(self.interval_start)}, {day(self.interval_end)}) ({tz}) lies "
-            f"outside the data of dataset {self.config.dataset.name!r}, which has data {span} "
-            f"(schedule.start_date/end_date in its config). The interval came from "
-            f"{self.interval_origin}. Trigger again with interval_end (the form's first field) "
-            f"after {schedule.start_date}{latest}."
+            f"the run's data interval [{day(self.interval_start)}, {day(self.interval_end)}) ({tz}) "
+            f"asks for rows in [{day(start)}, {day(end)}), which lies outside the data of dataset "
+            f"{self.config.dataset.name!r}: it has data {span} (schedule.start_date/end_date in its "
+            f"config). The interval came from {self.interval_origin}. Give an interval_end after "
+            f"{schedule.start_date}{latest} (the trigger form's first field; --interval-end on the "
+            "command line)."
         )
 
     def artifact_dir(self, step: str) -> str:
         return step_dir(self.settings.artifact_root, self.dag_id, self.run_id, step)
+
+    @classmethod
+    def from_json(cls, context: dict[str, Any]) -> StepContext:
+        """A context as the orchestrator sends it (``mlops step --context``).
+
+        Keys this version does not know are left out with a warning: the Airflow side and a step
+        image may be one release apart, and a new key must not fail every step of an older image.
+        """
+        known = set(inspect.signature(cls.create).parameters) - {"settings"}
+        unknown = sorted(set(context) - known)
+        if unknown:
+            log.warning("ignoring run-context keys this version does not know: %s", unknown)
+        return cls.create(**{k: v for k, v in context.items() if k in known})
 
     @classmethod
     def create(

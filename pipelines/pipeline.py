@@ -55,10 +55,6 @@ MONITORING: tuple[StepSpec, ...] = (
 # Feature store: offline tables up to the interval's end, then the online store for serving.
 FEATURES: tuple[StepSpec, ...] = (StepSpec("materialize_features"),)
 
-# Steps that read the rows of the run's data interval: it must overlap the dataset's data, else
-# they fail at once, saying so (``StepContext.check_window``), instead of reading nothing.
-WINDOWED_STEPS = frozenset({"ingest", "ingest_batch", "detect_drift", "materialize_features"})
-
 # Steps an orchestrator polls until their result says ``status: decided`` (a sensor in Airflow).
 POLLED_STEPS = frozenset({"analyse_rollout"})
 

@@ -14,7 +14,7 @@ from typing import Any
 from pipelines import audit, tracking
 from pipelines.context import StepContext
 from pipelines.errors import PipelineError
-from pipelines.pipeline import PIPELINES, WINDOWED_STEPS, StepSpec, is_skipped
+from pipelines.pipeline import PIPELINES, StepSpec, is_skipped
 from pipelines.steps import get_step
 
 log = logging.getLogger(__name__)
@@ -27,8 +27,6 @@ def execute_step(name: str, ctx: StepContext, inputs: dict[str, Any]) -> dict[st
     """Run one step and check its result is a small JSON document."""
     started = time.perf_counter()
     step = get_step(name)
-    if name in WINDOWED_STEPS:
-        ctx.check_window()
     # Every step talks to MLflow; bind its URIs first, so a fresh worker process (a scheduler's
     # task, a pod) never falls back to MLflow's default store for ``models:/`` and ``runs:/`` URIs.
     tracking.client(ctx.settings)

@@ -330,7 +330,9 @@ def images(docker_client) -> dict[str, dict]:
     """Both images, built by ``make images`` as the README says (layer cache: fast when unchanged)."""
     proc = subprocess.run(["make", "-s", "images"], cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    built = {image["target"]: image for image in json.loads(proc.stdout)}
+    lines = proc.stdout.splitlines()  # the summary is the JSON list that ends the output
+    summary = "\n".join(lines[max(i for i, line in enumerate(lines) if line == "[") :])
+    built = {image["target"]: image for image in json.loads(summary)}
     for image in built.values():
         print(f"image {image['tag']}: {image['size_mb']} MB, built in {image['build_seconds']} s")
     return built

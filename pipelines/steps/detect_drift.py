@@ -57,6 +57,8 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
     import mlflow
 
     config, dataset = ctx.config.monitoring, ctx.config.dataset
+    if config.source == "batch":  # the dataset's rows; the prediction log holds whatever traffic came
+        ctx.check_window()
     name = ctx.config.registry.model_name
     champion = tracking.champion_version(ctx.settings, name)
     if champion is None:

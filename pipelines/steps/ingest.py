@@ -89,6 +89,7 @@ def select_columns(frame: pd.DataFrame, ctx: StepContext) -> pd.DataFrame:
 def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
     """Read the window, label it, write the snapshot; return its URI, size and hash."""
     start, end = training_window(ctx)
+    ctx.check_window(start.to_pydatetime(), end.to_pydatetime())
     log.info("ingesting %s rows scheduled in [%s, %s)", ctx.config.dataset.name, start, end)
     raw = sources.read_window(ctx.config.dataset, start.to_pydatetime(), end.to_pydatetime())
     if raw.empty:

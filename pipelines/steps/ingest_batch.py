@@ -24,6 +24,7 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
     """Read ``[interval_start, interval_end)``; write the unlabelled snapshot."""
     dataset = ctx.config.dataset
     start, end = pd.Timestamp(ctx.interval_start), pd.Timestamp(ctx.interval_end)
+    ctx.check_window()
     log.info("reading %s rows scheduled in [%s, %s) to score", dataset.name, start, end)
     raw = sources.read_window(dataset, ctx.interval_start, ctx.interval_end)
     if raw.empty:

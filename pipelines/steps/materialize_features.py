@@ -20,8 +20,9 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
     dataset = ctx.config.dataset
     if dataset.feature_store is None:
         return skipped(f"dataset {dataset.name!r} declares no feature store")
-    built = feature_store.build(ctx.settings, dataset, ctx.interval_end)
     longest_ttl = max(v.ttl_hours for v in dataset.feature_store.views)
     start = ctx.interval_start - timedelta(hours=longest_ttl)
+    ctx.check_window(start, ctx.interval_end)
+    built = feature_store.build(ctx.settings, dataset, ctx.interval_end)
     loaded = feature_store.materialize(ctx.settings, dataset, start, ctx.interval_end)
     return {"status": "materialized", "offline_rows": built["rows"], **loaded}

@@ -59,8 +59,12 @@ class DataSpanTimetable(CronDataIntervalTimetable):
 
     @property
     def summary(self) -> str:
-        end = f"{self.last:%Y-%m-%d}" if self.last else "onwards"
-        return f"{self._expression}, {self.first:%Y-%m-%d} to {end}"
+        span = (
+            f"{self.first:%Y-%m-%d} to {self.last:%Y-%m-%d}"
+            if self.last
+            else f"from {self.first:%Y-%m-%d} on"
+        )
+        return f"{self._expression}, {span}"
 
     def serialize(self) -> dict[str, Any]:
         return {
@@ -72,12 +76,16 @@ class DataSpanTimetable(CronDataIntervalTimetable):
     @classmethod
     def deserialize(cls, data: dict[str, Any]) -> DataSpanTimetable:
         base = CronDataIntervalTimetable.deserialize(data)
-        last = pendulum.parse(data["last"]) if data.get("last") else None
-        return cls(base._expression, base._timezone, first=pendulum.parse(data["first"]), last=last)
+        tz = base._timezone  # in the schedule's own zone again, not the fixed offset of the ISO text
+
+        def parse(value: str | None) -> pendulum.DateTime | None:
+            return pendulum.parse(value).in_timezone(tz) if value else None
+
+        return cls(base._expression, tz, first=parse(data["first"]), last=parse(data.get("last")))
 
     def __eq__(self, other: object) -> bool:
-        if not isinstance(other, DataSpanTimetable):
-            return NotImplemented
+        if not isinstance(other, DataSpanTimetable):  # never equal to an unbounded cron timetable
+            return False
         return super().__eq__(other) and (self.first, self.last) == (other.first, other.last)
 
     def __hash__(self) -> int:

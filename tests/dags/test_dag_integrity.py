@@ -264,3 +264,22 @@ def test_scheduled_intervals_lie_inside_the_data(dagbag, dag_id, intervals):
     assert len(infos) == intervals
     assert infos[0].data_interval.start == pendulum.parse(config.schedule.start_date, tz=tz)
     assert infos[-1].data_interval.end == pendulum.parse(config.schedule.end_date, tz=tz)
+
+
+def test_the_data_span_timetable_survives_serialization_and_differs_from_an_unbounded_one():
+    import pendulum
+    from airflow.serialization.decoders import decode_timetable
+    from airflow.serialization.encoders import encode_timetable
+    from airflow.timetables.interval import CronDataIntervalTimetable
+
+    from mlops_airflow.schedules import DataSpanTimetable
+
+    config = load_config(DEFAULT_CONFIG)
+    bounded = DataSpanTimetable.for_config(config)
+    again = decode_timetable(encode_timetable(bounded))  # as the scheduler reads it back
+    assert again == bounded and again.last == pendulum.datetime(2014, 1, 1, tz=config.schedule.timezone)
+    assert str(again.first.timezone_name) == config.schedule.timezone
+    unbounded = CronDataIntervalTimetable(config.schedule.cron, config.schedule.timezone)
+    assert bounded != unbounded and unbounded != bounded
+    live = DataSpanTimetable("@daily", "UTC", first=pendulum.datetime(2024, 1, 1))
+    assert live.summary == "0 0 * * *, from 2024-01-01 on"

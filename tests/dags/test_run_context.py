@@ -12,10 +12,11 @@ from pipelines.context import StepContext
 NY = "America/New_York"
 
 
-def airflow_context(conf=None, interval=None, events=None, run_after=None, run_type="manual"):
+def airflow_context(conf=None, interval=None, events=None, run_after=None, run_type="manual", logical=None):
     dag_run = SimpleNamespace(
-        dag_id="training", run_id="r1", conf=conf or {}, run_type=run_type, run_after=run_after
-    )
+        dag_id="training", run_id="r1", conf=conf or {}, run_type=run_type, run_after=run_after,
+        logical_date=logical,
+    )  # fmt: skip
     start, end = interval or (None, None)
     return {
         "dag_run": dag_run,
@@ -29,7 +30,8 @@ def airflow_context(conf=None, interval=None, events=None, run_after=None, run_t
 
 def test_scheduled_run_uses_its_interval_and_the_config(store):
     interval = (pendulum.datetime(2013, 3, 1, tz=NY), pendulum.datetime(2013, 4, 1, tz=NY))
-    ctx = run_context(airflow_context(interval=interval, run_type="scheduled"))
+    ctx = run_context(airflow_context(interval=interval, run_type="scheduled", logical=interval[1]))
+    assert ctx["interval_origin"] == "the run's data interval (its logical date is 2013-04-01 00:00 EDT)"
     assert ctx["overrides"] == {}  # form defaults never mask the worker's config
     assert ctx["try_number"] == 2 and ctx["run_type"] == "scheduled"
     step = StepContext.create(**ctx)
@@ -41,6 +43,7 @@ def test_manual_run_from_the_form_overrides_interval_and_parameters(store):
     conf = {"interval_end": "2013-06-01", "estimator": "logistic_regression", "window_months": 2}
     interval = (pendulum.datetime(2026, 10, 1, tz=NY), pendulum.datetime(2026, 11, 1, tz=NY))
     ctx = run_context(airflow_context(conf=conf, interval=interval))
+    assert ctx["interval_origin"] == "the interval_end in the run's conf (the form)"
     assert ctx["overrides"] == {"estimator": "logistic_regression", "window_months": 2}
     step = StepContext.create(**ctx)
     assert step.interval_end.isoformat() == "2013-06-01T04:00:00+00:00"
@@ -56,8 +59,10 @@ def test_asset_triggered_run_takes_the_window_from_the_event(store):
         )
     )
     assert ctx["interval_end"] == "2013-07-01" and ctx["interval_start"] is None
+    assert ctx["interval_origin"] == "the interval_end of the asset event that triggered the run"
     bare = run_context(airflow_context(run_after=pendulum.datetime(2026, 11, 23, tz="UTC")))
     assert bare["interval_end"].startswith("2026-11-23")  # live data: the window ends when the run was due
+    assert bare["interval_origin"].startswith("the time the run was triggered")
 
 
 def test_steps_take_registry_and_serving_credentials_from_airflow_connections(monkeypatch):
@@ -108,3 +113,12 @@ def test_no_credential_is_written_in_the_code():
     )
     found = [f"{p.relative_to(root)}: {m.group(0)}" for p in files for m in literal.finditer(p.read_text())]
     assert not found, found
+
+
+def test_a_step_ignores_context_keys_it_does_not_know(store, caplog):
+    """The Airflow side and a step image may be a release apart: a new key in the run context
+    is left out with a warning instead of failing every step of an older image."""
+    ctx = run_context(airflow_context(conf={"interval_end": "2013-06-01"}))
+    step = StepContext.from_json({**ctx, "added_in_a_later_release": 1})
+    assert step.interval_end.isoformat() == "2013-06-01T04:00:00+00:00"
+    assert "added_in_a_later_release" in caplog.text

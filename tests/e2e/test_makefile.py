@@ -57,9 +57,11 @@ def makefile_targets() -> set[str]:
 def make(*args: str, cwd: Path = ROOT, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
     """``make`` as a user runs it; the session's MLflow store is not the user's (``MLOPS_HOME`` decides)."""
     environ = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    # Under `make test` this is a sub-make, which prints "Entering/Leaving directory" by default.
     return subprocess.run(
-        ["make", *args], cwd=cwd, env={**environ, **env}, capture_output=True, text=True, timeout=timeout
-    )
+        ["make", "--no-print-directory", *args], cwd=cwd, env={**environ, **env}, capture_output=True,
+        text=True, timeout=timeout,
+    )  # fmt: skip
 
 
 def test_every_target_the_readme_names_exists_and_is_tested_here():

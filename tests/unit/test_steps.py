@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,7 +12,7 @@ from conftest import dataset_config
 from pipelines import modeling, storage, tracking
 from pipelines.context import StepContext
 from pipelines.errors import ConfigError, DataError, ValidationFailed
-from pipelines.pipeline import TRAINING, WINDOWED_STEPS
+from pipelines.pipeline import TRAINING
 from pipelines.runner import execute_step, run_pipeline
 from pipelines.settings import Settings
 
@@ -62,7 +64,18 @@ def test_ingest_window_follows_config_and_empty_window_is_named(sliced):
         execute_step("ingest", make_ctx(end="2013-09-01"), {})
 
 
-@pytest.mark.parametrize("step", sorted(WINDOWED_STEPS))
+FEATURES_CONFIG = Path(__file__).resolve().parents[2] / "pipelines" / "datasets" / "flights_features.yaml"
+
+
+@pytest.mark.parametrize(
+    ("step", "overrides", "config"),
+    [
+        ("ingest", {}, None),
+        ("ingest_batch", {}, None),
+        ("detect_drift", {"source": "batch"}, None),  # the dataset's rows, not the prediction log
+        ("materialize_features", {}, FEATURES_CONFIG),
+    ],
+)
 @pytest.mark.parametrize(
     ("end", "origin"),
     [
@@ -70,20 +83,36 @@ def test_ingest_window_follows_config_and_empty_window_is_named(sliced):
         ("2013-01-01", "the interval_end in the run's conf (the form)"),
     ],
 )
-def test_a_window_outside_the_data_fails_before_reading_and_says_why(store, step, end, origin):
-    """A run whose interval lies outside schedule.start_date..end_date (the UI's default logical date
-    is *now*) fails at its first step with a message naming the interval, the data's span and
-    where the interval came from; nothing is read or written."""
-    ctx = StepContext.create(dag_id="training", run_id="outside", interval_end=end, interval_origin=origin)
+def test_a_window_outside_the_data_fails_before_reading_and_says_why(
+    store, monkeypatch, step, overrides, config, end, origin
+):
+    """A run whose rows lie outside schedule.start_date..end_date (the UI's default logical date is
+    *now*) fails at the step that would read them, with a message naming the interval, the rows
+    asked for, the data's span and where the interval came from; nothing is written."""
+    if config:
+        monkeypatch.setenv("MLOPS_CONFIG", str(config))
+    ctx = StepContext.create(
+        dag_id="training", run_id="outside", interval_end=end, interval_origin=origin, overrides=overrides
+    )
     with pytest.raises(ConfigError) as failure:
         execute_step(step, ctx, {})
     message = str(failure.value)
-    assert (
-        "lies outside the data of dataset 'flights', which has data from 2013-01-01 to 2014-01-01" in message
-    )
+    span = "it has data from 2013-01-01 to 2014-01-01"
+    assert f"lies outside the data of dataset {ctx.config.dataset.name!r}: {span}" in message
     assert f"The interval came from {origin}." in message
-    assert "Trigger again with interval_end" in message
-    assert not (store / "artifacts").exists() or not any((store / "artifacts").rglob("*.*"))
+    assert "Give an interval_end after 2013-01-01 and no later than 2014-01-01" in message
+    written = [p.relative_to(store / "artifacts") for p in (store / "artifacts").rglob("*.json")]
+    assert written and all(p.parts[0] == "audit" for p in written)  # the trigger is on the record
+    assert [p for p in written if "-run_triggered-" in p.name]
+
+
+def test_a_training_window_that_reaches_into_the_data_is_read():
+    """The check is on the rows a step reads: a window ending a month after the data still holds two
+    months of it (ingest reads window_months back from interval_end)."""
+    ctx = StepContext.create(dag_id="training", run_id="edge", interval_end="2014-02-01")
+    ctx.check_window(pd.Timestamp("2013-11-01", tz="UTC"), pd.Timestamp("2014-02-01", tz="UTC"))
+    with pytest.raises(ConfigError, match=r"asks for rows in \[2014-01-01 00:00, 2014-02-01 00:00\)"):
+        ctx.check_window()
 
 
 def test_validate_passes_on_real_data_and_stores_the_report(sliced):
