@@ -34,6 +34,12 @@ class ValidationFailed(DataError):
         self.report_uri = report_uri
 
 
+class UntrustedModel(PipelineError):
+    """A model artifact in another format than skops, or holding types the project does not trust."""
+
+    retryable = False
+
+
 class InfraValidationFailed(PipelineError):
     """The candidate could not be served: it did not load, answer correctly, or fast enough."""
 

@@ -160,23 +160,22 @@ def _pinned_requirements() -> list[str]:
 def log_model(model, example) -> str:
     """Log a fitted Pipeline to the active run with skops, a predict_proba signature and an example.
 
-    skops (not pickle) is the format: loading it cannot run arbitrary code.
-    The trusted types are exactly those of the object we just trained.
+    skops (not pickle) is the format, with only the types ``pipelines.model_format`` trusts: the
+    loaders refuse anything else, whatever the model's MLmodel file asks for.
     """
     import mlflow.sklearn
-    import skops.io
     from mlflow.models import infer_signature
 
-    trusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
+    from pipelines import model_format
+
     info = mlflow.sklearn.log_model(
         model,
         name="model",
         signature=infer_signature(example, model.predict_proba(example)),
         input_example=example,
         pip_requirements=_pinned_requirements(),
-        serialization_format="skops",
-        skops_trusted_types=trusted,
         pyfunc_predict_fn="predict_proba",
+        **model_format.save_options(model),
     )
     return info.model_uri
 

@@ -92,6 +92,8 @@ class Server:
             cache=config.model_cache,
             poll_seconds=config.poll_seconds,
             pinned_version=config.pinned_version,
+            model_dir=config.model_dir,
+            threshold=config.threshold,
             on_change=self.metrics.show_deployment,
         )
         self.online = None  # the feature store's online features, opened on first use

@@ -62,6 +62,10 @@ class ServingSettings:
     fsync: bool = False
     log_predictions: bool = True
     model_cache: Path = Path(".")
+    # Serve one downloaded model folder with no registry at all (the infra-validation sandbox,
+    # which runs without credentials); needs ``pinned_version`` for the answers' version field.
+    model_dir: Path | None = None
+    threshold: float | None = None
     features: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
     # Personal-data fields the model takes (pseudonymised): hashed before scoring and logging.
     personal: tuple[str, ...] = ()
@@ -87,10 +91,15 @@ class ServingSettings:
                 raise ConfigError(f"MLOPS_SERVING_TOKEN_FILE cannot be read: {exc.strerror}") from None
             if not token:
                 raise ConfigError("MLOPS_SERVING_TOKEN_FILE is empty")
+        model_dir = Path(env["MLOPS_SERVING_MODEL_DIR"]) if env.get("MLOPS_SERVING_MODEL_DIR") else None
+        if model_dir is not None and not env.get("MLOPS_SERVING_VERSION"):
+            raise ConfigError("MLOPS_SERVING_MODEL_DIR needs MLOPS_SERVING_VERSION (the version it holds)")
         return cls(
             settings=settings,
             model_name=env.get("MLOPS_SERVING_MODEL") or config.registry.model_name,
             pinned_version=env.get("MLOPS_SERVING_VERSION") or None,
+            model_dir=model_dir,
+            threshold=_env_number(env, "MLOPS_SERVING_THRESHOLD", 0.5) if model_dir else None,
             poll_seconds=_env_number(env, "MLOPS_SERVING_POLL_SECONDS", 5.0, minimum=0.1),
             token=token,
             max_rows=_env_number(env, "MLOPS_SERVING_MAX_ROWS", 10_000, int, 1),

@@ -361,14 +361,15 @@ class LoadedModel:
 
 def load_model_dir(path: str | Path, *, name: str, version: str, threshold: float | None) -> LoadedModel:
     """Load a downloaded MLflow sklearn model folder and pick its predictor."""
-    import mlflow.sklearn
     from mlflow.models import Model
+
+    from pipelines import model_format
 
     started = time.perf_counter()
     path = Path(path)
     meta = Model.load(path / "MLmodel")
     schema = FeatureSchema.from_signature(meta.signature)
-    pipeline = mlflow.sklearn.load_model(str(path))
+    pipeline = model_format.load_pipeline(path)  # skops only, types trusted by the project's code
     example = input_example(meta, path, schema)
     predictor, gap = choose_predictor(pipeline, schema, parity_rows(example, schema))
     model = LoadedModel(

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines import storage, tracking
+from pipelines.errors import UntrustedModel
 from pipelines.serving.model import LoadedModel, load_model_dir
 from pipelines.serving.policy import POLICY_TAG, Policy
 from pipelines.settings import Settings
@@ -99,40 +100,63 @@ class RegistryWatcher:
         cache: Path,
         poll_seconds: float = 5.0,
         pinned_version: str | None = None,
+        model_dir: Path | None = None,
+        threshold: float | None = None,
         on_change: Any = None,
     ):
         self.settings, self.model_name, self.cache = settings, model_name, cache
         self.poll_seconds, self.pinned_version = poll_seconds, pinned_version
+        self.model_dir, self.threshold = model_dir, threshold  # a local folder: no registry at all
         self.on_change = on_change
         self.deployment = Deployment()
         self.last_error: str | None = None
         self.last_success: float | None = None
         self._models: dict[str, LoadedModel] = {}
+        self._refused: dict[str, str] = {}  # version -> why its artifact is not loaded
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def _model(self, version: str) -> LoadedModel:
+        if version in self._refused:  # artifacts do not change: a refused version stays refused
+            raise UntrustedModel(self._refused[version])
         if version not in self._models:
-            self._models[version] = load_version(self.settings, self.model_name, version, self.cache)
+            try:
+                self._models[version] = self._load(version)
+            except UntrustedModel as exc:
+                self._refused[version] = str(exc)
+                raise
         return self._models[version]
 
-    def desired(self) -> tuple[str | None, Policy]:
-        """(champion version, policy) as the registry states them now."""
+    def _load(self, version: str) -> LoadedModel:
+        if self.model_dir:
+            return load_model_dir(
+                self.model_dir, name=self.model_name, version=version, threshold=self.threshold
+            )
+        return load_version(self.settings, self.model_name, version, self.cache)
+
+    def desired(self) -> tuple[str | None, Policy, str | None]:
+        """(champion version, policy, what is wrong with the policy) as the registry states them now."""
         if self.pinned_version:
-            return self.pinned_version, Policy()
+            return self.pinned_version, Policy(), None
         registered = tracking.client(self.settings).get_registered_model(self.model_name)
         champion = (registered.aliases or {}).get(tracking.CHAMPION)
         try:
-            policy = Policy.from_json((registered.tags or {}).get(POLICY_TAG))
+            policy, problem = Policy.from_json((registered.tags or {}).get(POLICY_TAG)), None
         except (ValueError, TypeError) as exc:
-            log.error("ignoring a malformed deployment policy (%s): serving the champion only", exc)
+            problem = f"malformed deployment policy tag {POLICY_TAG!r} ({exc}): serving the champion only"
+            log.error("%s", problem)
             policy = Policy()
-        return (str(champion) if champion is not None else None), policy
+        return (str(champion) if champion is not None else None), policy, problem
 
     def refresh(self) -> bool:
-        """One poll: load what changed and swap; True when the deployment changed."""
+        """One poll: load what changed and swap; True when the deployment changed.
+
+        What cannot be served is named in ``last_error`` (``/ready`` shows it) while the rest
+        keeps serving: a champion that fails to load leaves the previous one answering, a
+        challenger that fails ends the rollout's traffic split, a malformed policy is ignored.
+        """
         try:
-            champion_version, policy = self.desired()
+            champion_version, policy, problem = self.desired()
         except Exception as exc:
             if "RESOURCE_DOES_NOT_EXIST" in str(exc):  # reachable; nothing registered under the name yet
                 self.last_error = f"registered model {self.model_name!r} does not exist yet"
@@ -140,23 +164,30 @@ class RegistryWatcher:
                 self.last_error = f"registry unreachable: {exc}"
             log.warning("%s; still serving what is loaded", self.last_error)
             raise
+        problems = [problem] if problem else []
         champion = self.deployment.champion
         if champion_version is None:
-            self.last_error = f"registered model {self.model_name!r} has no champion alias yet"
+            problems.append(f"registered model {self.model_name!r} has no champion alias yet")
         elif champion is None or champion.version != champion_version:
-            champion = self._model(champion_version)
+            try:
+                champion = self._model(champion_version)
+            except Exception as exc:
+                still = f"still serving v{champion.version}" if champion else "nothing is served"
+                problems.append(f"champion v{champion_version} cannot be served ({exc}); {still}")
+                log.error("%s", problems[-1])
         challenger = None
         if policy.in_rollout and policy.challenger_version:
             try:
                 challenger = self._model(policy.challenger_version)
             except Exception as exc:  # the rollout cannot run, the champion still can
-                log.error("challenger v%s failed to load (%s): champion only", policy.challenger_version, exc)
-                self.last_error = f"challenger v{policy.challenger_version} failed to load: {exc}"
+                problems.append(
+                    f"challenger v{policy.challenger_version} failed to load ({exc}): champion only"
+                )
+                log.error("%s", problems[-1])
                 policy = Policy()
         new = Deployment(champion, challenger, policy, _known_categories(champion))
         self.last_success = time.time()
-        if champion_version is not None:
-            self.last_error = None
+        self.last_error = "; ".join(problems) or None
         if new.key() == self.deployment.key():
             return False
         self.deployment = new  # the swap: one reference assignment

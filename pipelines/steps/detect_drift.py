@@ -16,7 +16,17 @@ from typing import Any
 
 import pandas as pd
 
-from pipelines import feature_store, modeling, monitoring, prediction_log, reports, sources, storage, tracking
+from pipelines import (
+    feature_store,
+    model_format,
+    modeling,
+    monitoring,
+    prediction_log,
+    reports,
+    sources,
+    storage,
+    tracking,
+)
 from pipelines.context import StepContext
 from pipelines.errors import ConfigError
 from pipelines.pipeline import skipped
@@ -73,8 +83,7 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     reference = storage.read_parquet(reference_uri)
     if config.source == "batch":
-        tracking.client(ctx.settings)
-        current = _batch(ctx, mlflow.sklearn.load_model(f"models:/{name}/{version}"), version)
+        current = _batch(ctx, model_format.load_uri(ctx.settings, f"models:/{name}/{version}"), version)
     else:
         current = _traffic(ctx)
     log.info(

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from pipelines import audit, gate, modeling, reports, storage, tracking
+from pipelines import audit, gate, model_format, modeling, reports, storage, tracking
 from pipelines.context import StepContext
 
 log = logging.getLogger(__name__)
@@ -68,12 +68,6 @@ def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: metrics[k] for k in SUMMARY_METRICS}
 
 
-def _load(model_uri: str):
-    import mlflow.sklearn
-
-    return mlflow.sklearn.load_model(model_uri)
-
-
 def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
     """Score candidate and champion on the test split, decide, report."""
     import mlflow
@@ -83,7 +77,7 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
     test = storage.read_parquet(trained["test_uri"])
     x_test, y_test = modeling.features_and_label(test, dataset)
 
-    candidate = _load(trained["model_uri"])
+    candidate = model_format.load_uri(ctx.settings, trained["model_uri"])
     scores = {"candidate": candidate.predict_proba(x_test)[:, 1]}
     candidate_metrics = modeling.classification_metrics(y_test, scores["candidate"], trained["threshold"])
 
@@ -91,7 +85,7 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
     version = tracking.champion_version(ctx.settings, ctx.config.registry.model_name)
     if version is not None:
         not_comparable = _overlap(version, test[dataset.time_column].min())
-        champion_model = _load(f"models:/{version.name}/{version.version}")
+        champion_model = model_format.load_uri(ctx.settings, f"models:/{version.name}/{version.version}")
         scores["champion"] = champion_model.predict_proba(x_test)[:, 1]
         threshold = float(version.tags.get("threshold", 0.5))
         champion = {

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines import modeling, storage, tracking
+from pipelines import model_format, modeling, storage, tracking
 from pipelines.context import StepContext
 from pipelines.errors import ConfigError
 
@@ -32,8 +32,7 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"{name} has no champion to score with: train and register a model first")
     version = str(champion.version)
     threshold = float(champion.tags.get("threshold", 0.5))
-    tracking.client(ctx.settings)
-    model = mlflow.sklearn.load_model(f"models:/{name}/{version}")
+    model = model_format.load_uri(ctx.settings, f"models:/{name}/{version}")
 
     frame = storage.read_parquet(inputs["ingest_batch"]["snapshot_uri"])
     chunk = ctx.config.batch.chunk_rows

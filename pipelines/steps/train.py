@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import ParameterSampler
 
-from pipelines import modeling, storage, tracking
+from pipelines import model_format, modeling, storage, tracking
 from pipelines.context import StepContext
 
 log = logging.getLogger(__name__)
@@ -57,10 +57,7 @@ def _champion_to_continue(ctx: StepContext):
     if champion is None:
         log.info("stateful training asked for, but there is no champion yet: training from scratch")
         return None
-    import mlflow
-
-    tracking.client(ctx.settings)  # binds the tracking and registry URIs
-    base = mlflow.sklearn.load_model(f"models:/{name}/{champion.version}")
+    base = model_format.load_uri(ctx.settings, f"models:/{name}/{champion.version}")
     if type(base.named_steps["model"]).__name__ != modeling.ESTIMATOR_CLASSES[training.estimator]:
         log.info("the champion is not a %s: training from scratch", training.estimator)
         return None

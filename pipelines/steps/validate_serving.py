@@ -2,16 +2,18 @@
 
 TFX's InfraValidator idea: a model that passed the offline gate can still fail
 to load in the serving stack (a missing dependency, a type the serializer
-refuses) or answer too slowly. The candidate is started with ``mlops serve
---version N`` in its own process, with no prediction log and its own model
-cache; it must become ready, answer real rows with exactly the probabilities
-of the scikit-learn pipeline, and meet the latency budget.
+refuses) or answer too slowly. The candidate's files are downloaded and served
+by ``mlops serve`` in its own process, with no prediction log, no registry and
+no secret in its environment; it must become ready, answer real rows with
+exactly the probabilities of the scikit-learn pipeline, and meet the latency
+budget.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -49,61 +51,62 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _reference_rows(ctx: StepContext, version: str, cache: Path):
+def _reference_rows(path: Path):
     """Rows to query (the model's input example plus edge cases) and the pipeline's own answers."""
-    import mlflow.sklearn
     from mlflow.models import Model
 
+    from pipelines import model_format
     from pipelines.serving.model import FeatureSchema, input_example, parity_rows
-    from pipelines.serving.registry import download_version
 
-    path = download_version(ctx.settings, ctx.config.registry.model_name, version, cache)
     meta = Model.load(path / "MLmodel")
     schema = FeatureSchema.from_signature(meta.signature)
 
     batch = parity_rows(input_example(meta, path, schema), schema)
-    expected = mlflow.sklearn.load_model(str(path)).predict_proba(batch.frame(schema))[:, 1]
+    expected = model_format.load_pipeline(path).predict_proba(batch.frame(schema))[:, 1]
     return batch.records(schema), expected
 
 
-class Sandbox:
-    """``mlops serve --version N`` on a free loopback port, in its own process group."""
+# Passed to the sandbox as they are: where programs and the interpreter's files are found.
+SANDBOX_PASSTHROUGH = ("PATH", "LANG", "LC_ALL", "PYTHONPATH", "VIRTUAL_ENV", "SSL_CERT_FILE")
 
-    def __init__(self, version: str, model_name: str, workdir: Path, settings: Settings):
+
+class Sandbox:
+    """``mlops serve`` of one downloaded model folder, on a free loopback port, with no secrets.
+
+    The worker downloads the candidate's files (downloading loads nothing); the sandbox serves
+    that folder with no registry, no stores and no credentials in its environment: not MLflow's,
+    not the cloud's, not the databases', not the personal-data key (a random one stands in).
+    Whatever the candidate's files could make a server do, they find nothing to take.
+    """
+
+    def __init__(self, version: str, model_name: str, workdir: Path, settings: Settings, model_dir: Path,
+                 threshold: float | None):  # fmt: skip
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {
-            **os.environ,
-            # the step's own stores, not whatever this process inherited
-            "MLFLOW_TRACKING_URI": settings.tracking_uri,
-            "MLOPS_CONFIG": settings.config_path,
-            "MLOPS_ARTIFACT_ROOT": settings.artifact_root,
+        env = {k: os.environ[k] for k in SANDBOX_PASSTHROUGH if k in os.environ}
+        env |= {
+            "HOME": str(workdir),
+            "TMPDIR": str(workdir),
+            "OMP_NUM_THREADS": "1",
+            "MLOPS_HOME": str(workdir / "home"),
+            "MLOPS_CONFIG": settings.config_path,  # the features and their types: a file, no secret
+            "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'no-registry.db'}",
+            "MLOPS_PII_KEY": secrets.token_hex(16),
             "MLOPS_SERVING_MODEL": model_name,
+            "MLOPS_SERVING_VERSION": version,
+            "MLOPS_SERVING_MODEL_DIR": str(model_dir),
             "MLOPS_SERVING_LOG_PREDICTIONS": "false",
-            "MLOPS_SERVING_MODEL_CACHE": str(workdir / "models"),
             "MLOPS_SERVING_POLL_SECONDS": "1",
         }
-        env.pop("MLOPS_SERVING_TOKEN", None)
-        env.pop("MLOPS_SERVING_TOKEN_FILE", None)
+        if threshold is not None:
+            env["MLOPS_SERVING_THRESHOLD"] = str(threshold)
+        self.env = env
         self.output = workdir / "server.log"
         with open(self.output, "wb") as out:
             self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "pipelines.cli",
-                    "serve",
-                    "--version",
-                    version,
-                    "--port",
-                    str(self.port),
-                ],
-                env=env,
-                cwd=workdir,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+                [sys.executable, "-m", "pipelines.cli", "serve", "--port", str(self.port)],
+                env=env, cwd=workdir, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
 
     def tail(self, lines: int = 15) -> str:
         text = self.output.read_text(errors="replace") if self.output.exists() else ""
@@ -182,15 +185,19 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
     version = candidate_version(ctx)
     if version is None:
         return skipped(f"{name} has no challenger to deploy", version=None)
+    from pipelines.serving.registry import download_version
+
     client_ = tracking.client(ctx.settings)
+    threshold = client_.get_model_version(name, version).tags.get("threshold")
     try:
         with tempfile.TemporaryDirectory(prefix="mlops-infra-") as tmp, httpx.Client() as http:
             workdir = Path(tmp)
-            sandbox = Sandbox(version, name, workdir, ctx.settings)
+            model_dir = download_version(ctx.settings, name, version, workdir / "models")  # files only
+            sandbox = Sandbox(version, name, workdir, ctx.settings, model_dir, threshold and float(threshold))
             try:
                 ready = sandbox.wait_ready(http, READY_TIMEOUT_S)
                 try:
-                    records, expected = _reference_rows(ctx, version, workdir / "reference")
+                    records, expected = _reference_rows(model_dir)
                 except Exception as exc:
                     raise InfraValidationFailed(f"the reference pipeline cannot score: {exc}") from exc
                 checks = check_served(ctx, version, sandbox.url, http, records, expected)

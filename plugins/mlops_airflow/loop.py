@@ -551,13 +551,10 @@ def _loop(args: argparse.Namespace, home: Path, env: dict[str, str], ports: dict
 
 def _baseline_model(settings, config):
     """The first champion, kept fixed: the "never retrain" baseline."""
-    import mlflow
+    from pipelines import model_format, tracking
 
-    from pipelines import tracking
-
-    tracking.client(settings)
     version = tracking.champion_version(settings, config.registry.model_name)
-    return mlflow.sklearn.load_model(f"models:/{config.registry.model_name}/{version.version}")
+    return model_format.load_uri(settings, f"models:/{config.registry.model_name}/{version.version}")
 
 
 def _fmt(value: Any, spec: str = ".3f") -> str:

@@ -1,0 +1,95 @@
+"""The one format models are saved and loaded in: skops, trusting only the types named here.
+
+Why this exists: ``mlflow.sklearn.load_model`` takes ``serialization_format`` and
+``skops_trusted_types`` from the model's own ``MLmodel`` file. Whoever can write a version to the
+registry could then ask for ``pickle`` (code runs while loading) or allow-list any type, and
+every model server, the deploy worker and the batch scorer would run it. Here the artifact
+decides nothing: only the sklearn flavour's skops file is read, and only the types in
+``TRUSTED_TYPES`` (what the project's own pipelines are made of, beyond the scikit-learn and
+NumPy types skops trusts by default) may appear in it. Anything else is refused with
+:class:`UntrustedModel` before a byte of the model is turned into objects. MLflow's ``code``
+paths and the pyfunc loader are never used, so no module shipped with a model is imported.
+
+Training checks the same list when it saves (``save_options``): a new estimator whose types are
+not here fails at ``train``, not later in production.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipelines.errors import UntrustedModel
+
+SKOPS = "skops"
+# Beyond skops' own defaults (scikit-learn estimators and transformers, NumPy arrays and scalars):
+TRUSTED_TYPES = frozenset(
+    {
+        "functools.partial",  # HistGradientBoosting keeps partial(check_array, ...) for its input checks
+        "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+        "sklearn.utils.validation.check_array",
+        "numpy.dtype",  # LogisticRegression's coefficient dtype
+    }
+)
+
+
+def check_types(types: Iterable[str], what: str) -> list[str]:
+    """``types`` sorted, if every one is trusted; else :class:`UntrustedModel` naming the others."""
+    types = sorted(set(types))
+    refused = [t for t in types if t not in TRUSTED_TYPES]
+    if refused:
+        raise UntrustedModel(
+            f"{what} holds types this project does not trust: {refused}. Only "
+            f"pipelines.model_format.TRUSTED_TYPES may appear in a model; extend it in code, "
+            "after review, if a new estimator needs more"
+        )
+    return types
+
+
+def save_options(model: Any) -> dict[str, Any]:
+    """``mlflow.sklearn.log_model`` arguments that save ``model`` as skops, its types checked."""
+    import skops.io
+
+    types = check_types(skops.io.get_untrusted_types(data=skops.io.dumps(model)), "the trained model")
+    return {"serialization_format": SKOPS, "skops_trusted_types": types}
+
+
+def load_pipeline(model_dir: str | Path) -> Any:
+    """The scikit-learn model in a downloaded MLflow model folder, loaded only from skops."""
+    import skops.io
+
+    model_dir = Path(model_dir)
+    try:
+        flavor = yaml.safe_load((model_dir / "MLmodel").read_text())["flavors"]["sklearn"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
+        raise UntrustedModel(f"{model_dir} is not an MLflow scikit-learn model: {exc}") from exc
+    fmt = flavor.get("serialization_format")
+    if fmt != SKOPS:
+        raise UntrustedModel(
+            f"the model asks to be loaded as {fmt!r}; only {SKOPS!r} is loaded (a pickle runs code while"
+            " loading)"
+        )
+    name = str(flavor.get("pickled_model") or "")
+    path = model_dir / name
+    if not name or Path(name).name != name or not path.is_file():
+        raise UntrustedModel(f"the model's file {name!r} is not a file inside {model_dir}")
+    try:
+        types = skops.io.get_untrusted_types(file=path)
+    except Exception as exc:  # not a skops archive at all
+        raise UntrustedModel(f"{path} is not a readable skops file: {exc}") from exc
+    return skops.io.load(path, trusted=check_types(types, f"the model file {path}"))
+
+
+def load_uri(settings: Any, model_uri: str) -> Any:
+    """The model at an MLflow URI (``models:/name/3``, ``runs:/...``), through :func:`load_pipeline`."""
+    import mlflow.artifacts
+
+    from pipelines import tracking
+
+    tracking.client(settings)
+    with tempfile.TemporaryDirectory(prefix="mlops-model-") as tmp:
+        return load_pipeline(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))

@@ -1,0 +1,169 @@
+"""Someone who can write to the registry cannot run code in a model server or the deploy worker.
+
+On the real MLflow server, ``flights-hostile`` gets three versions: v1 a copy of the good
+serving model, v2 the same folder with an MLmodel that asks for pickle and a pickle that touches
+a marker file when unpickled, v3 a skops model that allow-lists ``os.system`` in its own MLmodel
+(a FunctionTransformer would call it on every request). A model server follows the name while
+the ``champion`` alias is moved to v2 and v3; infra validation is asked to deploy each.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import shutil
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from conftest import SERVING_MODEL, ServerProcess
+from pipelines import tracking
+from pipelines.context import StepContext
+from pipelines.errors import InfraValidationFailed
+from pipelines.runner import execute_step
+
+pytestmark = pytest.mark.e2e
+HOSTILE = "flights-hostile"
+
+
+class _TouchesWhenUnpickled:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def _register_folder(settings, folder: Path) -> str:
+    import mlflow
+
+    with mlflow.start_run(experiment_id=tracking.experiment_id(settings, SERVING_MODEL)) as run:
+        mlflow.log_artifacts(str(folder), "model")
+    client = tracking.client(settings)
+    return client.create_model_version(HOSTILE, f"runs:/{run.info.run_id}/model", run.info.run_id).version
+
+
+@pytest.fixture(scope="module")
+def hostile(serving_home, tmp_path_factory):
+    import skops.io
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    from pipelines import model_format
+    from pipelines.serving.registry import download_version
+
+    settings = serving_home["settings"]
+    work = tmp_path_factory.mktemp("hostile")
+    marker = work / "code-ran"
+    client = tracking.client(settings)
+    good = client.get_model_version(SERVING_MODEL, "1")
+    tracking.register_version(settings, HOSTILE, good.source, good.run_id, dict(good.tags))
+    folder = download_version(settings, SERVING_MODEL, "1", work / "cache")
+
+    pickled = work / "pickled"
+    shutil.copytree(folder, pickled)
+    meta = yaml.safe_load((pickled / "MLmodel").read_text())
+    meta["flavors"]["sklearn"].update(serialization_format="pickle", pickled_model="model.pkl")
+    (pickled / "MLmodel").write_text(yaml.safe_dump(meta))
+    (pickled / "model.pkl").write_bytes(pickle.dumps(_TouchesWhenUnpickled(marker)))
+
+    hooked = work / "hooked"
+    shutil.copytree(folder, hooked)
+    pipeline = model_format.load_pipeline(folder)
+    skops.io.dump(
+        Pipeline([("hook", FunctionTransformer(os.system)), ("model", pipeline)]), hooked / "model.skops"
+    )
+    meta = yaml.safe_load((hooked / "MLmodel").read_text())
+    meta["flavors"]["sklearn"]["skops_trusted_types"].append("posix.system")
+    (hooked / "MLmodel").write_text(yaml.safe_dump(meta))
+
+    versions = {
+        "pickle": _register_folder(settings, pickled),
+        "os.system": _register_folder(settings, hooked),
+    }
+    client.set_registered_model_alias(HOSTILE, "champion", "1")
+    env = {**serving_home["env"], "MLOPS_SERVING_MODEL": HOSTILE}
+    return {"versions": versions, "marker": marker, "env": env, "settings": settings, "work": work}
+
+
+def _ready(url: str) -> dict:
+    return httpx.get(f"{url}/ready", timeout=10).json()
+
+
+def test_a_server_refuses_a_hostile_champion_names_why_and_keeps_serving(hostile, april_rows):
+    client = tracking.client(hostile["settings"])
+    server = ServerProcess(hostile["env"], hostile["work"] / "server.log").start().wait_ready()
+    try:
+        record = april_rows[0][0]
+        for version, reason in [
+            (hostile["versions"]["pickle"], "asks to be loaded as 'pickle'; only 'skops' is loaded"),
+            (hostile["versions"]["os.system"], "holds types this project does not trust: ['posix.system']"),
+        ]:
+            client.set_registered_model_alias(HOSTILE, "champion", version)
+            deadline = time.time() + 60
+            while reason not in str(_ready(server.url).get("registry_error")):
+                assert time.time() < deadline, _ready(server.url)
+                time.sleep(0.3)
+            ready = _ready(server.url)
+            assert ready["champion"]["version"] == "1", ready  # the old model keeps serving
+            assert f"champion v{version} cannot be served" in ready["registry_error"]
+            assert "still serving v1" in ready["registry_error"]
+            answer = httpx.post(f"{server.url}/predict", json={"records": [record]}, timeout=10)
+            assert answer.status_code == 200 and answer.json()["model_version"] == "1"
+    finally:
+        server.stop()
+        client.set_registered_model_alias(HOSTILE, "champion", "1")
+    assert not hostile["marker"].exists()
+
+
+@pytest.mark.parametrize("kind", ["pickle", "os.system"])
+def test_infra_validation_refuses_a_hostile_candidate_without_loading_it(hostile, kind):
+    version = hostile["versions"][kind]
+    settings = dataclasses.replace(hostile["settings"], config_path=str(hostile["work"] / "hostile.yaml"))
+    config = yaml.safe_load(Path(hostile["settings"].config_path).read_text())
+    config["registry"] = {"model_name": HOSTILE, "experiment": SERVING_MODEL}
+    Path(settings.config_path).write_text(yaml.safe_dump(config))
+    ctx = StepContext.create(
+        dag_id="deploy", run_id=f"hostile-{kind}", interval_end="2013-05-01", overrides={"version": version},
+        settings=settings,
+    )  # fmt: skip
+    with pytest.raises(InfraValidationFailed, match="did not load"):
+        execute_step("validate_serving", ctx, {})
+    tags = tracking.client(settings).get_model_version(HOSTILE, version).tags
+    assert tags["infra_validation"].startswith("failed") and "cannot be served" in tags["infra_validation"]
+    assert not hostile["marker"].exists()
+
+
+def test_the_infra_validation_sandbox_holds_no_secret(serving_home, tmp_path, monkeypatch):
+    """The deploy worker holds the S3 keys, database URLs and the PII key; the sandbox that runs the
+    candidate gets none of them, and still serves the candidate from its downloaded folder."""
+    from pipelines.serving.registry import download_version
+    from pipelines.steps.validate_serving import Sandbox
+
+    secrets = {
+        "AWS_SECRET_ACCESS_KEY": "s3-secret-value",
+        "MLFLOW_TRACKING_PASSWORD": "mlflow-secret-value",
+        "MLOPS_PII_KEY": "pii-secret-value",
+        "MLOPS_PREDICTION_LOG": "postgresql://mlops:db-secret-value@db/mlops",
+        "MLOPS_SERVING_TOKEN": "token-secret-value",
+        "AIRFLOW_CONN_MLFLOW_DEFAULT": '{"password": "conn-secret-value"}',
+    }
+    for key, value in secrets.items():
+        monkeypatch.setenv(key, value)
+    settings = serving_home["settings"]
+    model_dir = download_version(settings, SERVING_MODEL, "1", tmp_path / "models")
+    sandbox = Sandbox("1", SERVING_MODEL, tmp_path, settings, model_dir, 0.2)
+    try:
+        environ = Path(f"/proc/{sandbox.proc.pid}/environ").read_bytes()
+        for value in secrets.values():
+            assert value.encode() not in environ
+        assert b"MLFLOW_TRACKING_URI=sqlite:" in environ  # no registry to reach either
+        with httpx.Client() as http:
+            ready = sandbox.wait_ready(http, 90)
+        assert ready["champion"]["version"] == "1" and ready["registry_error"] is None
+    finally:
+        sandbox.stop()

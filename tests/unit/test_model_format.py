@@ -1,0 +1,117 @@
+"""Loading a model never runs code from the artifact: skops only, trusting the project's types only.
+
+The artifacts here are built the way an attacker with write access to the registry would build
+them: a valid MLflow model folder whose MLmodel asks for pickle (and whose pickle touches a
+marker file when unpickled), and a skops model that allow-lists ``os.system`` in its own MLmodel.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from pipelines import model_format
+from pipelines.errors import UntrustedModel
+from pipelines.serving.model import load_model_dir
+
+
+class _RunsCodeWhenUnpickled:
+    def __init__(self, marker: pathlib.Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (self.marker,))
+
+
+def _frame() -> tuple[pd.DataFrame, np.ndarray]:
+    x = pd.DataFrame({"hour": [1.0, 2.0, 3.0, 4.0], "distance": [100.0, 200.0, 300.0, 400.0]})
+    return x, np.array([0, 1, 0, 1])
+
+
+def _saved(path: pathlib.Path, model, x: pd.DataFrame | None = None, **options) -> pathlib.Path:
+    """An MLflow model folder as ``log_model`` writes one (the signature needs no prediction)."""
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+
+    x = _frame()[0] if x is None else x
+    signature = infer_signature(x, np.zeros((len(x), 2)))
+    mlflow.sklearn.save_model(model, str(path), signature=signature, input_example=x, **options)
+    return path
+
+
+def _fitted(*steps):
+    """A fitted model, with ``steps`` put in front of it unfitted (a hook never runs here)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+
+    x, y = _frame()
+    return Pipeline([*steps, ("model", LogisticRegression().fit(x, y))])
+
+
+def test_a_model_that_asks_for_pickle_is_refused_and_never_unpickled(tmp_path):
+    marker = tmp_path / "code-ran"
+    path = _saved(tmp_path / "model", _fitted(), serialization_format="pickle")
+    (path / "model.pkl").write_bytes(pickle.dumps(_RunsCodeWhenUnpickled(marker)))
+    with pytest.raises(UntrustedModel, match="asks to be loaded as 'pickle'; only 'skops' is loaded"):
+        load_model_dir(path, name="hostile", version="2", threshold=None)
+    assert not marker.exists()
+
+
+def test_a_skops_model_cannot_allow_list_types_for_itself(tmp_path):
+    """Its MLmodel trusts ``os.system`` (a FunctionTransformer would call it on every request)."""
+    from sklearn.preprocessing import FunctionTransformer
+
+    model = _fitted(("hook", FunctionTransformer(os.system)))
+    path = _saved(
+        tmp_path / "model", model, serialization_format="skops", skops_trusted_types=["posix.system"]
+    )
+    flavor = yaml.safe_load((path / "MLmodel").read_text())["flavors"]["sklearn"]
+    assert flavor["skops_trusted_types"] == ["posix.system"]  # what MLflow's own loader would trust
+    with pytest.raises(UntrustedModel, match=r"holds types this project does not trust: \['posix.system'\]"):
+        load_model_dir(path, name="hostile", version="3", threshold=None)
+
+
+def test_a_model_file_outside_its_folder_or_not_skops_is_refused(tmp_path):
+    path = _saved(tmp_path / "model", _fitted(), serialization_format="skops")
+    meta = yaml.safe_load((path / "MLmodel").read_text())
+    meta["flavors"]["sklearn"]["pickled_model"] = "../elsewhere.skops"
+    (path / "MLmodel").write_text(yaml.safe_dump(meta))
+    with pytest.raises(UntrustedModel, match="is not a file inside"):
+        model_format.load_pipeline(path)
+    meta["flavors"]["sklearn"]["pickled_model"] = "model.skops"
+    (path / "MLmodel").write_text(yaml.safe_dump(meta))
+    (path / "model.skops").write_bytes(b"not a zip archive")
+    with pytest.raises(UntrustedModel, match="is not a readable skops file"):
+        model_format.load_pipeline(path)
+
+
+def test_training_refuses_to_save_a_model_with_types_nobody_reviewed():
+    from sklearn.preprocessing import FunctionTransformer
+
+    with pytest.raises(UntrustedModel, match=r"posix\.system"):
+        model_format.save_options(_fitted(("hook", FunctionTransformer(os.system))))
+
+
+@pytest.mark.parametrize("estimator", ["hist_gradient_boosting", "logistic_regression"])
+def test_every_model_the_project_trains_saves_and_loads_within_the_allow_list(
+    tmp_path, flights_frame, estimator
+):
+    """The list in code covers what the pipelines make: both estimators, fresh and continued."""
+    from conftest import DEFAULT_CONFIG
+    from pipelines import modeling
+    from pipelines.config import load_config
+
+    config = load_config(DEFAULT_CONFIG, {"estimator": estimator})
+    rows = flights_frame[flights_frame["arr_delay"].notna()].head(3000)
+    x, y = modeling.model_input(rows, config.dataset), (rows["arr_delay"] > 15).to_numpy()
+    fresh = modeling.build_pipeline(config.dataset, config.training).fit(x, y)
+    for i, model in enumerate([fresh, modeling.continue_training(fresh, x, y, 3)]):
+        path = _saved(tmp_path / f"m{i}", model, x.head(5), **model_format.save_options(model))
+        loaded = model_format.load_pipeline(path)
+        assert np.allclose(loaded.predict_proba(x), model.predict_proba(x))
