@@ -137,10 +137,17 @@ def champion_version(settings: Settings, model_name: str):
     """The model version behind the ``champion`` alias, or None when there is none yet."""
     from mlflow.exceptions import MlflowException
 
+    mlflow_client = client(settings)
     try:
-        return client(settings).get_model_version_by_alias(model_name, CHAMPION)
+        return mlflow_client.get_model_version_by_alias(model_name, CHAMPION)
     except MlflowException as exc:
         if exc.error_code in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}:
+            return None
+        # Behind MLflow's basic-auth app a model that does not exist yet answers 403, not 404
+        # (there is no permission to look up): tell the two apart by searching for it.
+        if exc.error_code == "PERMISSION_DENIED" and not mlflow_client.search_registered_models(
+            filter_string=f"name = '{model_name}'"
+        ):
             return None
         raise
 

@@ -73,10 +73,11 @@ def mlflow_server(tmp_path_factory) -> str:
     """A real ``mlflow server`` process on loopback with its own SQLite store."""
     home = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    # the tests' own server: open, whatever profile a module set in this process's environment
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLOPS_MLFLOW_AUTH": ""}
     with open(home / "server.log", "wb") as log:  # the child keeps its own copy of the descriptor
         proc = subprocess.Popen(
-            mlflow_server_cmd(home, port),
+            mlflow_server_cmd(home, port, env),
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

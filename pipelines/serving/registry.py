@@ -160,6 +160,11 @@ class RegistryWatcher:
         except Exception as exc:
             if "RESOURCE_DOES_NOT_EXIST" in str(exc):  # reachable; nothing registered under the name yet
                 self.last_error = f"registered model {self.model_name!r} does not exist yet"
+            elif "403" in str(exc):  # behind MLflow's auth app, also what a model not created yet gives
+                self.last_error = (
+                    f"registered model {self.model_name!r} does not exist yet, or this server's MLflow"
+                    " user may not read it"
+                )
             else:
                 self.last_error = f"registry unreachable: {exc}"
             log.warning("%s; still serving what is loaded", self.last_error)

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlops_airflow import stack
+from mlops_airflow import registry_auth, stack
 
 DAGS = ("training", "deploy", "monitoring")
 MARKER = ".mlops-home"  # a folder --fresh may wipe: only one this module created
@@ -139,16 +139,16 @@ def start_stack(home: Path, ports: dict[str, int]) -> tuple[Stack, dict[str, str
     for dag_id in DAGS:
         subprocess.run(["airflow", "dags", "unpause", dag_id], env=env, check=True, stdout=subprocess.DEVNULL)
     # MLflow first: it creates or upgrades its database, which nobody else may touch meanwhile.
-    run.start("mlflow", stack.mlflow_server_cmd(home, ports["mlflow"], env))
-    if not stack._wait_http(f"http://127.0.0.1:{ports['mlflow']}/health", 120):
+    if not stack.start_registry(run.start, home, ports["mlflow"], env):
         raise SystemExit(f"MLflow did not start: see {home / 'logs' / 'mlflow.log'}")
-    run.start("airflow", ["bash", "-c", AIRFLOW])
+    # Each process holds only its own credentials: the pipeline writes, the model server reads.
+    run.start("airflow", ["bash", "-c", AIRFLOW], registry_auth.as_role(env, "pipeline"))
     serve = [sys.executable, "-m", "pipelines.cli", "serve", "--port", str(ports["server"])]
     run.start(
         "server",
         serve,
         {
-            **env,
+            **registry_auth.as_role(env, "server"),
             "OMP_NUM_THREADS": "1",
             "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{ports['mlflow']}",
             "MLOPS_SERVING_POLL_SECONDS": "2",

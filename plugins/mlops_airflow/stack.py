@@ -21,6 +21,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from mlops_airflow import registry_auth
+
 ROOT = Path(__file__).resolve().parents[2]
 AIRFLOW_PORT = int(os.environ.get("MLOPS_AIRFLOW_PORT", "8080"))
 MLFLOW_PORT = int(os.environ.get("MLOPS_MLFLOW_PORT", "5000"))
@@ -245,11 +247,12 @@ def mlflow_server_cmd(home: Path, port: int, env: dict[str, str] | None = None) 
     """The MLflow tracking server (one worker: two processes, not fifteen).
 
     Embedded: SQLite and local artifacts under ``home``. A profile sets
-    ``MLFLOW_BACKEND_STORE_URI`` (PostgreSQL) and ``MLFLOW_ARTIFACTS_DESTINATION`` (``s3://...``).
+    ``MLFLOW_BACKEND_STORE_URI`` (PostgreSQL), ``MLFLOW_ARTIFACTS_DESTINATION`` (``s3://...``) and
+    ``MLOPS_MLFLOW_AUTH=basic`` (MLflow's basic-auth app, see ``registry_auth``).
     """
     env = os.environ if env is None else env
     return [
-        "mlflow", "server",
+        "mlflow", "server", *registry_auth.server_args(env),
         "--backend-store-uri", env.get("MLFLOW_BACKEND_STORE_URI") or f"sqlite:///{home / 'mlflow.db'}",
         "--artifacts-destination",
         env.get("MLFLOW_ARTIFACTS_DESTINATION") or str(home / "artifacts" / "mlflow-server"),
@@ -257,21 +260,32 @@ def mlflow_server_cmd(home: Path, port: int, env: dict[str, str] | None = None) 
     ]  # fmt: skip
 
 
+def start_registry(start, home: Path, port: int, env: dict[str, str]) -> bool:
+    """Start the MLflow server with ``start(name, cmd, env)``; once it answers, its users exist."""
+    start("mlflow", mlflow_server_cmd(home, port, env), registry_auth.server_env(home, env))
+    if not _wait_http(f"http://127.0.0.1:{port}/health", 120):
+        return False
+    registry_auth.ensure_users(f"http://127.0.0.1:{port}", env)
+    return True
+
+
 def up(args: argparse.Namespace) -> int:
     env = {**os.environ, **_apply_env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     home = Path(env["MLOPS_HOME"])
+    registry_auth.server_env(home, env)  # a missing secret stops here, before anything starts
     migrate()
     subprocess.run(["airflow", "dags", "reserialize"], env=env, check=True, stdout=subprocess.DEVNULL)
     for dag_id in ("training", "deploy"):  # a registered challenger then flows on to deploy by itself
         subprocess.run(["airflow", "dags", "unpause", dag_id], env=env, stdout=subprocess.DEVNULL)
     # MLflow first: it creates or upgrades its database, which nobody else may touch meanwhile.
-    _start("mlflow", mlflow_server_cmd(home, MLFLOW_PORT, env), env)
-    ok_mlflow = _wait_http(f"http://127.0.0.1:{MLFLOW_PORT}/health", 90)
-    _start("airflow", ["airflow", "standalone"], env)
+    ok_mlflow = start_registry(_start, home, MLFLOW_PORT, env)
+    # Each process holds only its own credentials: the pipeline writes, the model server reads.
+    _start("airflow", ["airflow", "standalone"], registry_auth.as_role(env, "pipeline"))
     serve = [sys.executable, "-m", "pipelines.cli", "serve", "--port", str(SERVING_PORT)]
     # The server follows the registry through the tracking server, as a replica would in production.
     tracking_server = f"http://127.0.0.1:{MLFLOW_PORT}"
-    _start("server", serve, {**env, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": tracking_server})
+    server_env = registry_auth.as_role(env, "server")
+    _start("server", serve, {**server_env, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": tracking_server})
     ok_airflow = _wait_http(f"http://127.0.0.1:{AIRFLOW_PORT}/api/v2/monitor/health", 120)
     ok_server = _wait_http(f"http://127.0.0.1:{SERVING_PORT}/health", 60)
     print(f"MLflow  UI:   http://127.0.0.1:{MLFLOW_PORT}  {'ready' if ok_mlflow else 'NOT READY (see log)'}")

@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PG = "postgresql+psycopg2://postgres@127.0.0.1:5432"
 BUCKET = "mlops-concurrency"
 MODEL = "flights-delay"
+READER = ("server", "server-secret-2")  # the model server's MLflow user: enough to read the registry
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +69,11 @@ def production_stack(tmp_path_factory):
             "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_DEFAULT_REGION": "us-east-1",
             "AWS_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}",
+            # the profile puts MLflow behind its basic-auth app: the stack creates the two users
+            "MLFLOW_AUTH_ADMIN_PASSWORD": "admin-secret-2",
+            "MLOPS_MLFLOW_PIPELINE_PASSWORD": "pipeline-secret-2",
+            "MLOPS_MLFLOW_SERVER_PASSWORD": READER[1],
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": "csrf-secret-2",
             "MLOPS_CONFIG": str(loop.loop_config(home, ROOT / "pipelines" / "datasets" / "flights.yaml")),
         }.items():
             mp.setenv(key, value)
@@ -99,12 +105,14 @@ def snapshot_hash(uri: str) -> str:
 
 
 def test_concurrent_runs_on_postgres_and_s3_keep_their_own_artifacts_and_lineage(
-    production_stack, april_rows
+    production_stack, april_rows, monkeypatch
 ):
     from mlflow import MlflowClient
 
     airflow, ports = production_stack["airflow"], production_stack["ports"]
     tracking = f"http://127.0.0.1:{ports['mlflow']}"
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", READER[0])
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", READER[1])
     client = MlflowClient(tracking_uri=tracking, registry_uri=tracking)
 
     first = airflow.trigger("training", {"interval_end": "2013-04-01"})
@@ -161,6 +169,7 @@ def test_concurrent_runs_on_postgres_and_s3_keep_their_own_artifacts_and_lineage
         assert version.tags["data_hash"] == ingest["data_hash"] == snapshot_hash(ingest["snapshot_uri"])
         assert ingest["snapshot_uri"].startswith(f"s3://{BUCKET}/artifacts/training/")
         registered += 1
+    assert registered == 2, finished  # both concurrent trainings passed the gate: two lineages to tell apart
     versions = client.search_model_versions(f"name = '{MODEL}'")
     assert len(versions) == 1 + registered  # no duplicate from a retry, none lost
 

@@ -1,15 +1,17 @@
 """The production profile: MLflow on PostgreSQL, every artifact in an S3-compatible store.
 
 ``profiles/production.env`` is loaded as `make up` loads it; moto's S3 server stands in for the
-object store and the machine's PostgreSQL holds MLflow's backend and the prediction log. The
-training DAG runs through ``dag.test()``, then a model server follows the registry and logs
-to PostgreSQL. (Airflow's own metadata stays on this session's SQLite: it is chosen when
+object store and the machine's PostgreSQL holds MLflow's backend and the prediction log. MLflow
+runs behind its basic-auth app, as the profile asks: the training DAG runs through ``dag.test()``
+as the ``pipeline`` user, then a model server follows the registry as ``server`` (read only) and
+logs to PostgreSQL. (Airflow's own metadata stays on this session's SQLite: it is chosen when
 Airflow is first imported.)
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -23,6 +25,7 @@ import pytest
 import sqlalchemy as sa
 
 from conftest import ServerProcess, dataset_config, free_port, wait_http
+from mlops_airflow import registry_auth
 from mlops_airflow.stack import load_profile, mlflow_server_cmd
 from pipelines.storage import sql_url
 
@@ -31,6 +34,12 @@ ROOT = Path(__file__).resolve().parents[2]
 PG = "postgresql://postgres@127.0.0.1:5432"  # plain, as the README writes it
 MODEL = "flights-prod"
 BUCKET = "mlops-prod"
+AUTH_SECRETS = {
+    "MLFLOW_AUTH_ADMIN_PASSWORD": "admin-secret-1",
+    "MLOPS_MLFLOW_PIPELINE_PASSWORD": "pipeline-secret-1",
+    "MLOPS_MLFLOW_SERVER_PASSWORD": "server-secret-1",
+    "MLFLOW_FLASK_SERVER_SECRET_KEY": "csrf-secret-1",
+}
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +91,7 @@ def production(databases, s3_endpoint, airflow_db, tmp_path_factory, flights_fra
             "MLOPS_BUCKET": BUCKET,
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing",
+            **AUTH_SECRETS,
         }.items():
             mp.setenv(key, value)
         profile = load_profile(ROOT / "profiles" / "production.env")
@@ -94,11 +104,17 @@ def production(databases, s3_endpoint, airflow_db, tmp_path_factory, flights_fra
         server_log = home / "mlflow.log"
         with open(server_log, "wb") as out:
             mlflow = subprocess.Popen(
-                mlflow_server_cmd(home, port), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
+                mlflow_server_cmd(home, port), env=registry_auth.server_env(home, dict(os.environ)),
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
         tracking = f"http://127.0.0.1:{port}"
         try:
             wait_http(f"{tracking}/health", 120)
+            registry_auth.ensure_users(tracking, dict(os.environ))
+            for key, value in registry_auth.as_role(dict(os.environ), "pipeline").items():
+                mp.setenv(key, value)  # this process runs the DAG's tasks: it is the pipeline
+            for key in registry_auth.SECRETS:
+                mp.delenv(key)
             mp.setenv("MLFLOW_TRACKING_URI", tracking)
             mp.setenv("MLOPS_HOME", str(home))
             source = home / "flights.parquet"
@@ -146,8 +162,9 @@ def test_training_in_the_production_profile_writes_to_postgres_and_s3(production
 
 def test_model_server_in_the_production_profile_logs_to_postgres(production, databases, april_rows):
     records, _ = april_rows
+    reader = {"MLFLOW_TRACKING_USERNAME": "server", "MLFLOW_TRACKING_PASSWORD": "server-secret-1"}
     server = ServerProcess(
-        {"MLOPS_SERVING_MODEL": MODEL, "MLOPS_PREDICTION_LOG": databases["log"]},
+        {"MLOPS_SERVING_MODEL": MODEL, "MLOPS_PREDICTION_LOG": databases["log"], **reader},
         production["home"] / "serve.log",
     ).start()
     try:
@@ -174,3 +191,32 @@ def test_model_server_in_the_production_profile_logs_to_postgres(production, dat
         ).scalar()
     engine.dispose()
     assert logged == 5  # every acknowledged row is in the production log
+
+
+def test_mlflow_in_the_production_profile_needs_a_user_and_the_server_user_only_reads(production):
+    """No request without credentials; the model server's user reads the registry but cannot
+    register a version or move ``champion``; the pipeline's user did both (the DAG above)."""
+    import httpx
+
+    api = f"{production['tracking']}/api/2.0/mlflow"
+    anonymous = httpx.get(f"{api}/registered-models/get", params={"name": MODEL})
+    assert anonymous.status_code == 401
+    wrong = httpx.get(f"{api}/registered-models/get", params={"name": MODEL}, auth=("server", "guess"))
+    assert wrong.status_code == 401
+    reader = ("server", AUTH_SECRETS["MLOPS_MLFLOW_SERVER_PASSWORD"])
+    model = httpx.get(f"{api}/registered-models/get", params={"name": MODEL}, auth=reader)
+    assert model.status_code == 200
+    assert {"alias": "champion", "version": "1"} in model.json()["registered_model"]["aliases"]
+    moved = httpx.post(
+        f"{api}/registered-models/alias",
+        json={"name": MODEL, "alias": "champion", "version": "1"},
+        auth=reader,
+    )
+    tagged = httpx.post(
+        f"{api}/registered-models/set-tag", json={"name": MODEL, "key": "mlops.deployment", "value": "{}"},
+        auth=reader,
+    )  # fmt: skip
+    assert moved.status_code == 403 and tagged.status_code == 403
+    # the profile's secrets reach the MLflow server only: this process holds the pipeline's user
+    assert os.environ["MLFLOW_TRACKING_USERNAME"] == "pipeline"
+    assert all(key not in os.environ for key in registry_auth.SECRETS)
