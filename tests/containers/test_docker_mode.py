@@ -6,7 +6,7 @@ the same path); the DAG file is the same one the other modes run.
 
 from __future__ import annotations
 
-import time
+import threading
 from pathlib import Path
 
 import pendulum
@@ -45,20 +45,36 @@ def docker_dag(mlflow_server, airflow_db, images, tmp_path_factory):
         yield bag.get_dag("training"), home
 
 
-def created_containers(client, since: float, run_id: str) -> list[str]:
-    """Steps of ``run_id`` whose containers the engine created, from its event stream."""
-    events = client.events(
-        since=int(since),
-        until=int(time.time()) + 1,
-        decode=True,
-        filters={"event": "create", "type": "container"},
-    )
-    steps = []
-    for event in events:
-        labels = event.get("Actor", {}).get("Attributes", {})
-        if labels.get("mlops.run_id") == run_id:
-            steps.append(labels["mlops.step"])
-    return steps
+class ContainerWatch:
+    """Containers of one DAG run seen through the engine while the run goes, by id and step label.
+
+    Polls the engine's container list (a step's container lives for seconds). The engine's event
+    stream said the same, but podman 4.3's file event log loses events once it rotates at 1 MB,
+    which a whole CI run's builds and containers reach: the stream then came back empty.
+    """
+
+    def __init__(self, client, interval: float = 0.2):
+        self.client, self.interval = client, interval
+        self.seen: dict[str, dict[str, str]] = {}  # container id -> labels
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            for container in self.client.containers.list(all=True, filters={"label": "mlops.run_id"}):
+                self.seen.setdefault(container.id, dict(container.labels))
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> ContainerWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def steps(self, run_id: str) -> list[str]:
+        return [labels["mlops.step"] for labels in self.seen.values() if labels.get("mlops.run_id") == run_id]
 
 
 def test_training_dag_runs_every_step_in_its_own_container(docker_dag, docker_client, mlflow_server):
@@ -68,14 +84,14 @@ def test_training_dag_runs_every_step_in_its_own_container(docker_dag, docker_cl
     assert {t.task_id: t.python_callable.__name__ for t in dag.tasks} == dict.fromkeys(
         STEPS, "run_step_in_container"
     )
-    started = time.time()
-    run = dag.test(logical_date=pendulum.datetime(2013, 4, 1, tz=dag.timezone))
+    with ContainerWatch(docker_client) as watch:
+        run = dag.test(logical_date=pendulum.datetime(2013, 4, 1, tz=dag.timezone))
     states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
     assert str(run.state) == "success", states
     assert set(states.values()) == {"success"}
 
-    steps = created_containers(docker_client, started, run.run_id)
-    assert sorted(steps) == sorted(STEPS)  # one container per step, none reused, none retried
+    # one container per step, none reused, none retried
+    assert sorted(watch.steps(run.run_id)) == sorted(STEPS), watch.seen
     leftovers = docker_client.containers.list(all=True, filters={"label": f"mlops.run_id={run.run_id}"})
     assert leftovers == []  # every container removed after its step
 
