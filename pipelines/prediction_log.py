@@ -26,6 +26,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -161,6 +162,7 @@ class _Segment:
     fd: int
     opened: float
     rows: int = 0
+    size: int = 0  # bytes of whole lines: where a failed write is cut back to
 
 
 class ParquetPredictionLog:
@@ -186,7 +188,9 @@ class ParquetPredictionLog:
         self._segment: _Segment | None = None
         self._stop = threading.Event()
         self._thread = None
-        self._compactions: list[threading.Thread] = []
+        # One compaction at a time (they share _compact_lock anyway): a burst of sealed segments
+        # queues here instead of starting a thread each.
+        self._compactor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predlog-compact")
         if writer:  # a reader never compacts: that is the writers' job, and two would race
             self.recover()
             self._thread = threading.Thread(target=self._rotate_when_old, name="predlog", daemon=True)
@@ -201,12 +205,17 @@ class ParquetPredictionLog:
         sealed = None
         with self._lock:
             segment = self._segment or self._open_segment()
-            written = 0
-            while written < len(data):
-                written += os.write(segment.fd, data[written:])
-            if self.fsync:
-                os.fsync(segment.fd)
+            try:
+                written = 0
+                while written < len(data):
+                    written += os.write(segment.fd, data[written:])
+                if self.fsync:
+                    os.fsync(segment.fd)
+            except OSError:
+                self._cut_back(segment)
+                raise
             segment.rows += len(rows)
+            segment.size += len(data)
             if segment.rows >= self.segment_rows:
                 sealed = self._seal()
         if sealed:
@@ -224,10 +233,32 @@ class ParquetPredictionLog:
         )
         return len(frame)
 
+    def _cut_back(self, segment: _Segment) -> None:
+        """After a failed write (caller holds the lock): drop the torn tail, then seal the segment,
+        so the next append starts a fresh line in a fresh file. If even the cut fails, the torn
+        line stays the segment's last, which readers skip (that write was never acknowledged)."""
+        try:
+            os.ftruncate(segment.fd, segment.size)
+        except OSError:
+            log.exception("could not cut a failed write out of %s", segment.path)
+        try:
+            sealed = self._seal()
+        except OSError:
+            log.exception("could not seal %s after a failed write", segment.path)
+            self._segment = None
+            return
+        if sealed and segment.rows:
+            self._compactor.submit(self._compact, sealed)
+
     def _open_segment(self) -> _Segment:
-        path = self.spool / f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}.open.jsonl"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        """A new segment, locked before it is visible under its ``.open.jsonl`` name: another
+        worker's recovery takes over only unlocked segments, and must never see this one free."""
+        name = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}"
+        hidden = self.spool / f".{name}.new"  # not matched by the readers' or recovery's "*.jsonl"
+        fd = os.open(hidden, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # marks the segment as owned by a live writer
+        path = self.spool / f"{name}.open.jsonl"
+        os.rename(hidden, path)  # the lock is on the file, so it moves with it
         self._segment = _Segment(path, fd, time.monotonic())
         return self._segment
 
@@ -242,19 +273,21 @@ class ParquetPredictionLog:
         return sealed
 
     def _rotate_when_old(self) -> None:
-        while not self._stop.wait(1.0):
-            sealed = None
-            with self._lock:
-                seg = self._segment
-                if seg and seg.rows and time.monotonic() - seg.opened >= self.segment_seconds:
-                    sealed = self._seal()
-            if sealed:
-                self._compact(sealed)
+        tick = min(1.0, max(self.segment_seconds / 2, 0.05))
+        while not self._stop.wait(tick):
+            try:
+                sealed = None
+                with self._lock:
+                    seg = self._segment
+                    if seg and seg.rows and time.monotonic() - seg.opened >= self.segment_seconds:
+                        sealed = self._seal()
+                if sealed:
+                    self._compact(sealed)
+            except Exception:  # one bad tick must not end rotation for the process's lifetime
+                log.exception("rotating the prediction log failed; trying again")
 
     def _compact_async(self, sealed: Path) -> None:
-        thread = threading.Thread(target=self._compact, args=(sealed,), daemon=True)
-        self._compactions = [t for t in self._compactions if t.is_alive()] + [thread]
-        thread.start()
+        self._compactor.submit(self._compact, sealed)
 
     def _compact(self, sealed: Path) -> None:
         """Sealed segment -> Parquet part(s) per day, then remove the segment."""
@@ -277,6 +310,8 @@ class ParquetPredictionLog:
 
     def recover(self) -> None:
         """Compact segments left by a stopped or crashed writer (their lock is free)."""
+        for path in self.spool.glob(".*.new"):  # a writer died between creating and naming it
+            self._remove_if_free(path)  # nothing is written before the rename: it holds no row
         for path in sorted(self.spool.glob("*.jsonl")):
             if path.name.endswith(".open.jsonl"):
                 try:
@@ -294,6 +329,20 @@ class ParquetPredictionLog:
                 path = sealed
             self._compact(path)
 
+    @staticmethod
+    def _remove_if_free(path: Path) -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            path.unlink(missing_ok=True)
+        except BlockingIOError:  # a live writer is naming it right now
+            pass
+        finally:
+            os.close(fd)
+
     def flush(self) -> None:
         """Seal and compact now (shutdown, tests)."""
         with self._lock:
@@ -305,8 +354,7 @@ class ParquetPredictionLog:
         self._stop.set()
         if self._segment is not None:
             self.flush()
-        for thread in self._compactions:
-            thread.join()
+        self._compactor.shutdown(wait=True)
 
     # -- reading -------------------------------------------------------------------------------
     def read(self, start: Any = None, end: Any = None, clock: str = "ts") -> pd.DataFrame:
@@ -338,13 +386,19 @@ class ParquetPredictionLog:
 
 
 def _read_lines(path: Path) -> list[dict[str, Any]]:
-    rows = []
+    """A segment's rows. Only its last line may be torn (a write that never returned, so was never
+    acknowledged): it is skipped. A bad line before the last means damage, and is an error."""
+    rows, torn = [], None
     with open(path, "rb") as fh:
-        for line in fh:
+        for number, line in enumerate(fh, 1):
+            if torn is not None:
+                raise ValueError(f"prediction log segment {path}: line {torn} of {number} or more is damaged")
             try:
                 rows.append(orjson.loads(line))
-            except orjson.JSONDecodeError:  # a torn last line: that write never returned, never acked
-                log.warning("skipping a torn line in %s", path)
+            except orjson.JSONDecodeError:
+                torn = number
+    if torn is not None:
+        log.warning("skipping a torn last line in %s", path)
     return rows
 
 

@@ -191,3 +191,124 @@ def test_windows_can_be_read_on_the_event_clock(tmp_path, store, request):
         log.read(clock="wall")
     if store == "parquet":
         log.close()
+
+
+# -- a write that fails half-way, and the writer's own threads ---------------------------------------
+def test_a_torn_write_does_not_swallow_the_next_acknowledged_rows(tmp_path, monkeypatch):
+    """Regression: a short os.write then ENOSPC left half a line in the segment; the next append was
+    glued onto it, and both readers dropped the merged line: a request that got 200 was gone."""
+    import errno
+
+    import pipelines.prediction_log as module
+
+    log = ParquetPredictionLog(str(tmp_path / "store"), tmp_path / "spool")
+    log.append(rows("before"))
+    real_write, calls = os.write, []
+
+    def failing_write(fd, data):
+        calls.append(len(data))
+        if len(calls) == 1:
+            return real_write(fd, bytes(data[: len(data) // 2]))  # a short write ...
+        raise OSError(errno.ENOSPC, "No space left on device")  # ... then the disk is full
+
+    monkeypatch.setattr(module.os, "write", failing_write)
+    with pytest.raises(OSError):
+        log.append(rows("lost", 3))  # not acknowledged: the caller answers 503
+    monkeypatch.setattr(module.os, "write", real_write)
+    log.append(rows("after"))  # acknowledged
+    # every row of both acknowledged appends, and nothing of the failed one (it was never answered)
+    assert log.read()["request_id"].value_counts().to_dict() == {"before": 2, "after": 2}
+    log.close()
+    assert log.read()["request_id"].value_counts().to_dict() == {"before": 2, "after": 2}
+
+
+def test_a_bad_line_before_the_last_fails_the_read_loudly(tmp_path):
+    """Only the last line can be torn (a write that never returned); a bad line before it means the
+    file was damaged, and dropping it silently would lose acknowledged rows."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    good = b'{"request_id": "x", "row": 0, "ts": 1.7e12, "model_version": "1", "route": "champion"}\n'
+    (spool / "20260101T000000-aaaaaaaaaaaa.jsonl").write_bytes(good + b'{"request_id": "y", "ro\n' + good)
+    log = ParquetPredictionLog(str(tmp_path / "store"), spool, writer=False)
+    with pytest.raises(ValueError, match=r"line 2 .* is damaged"):
+        log.read()
+    (spool / "20260101T000000-aaaaaaaaaaaa.jsonl").write_bytes(good + b'{"request_id": "y", "ro')
+    assert log.read()["request_id"].tolist() == ["x"]  # a torn last line is skipped
+
+
+def test_a_segment_is_locked_before_anyone_can_see_it(tmp_path, monkeypatch):
+    """Regression: the segment was created under its .open.jsonl name, then locked; another worker's
+    recovery in between found it unlocked and renamed it away under the writer."""
+    import fcntl
+
+    import pipelines.prediction_log as module
+
+    spool = tmp_path / "spool"
+    seen = []
+    real_flock = fcntl.flock
+
+    def flock(fd, op):
+        seen.append(sorted(p.name for p in spool.glob("*.open.jsonl")))
+        return real_flock(fd, op)
+
+    log = ParquetPredictionLog(str(tmp_path / "store"), spool)
+    monkeypatch.setattr(module.fcntl, "flock", flock)
+    log.append(rows("a"))
+    monkeypatch.setattr(module.fcntl, "flock", real_flock)
+    assert seen == [[]], "an unlocked .open.jsonl segment was visible"
+    assert len(list(spool.glob("*.open.jsonl"))) == 1
+    log.close()
+    assert log.read()["request_id"].tolist() == ["a", "a"]
+
+
+def test_the_rotation_thread_survives_an_error(tmp_path, monkeypatch):
+    log = ParquetPredictionLog(str(tmp_path / "store"), tmp_path / "spool", segment_seconds=0.1)
+    real_seal, failures = log._seal, []
+
+    def seal_once_failing():
+        if not failures:
+            failures.append(1)
+            raise OSError("transient")
+        return real_seal()
+
+    monkeypatch.setattr(log, "_seal", seal_once_failing)
+    log.append(rows("a"))
+    deadline = time.time() + 10
+    while list((tmp_path / "spool").glob("*.jsonl")) and time.time() < deadline:
+        time.sleep(0.1)
+    assert failures and log._thread.is_alive()
+    assert not list((tmp_path / "spool").glob("*.jsonl")), "rotation stopped after one error"
+    log.close()
+
+
+def test_compactions_use_a_bounded_number_of_threads(tmp_path, monkeypatch):
+    import threading
+
+    import pipelines.prediction_log as module
+
+    release = threading.Event()
+    real_write = module.storage.write_parquet
+
+    def slow_write(*args, **kwargs):
+        release.wait(30)
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(module.storage, "write_parquet", slow_write)
+    log = ParquetPredictionLog(str(tmp_path / "store"), tmp_path / "spool", segment_rows=2)
+    before = threading.active_count()
+    for i in range(20):  # 20 sealed segments while the store is slow
+        log.append(rows(f"r{i}"))
+    grown = threading.active_count() - before
+    release.set()
+    log.close()
+    assert grown <= 2, f"{grown} threads for 20 compactions"
+    assert len(set(log.read()["request_id"])) == 20
+
+
+def test_a_segment_a_writer_never_named_is_removed_on_recovery(tmp_path):
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    (spool / ".20260101T000000-aaaaaaaaaaaa.new").write_bytes(b"")  # died between create and rename
+    log = ParquetPredictionLog(str(tmp_path / "store"), spool)
+    assert not list(spool.glob(".*.new"))
+    log.close()
