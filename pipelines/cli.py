@@ -98,6 +98,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _auth_summary(tokens: dict[str, str]) -> str:
+    return f"on: {', '.join(sorted(tokens))} tokens" if tokens else "off"
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     import os
 
@@ -117,7 +121,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     print(
         f"serving {config.model_name}"
         + (f" v{config.pinned_version}" if config.pinned_version else " @champion (following the registry)")
-        + f" on http://{args.host}:{args.port}  (auth {'on' if config.token else 'off'})",
+        + f" on http://{args.host}:{args.port}  (auth {_auth_summary(config.tokens)})",
         file=sys.stderr,
         flush=True,
     )
@@ -132,6 +136,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         access_log=args.access_log,
         log_level="info" if args.verbose else "warning",
         timeout_graceful_shutdown=10,
+        limit_concurrency=config.limit_concurrency,  # a 503 beyond it, before any body is read
     )
     return 0
 

@@ -1,8 +1,8 @@
 """The model server: FastAPI on uvicorn, micro-batched, every answer logged before it is sent.
 
 Endpoints: ``POST /predict``, ``POST /feedback``, ``GET /health``, ``GET /ready``,
-``GET /metrics``. With a token configured, every endpoint but ``/health``
-needs ``Authorization: Bearer <token>``.
+``GET /metrics``. With tokens configured, each endpoint needs the token of its scope
+(``pipelines.serving.security``).
 
 The request path is lean on purpose: the body is parsed with orjson and
 checked against the model's signature by hand, concurrent requests are scored
@@ -16,9 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import secrets
+import re
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from starlette.concurrency import run_in_threadpool
 
 from pipelines import privacy
 from pipelines.prediction_log import open_log
+from pipelines.serving import security
 from pipelines.serving.config import ServingSettings
 from pipelines.serving.metrics import ServerMetrics
 from pipelines.serving.model import Batch, InvalidInput, LoadedModel, parse_records
@@ -41,7 +41,12 @@ from pipelines.serving.policy import CHALLENGER_ROUTE, CHAMPION_ROUTE, SHADOW_RO
 from pipelines.serving.registry import Deployment, RegistryWatcher
 
 log = logging.getLogger("pipelines.serving")
-OPEN_PATHS = frozenset({"/health"})
+# Text a client sends that lands in the prediction log: bounded, and no control character
+# (PostgreSQL refuses NUL in text and JSON; the others have no business in a key or an id).
+MAX_KEY_CHARS = 256
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# The log's `row` column is a 32-bit integer.
+MAX_ROW = 2**31 - 1
 
 
 class ORJSONResponse(JSONResponse):
@@ -73,6 +78,7 @@ class Job:
     future: asyncio.Future | None = None
     shadow: LoadedModel | None = None
     result: np.ndarray | None = field(default=None, repr=False)
+    error: Exception | None = None  # this job's rows could not be logged: it gets a 503
 
 
 class Server:
@@ -154,8 +160,11 @@ class Server:
                 continue
             for j in jobs:
                 if not j.future.done():
-                    j.future.set_result(j.result)
-            shadow = [j for j in jobs if j.shadow is not None]
+                    if j.error is not None:
+                        j.future.set_exception(j.error)
+                    else:
+                        j.future.set_result(j.result)
+            shadow = [j for j in jobs if j.shadow is not None and j.error is None]
             if shadow:
                 self._submit_shadow(shadow)
 
@@ -201,11 +210,33 @@ class Server:
                 )
         return rows
 
+    def _append(self, jobs: list[Job]) -> list[Job]:
+        """Log the micro-batch; if that fails, each request alone, so one bad request fails alone.
+
+        Returns the jobs that were logged; the others carry their error (and get a 503).
+        """
+        try:
+            self.log.append(self._log_rows(jobs))
+            return jobs
+        except Exception as exc:
+            if len(jobs) == 1:
+                raise
+            log.warning("logging a micro-batch of %d failed (%s); logging each request alone", len(jobs), exc)
+        logged = []
+        for j in jobs:
+            try:
+                self.log.append(self._log_rows([j]))
+                logged.append(j)
+            except Exception as exc:
+                j.error = exc
+                log.exception("request %s was not logged, so it is not answered", j.request_id)
+        return logged
+
     def _score_and_log(self, jobs: list[Job]) -> None:
         """Score, log durably, count: runs in the model thread. The answer leaves only after this."""
         self._score(jobs)
         if self.log:
-            self.log.append(self._log_rows(jobs))
+            jobs = self._append(jobs)
         m = self.metrics
         deployment = self.watcher.deployment
         for j in jobs:
@@ -263,6 +294,11 @@ class Server:
 
     # -- endpoints -------------------------------------------------------------------------------
     async def predict(self, request: Request) -> Response:
+        if self.inflight >= self.config.max_pending:  # before the body is read: memory stays bounded
+            self.metrics.requests.labels("predict", "503").inc()
+            response = problem(503, f"the server holds {self.inflight} requests already: retry shortly")
+            response.headers["retry-after"] = "1"
+            return response
         self.inflight += 1
         try:
             return await self._predict(request)
@@ -293,33 +329,43 @@ class Server:
                         record.pop(key, None)
         return unknown
 
-    async def _read_json(self, request: Request) -> Any:
+    async def _read_body(self, request: Request) -> bytes:
+        """The body, counted while it streams in: a chunked upload stops at the limit too."""
+        limit = self.config.max_body_bytes
         declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > self.config.max_body_bytes:
-            raise _Reject(413, f"body is {declared} bytes; the limit is {self.config.max_body_bytes}")
-        body = await request.body()
-        if len(body) > self.config.max_body_bytes:
-            raise _Reject(413, f"body is {len(body)} bytes; the limit is {self.config.max_body_bytes}")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise _Reject(413, f"body is {declared} bytes; the limit is {limit}")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise _Reject(413, f"body is over the limit of {limit} bytes")
         if not body:
             raise _Reject(400, "empty body: send a JSON object")
-        try:
-            return orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise _Reject(400, f"body is not valid JSON: {exc}") from None
+        return bytes(body)
+
+    async def _off_loop(self, body: bytes, work, *args):
+        """``work(*args)`` here for a small body, in a worker thread for a large one (the loop keeps
+        answering /health while 10k rows are parsed)."""
+        if len(body) < self.config.parse_in_thread_bytes:
+            return work(*args)
+        return await run_in_threadpool(work, *args)
 
     async def _predict(self, request: Request) -> Response:
         try:
-            payload = await self._read_json(request)
-            records, routing_key, event_time = _predict_payload(payload)
+            body = await self._read_body(request)
+            records, routing_key, event_time = await self._off_loop(body, _predict_payload, body)
+            if event_time is not None and not security.may(request.scope, security.FEEDBACK):
+                raise _Reject(403, "event_time replays history: it needs the feedback token")
         except _Reject as rej:
             self.metrics.requests.labels("predict", str(rej.status)).inc()
             self.metrics.errors.labels("bad_request").inc()
-            return problem(rej.status, rej.message, rej.errors)
+            return rej.response()
         deployment: Deployment = self.watcher.deployment
         if deployment.champion is None:
             self.metrics.requests.labels("predict", "503").inc()
             return problem(503, f"no model loaded yet: {self.watcher.last_error or 'loading'}")
-        chosen = route(deployment.policy, routing_key)
+        chosen = route(deployment.policy, routing_key, salt=self.config.secret)
         model = deployment.champion
         if chosen == CHALLENGER_ROUTE and deployment.challenger is not None:
             model = deployment.challenger
@@ -328,17 +374,16 @@ class Server:
         if self.config.store_dataset is not None and isinstance(records, list):
             try:
                 unknown = await run_in_threadpool(self._complete, records, model.schema)
-            except Exception as exc:  # the store is down: say so, never guess the features
+            except Exception:  # the store is down: say so, never guess the features
                 log.exception("online feature lookup failed")
                 self.metrics.requests.labels("predict", "503").inc()
-                return problem(503, f"the feature store cannot complete the request: {exc}")
+                return problem(503, "the feature store cannot complete the request: retry shortly")
             if unknown:
                 self.metrics.requests.labels("predict", "422").inc()
                 self.metrics.errors.labels("invalid_input").inc()
                 return problem(422, "the feature store has no values for these keys", unknown[:50])
-        privacy.mask_records(records, self.config.personal)  # the raw value goes no further
         try:
-            batch = parse_records(records, model.schema, max_rows=self.config.max_rows)
+            batch = await self._off_loop(body, self._parse, records, model.schema)
         except InvalidInput as exc:
             self.metrics.requests.labels("predict", "422").inc()
             self.metrics.errors.labels("invalid_input").inc()
@@ -347,7 +392,7 @@ class Server:
         job = Job(
             model=model,
             batch=batch,
-            request_id=uuid.uuid4().hex,
+            request_id=security.issue_request_id(self.config.secret),
             route=chosen,
             routing_key=routing_key,
             rollout_id=deployment.policy.rollout_id,
@@ -357,11 +402,12 @@ class Server:
         )
         try:
             proba = await self.submit(job)
-        except Exception as exc:
+        except Exception:  # the cause goes to the server's log only: it may name hosts or other rows
             self.metrics.requests.labels("predict", "503").inc()
             self.metrics.errors.labels("scoring").inc()
-            log.exception("scoring or logging failed")
-            return problem(503, f"prediction failed and was not logged, retry: {exc}")
+            log.exception("request %s: scoring or logging failed", job.request_id)
+            message = "the prediction could not be logged, so it is not answered: retry"
+            return problem(503, f"{message} (request {job.request_id})")
         self.metrics.requests.labels("predict", "200").inc()
         threshold = model.threshold
         return ORJSONResponse(
@@ -377,20 +423,33 @@ class Server:
             }
         )
 
+    def _parse(self, records: Any, schema: Any) -> Batch:
+        privacy.mask_records(records, self.config.personal)  # the raw value goes no further
+        return parse_records(records, schema, max_rows=self.config.max_rows)
+
     async def feedback(self, request: Request) -> Response:
         try:
-            items = _feedback_payload(await self._read_json(request))
+            body = await self._read_body(request)
+            items = await self._off_loop(body, _feedback_payload, body, self.config.secret)
         except _Reject as rej:
             self.metrics.requests.labels("feedback", str(rej.status)).inc()
-            return problem(rej.status, rej.message, rej.errors)
+            return rej.response()
         if self.log is None:
             return problem(409, "this server does not log predictions (sandbox): feedback is not stored")
-        recorded = await run_in_threadpool(self.log.append_feedback, items)
+        try:
+            recorded = await run_in_threadpool(self.log.append_feedback, items)
+        except Exception:
+            log.exception("storing %d feedback items failed", len(items))
+            self.metrics.requests.labels("feedback", "503").inc()
+            return problem(503, "the feedback could not be stored: retry")
         self.metrics.requests.labels("feedback", "200").inc()
         return ORJSONResponse({"recorded": recorded})
 
-    def ready(self) -> Response:
+    def ready(self, request: Request) -> Response:
         d = self.watcher.deployment
+        status = 200 if d.champion is not None else 503
+        if not security.may(request.scope, security.ADMIN):  # a probe learns only whether to route here
+            return ORJSONResponse({"ready": d.champion is not None}, status_code=status)
         body = {
             "ready": d.champion is not None,
             "model_name": self.config.model_name,
@@ -401,7 +460,7 @@ class Server:
             "rollout_id": d.policy.rollout_id,
             "registry_error": self.watcher.last_error,
         }
-        return ORJSONResponse(body, status_code=200 if d.champion is not None else 503)
+        return ORJSONResponse(body, status_code=status)
 
 
 class _Reject(Exception):
@@ -409,11 +468,34 @@ class _Reject(Exception):
         super().__init__(message)
         self.status, self.message, self.errors = status, message, errors
 
+    def response(self) -> Response:
+        answer = problem(self.status, self.message, self.errors)
+        if self.status == 413:  # the rest of the body is not worth reading: drop the connection
+            answer.headers["connection"] = "close"
+        return answer
 
-def _predict_payload(payload: Any) -> tuple[Any, str | None, float | None]:
+
+def _json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise _Reject(400, f"body is not valid JSON: {exc}") from None
+
+
+def _text(value: str, what: str, limit: int = MAX_KEY_CHARS) -> str:
+    """``value`` if it is short and free of control characters, else a 422 naming ``what``."""
+    if len(value) > limit:
+        raise _Reject(422, f"{what} is {len(value)} characters; the limit is {limit}")
+    if CONTROL.search(value):
+        raise _Reject(422, f"{what} must not contain control characters")
+    return value
+
+
+def _predict_payload(body: bytes) -> tuple[Any, str | None, float | None]:
     """``{"records": [...], "routing_key": "...", "event_time": "..."}``; ``dataframe_records``
     (MLflow's name) also works. ``event_time`` (ISO 8601 with offset, or epoch seconds) says when
     the scored events happened, for replays of history; monitoring can window on it."""
+    payload = _json(body)
     if not isinstance(payload, dict):
         raise _Reject(422, 'body must be a JSON object like {"records": [{...}, ...]}')
     allowed = {"records", "dataframe_records", "routing_key", "event_time"}
@@ -425,10 +507,11 @@ def _predict_payload(payload: Any) -> tuple[Any, str | None, float | None]:
     if ("records" in payload) == ("dataframe_records" in payload):
         raise _Reject(422, "send the rows in exactly one field, 'records' (a list of objects)")
     key = payload.get("routing_key")
-    if key is not None and not isinstance(key, str | int):
+    if key is not None and (isinstance(key, bool) or not isinstance(key, str | int)):
         raise _Reject(422, "routing_key must be a string")
+    key = None if key is None else _text(str(key), "routing_key")
     records = payload.get("records", payload.get("dataframe_records"))
-    return records, (None if key is None else str(key)), _parse_event_time(payload.get("event_time"))
+    return records, key, _parse_event_time(payload.get("event_time"))
 
 
 # The prediction logs store event times as nanoseconds in 64 bits (pandas, PostgreSQL via pandas):
@@ -459,8 +542,10 @@ def _parse_event_time(value: Any) -> float | None:
     return ms
 
 
-def _feedback_payload(payload: Any) -> list[dict[str, Any]]:
-    """``{"feedback": [{"request_id": "...", "row": 0, "label": 1}, ...]}``, checked item by item."""
+def _feedback_payload(body: bytes, secret: bytes) -> list[dict[str, Any]]:
+    """``{"feedback": [{"request_id": "...", "row": 0, "label": 1}, ...]}``, checked item by item;
+    a request id this deployment did not issue is refused (nobody labels predictions it never made)."""
+    payload = _json(body)
     items = payload.get("feedback") if isinstance(payload, dict) else None
     if not isinstance(items, list) or not items or set(payload) != {"feedback"}:
         raise _Reject(
@@ -479,8 +564,12 @@ def _feedback_payload(payload: Any) -> list[dict[str, Any]]:
         rid, row, label = item.get("request_id"), item.get("row", 0), item.get("label")
         if not isinstance(rid, str) or not rid:
             errors.append({"loc": ["feedback", i, "request_id"], "msg": "must be a non-empty string"})
-        if isinstance(row, bool) or not isinstance(row, int) or row < 0:
-            errors.append({"loc": ["feedback", i, "row"], "msg": "must be an integer >= 0"})
+        elif not security.issued_here(secret, rid):
+            errors.append(
+                {"loc": ["feedback", i, "request_id"], "msg": "is not a request id this server issued"}
+            )
+        if isinstance(row, bool) or not isinstance(row, int) or not 0 <= row <= MAX_ROW:
+            errors.append({"loc": ["feedback", i, "row"], "msg": f"must be an integer from 0 to {MAX_ROW}"})
         if label not in (0, 1) or (not isinstance(label, bool | int)):
             errors.append({"loc": ["feedback", i, "label"], "msg": "must be 0, 1, true or false"})
         out.append({"request_id": rid, "row": row, "label": int(bool(label)), "ts": now})
@@ -489,29 +578,6 @@ def _feedback_payload(payload: Any) -> list[dict[str, Any]]:
     if errors:
         raise _Reject(422, "invalid feedback", errors)
     return out
-
-
-class BearerAuth:
-    """Pure ASGI middleware: every path but /health needs the token (compared in constant time)."""
-
-    def __init__(self, app, token: str):
-        self.app, self.expected = app, f"Bearer {token}".encode()
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
-            sent = dict(scope["headers"]).get(b"authorization", b"")
-            if not secrets.compare_digest(sent, self.expected):
-                body = orjson.dumps({"detail": "missing or wrong bearer token"})
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 401,
-                        "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")],
-                    }
-                )
-                await send({"type": "http.response.body", "body": body})
-                return
-        await self.app(scope, receive, send)
 
 
 def _openapi_body(config: ServingSettings) -> dict[str, Any]:
@@ -572,15 +638,15 @@ def create_app(config: ServingSettings | None = None) -> FastAPI:
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/ready", summary="A champion is loaded and can answer")
-    async def ready() -> Response:
-        return server.ready()
+    @app.get("/ready", summary="A champion is loaded and can answer (details with the admin token)")
+    async def ready(request: Request) -> Response:
+        return server.ready(request)
 
     # PlainTextResponse declares text/plain in the OpenAPI schema (the default class would say JSON)
     @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
     async def metrics() -> Response:
         return Response(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    if config.token:
-        app.add_middleware(BearerAuth, token=config.token)
+    if config.auth:
+        app.add_middleware(security.ScopedBearerAuth, tokens=config.tokens)
     return app

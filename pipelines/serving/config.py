@@ -7,11 +7,12 @@ gets them the same way; the token may come from a file mounted from a Secret.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipelines.errors import ConfigError
+from pipelines.serving import security
 from pipelines.settings import Settings
 
 
@@ -53,9 +54,19 @@ class ServingSettings:
     model_name: str
     pinned_version: str | None = None
     poll_seconds: float = 5.0
-    token: str | None = None
+    # Bearer tokens by scope (pipelines.serving.security): none means auth is off.
+    tokens: dict[str, str] = field(default_factory=dict, repr=False)
+    # Signs request ids and salts the routing hash; the same on every replica.
+    secret: bytes = field(default=b"", repr=False)
     max_rows: int = 10_000
     max_body_bytes: int = 8 * 1024 * 1024
+    # Requests in the server at once (reading, waiting, scoring): beyond it a 503 with Retry-After,
+    # so memory stays below max_pending * max_body_bytes whatever clients send.
+    max_pending: int = 256
+    # uvicorn's limit on open connections and tasks (a 503 beyond it, before any body is read).
+    limit_concurrency: int = 1024
+    # Bodies above this are parsed and checked in a worker thread, not on the event loop.
+    parse_in_thread_bytes: int = 64 * 1024
     max_wait_ms: float = 2.0
     max_batch_rows: int = 4096
     shadow_queue: int = 64
@@ -82,15 +93,6 @@ class ServingSettings:
         env = dict(os.environ if env is None else env)
         settings = Settings.from_env(env)
         config = load_config(settings.config_path)
-        token = env.get("MLOPS_SERVING_TOKEN") or None
-        token_file = env.get("MLOPS_SERVING_TOKEN_FILE")
-        if token_file:
-            try:
-                token = Path(token_file).read_text().strip()
-            except OSError as exc:
-                raise ConfigError(f"MLOPS_SERVING_TOKEN_FILE cannot be read: {exc.strerror}") from None
-            if not token:
-                raise ConfigError("MLOPS_SERVING_TOKEN_FILE is empty")
         model_dir = Path(env["MLOPS_SERVING_MODEL_DIR"]) if env.get("MLOPS_SERVING_MODEL_DIR") else None
         if model_dir is not None and not env.get("MLOPS_SERVING_VERSION"):
             raise ConfigError("MLOPS_SERVING_MODEL_DIR needs MLOPS_SERVING_VERSION (the version it holds)")
@@ -101,7 +103,10 @@ class ServingSettings:
             model_dir=model_dir,
             threshold=_env_number(env, "MLOPS_SERVING_THRESHOLD", 0.5) if model_dir else None,
             poll_seconds=_env_number(env, "MLOPS_SERVING_POLL_SECONDS", 5.0, minimum=0.1),
-            token=token,
+            tokens=security.tokens_from_env(env),
+            secret=security.secret_from_env(env, settings.home),
+            max_pending=_env_number(env, "MLOPS_SERVING_MAX_PENDING", 256, int, 1),
+            limit_concurrency=_env_number(env, "MLOPS_SERVING_LIMIT_CONCURRENCY", 1024, int, 1),
             max_rows=_env_number(env, "MLOPS_SERVING_MAX_ROWS", 10_000, int, 1),
             max_body_bytes=_env_number(env, "MLOPS_SERVING_MAX_BODY_BYTES", 8 * 1024 * 1024, int, 1),
             max_wait_ms=_env_number(env, "MLOPS_SERVING_MAX_WAIT_MS", 2.0),
@@ -115,6 +120,11 @@ class ServingSettings:
             store_dataset=config.dataset if config.dataset.feature_store else None,
             request_keys=_request_keys(config.dataset),
         )
+
+    @property
+    def auth(self) -> bool:
+        """Whether requests need a bearer token."""
+        return bool(self.tokens)
 
     def record_schema(self) -> dict[str, Any]:
         """JSON Schema of one input record, as the pipeline config declares the features."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from itertools import chain
@@ -105,6 +106,21 @@ class Batch:
         return Batch(np.vstack([b.numeric for b in batches]), cats)
 
 
+# A category is a short label: bounded, and free of control characters (PostgreSQL's log refuses NUL).
+MAX_TEXT = 1024
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _shown(value: Any) -> str:
+    """A value for an error message: short, and never ``repr`` of a container (deep nesting
+    makes ``repr`` raise RecursionError, a 500 from a 2 KB body)."""
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value[:40] if isinstance(value, str) else value)[:42]
+
+
 def parse_records(records: Any, schema: FeatureSchema, *, max_rows: int) -> Batch:
     """Check JSON records against the schema and build arrays; raise InvalidInput naming every problem."""
     if not isinstance(records, list):
@@ -134,17 +150,26 @@ def parse_records(records: Any, schema: FeatureSchema, *, max_rows: int) -> Batc
             if value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, int | float):
-                errors.append({"loc": ["records", r, name], "msg": f"must be a number, got {value!r:.40}"})
+                errors.append({"loc": ["records", r, name], "msg": f"must be a number, got {_shown(value)}"})
             elif not math.isfinite(value):
                 errors.append({"loc": ["records", r, name], "msg": "must be finite (use null for missing)"})
             else:
                 numeric[r, i] = value
         for i, name in enumerate(schema.categorical):
             value = record.get(name)
-            if value is None or isinstance(value, str):
-                categorical[i][r] = value
+            if value is None:
+                continue
+            if not isinstance(value, str):
+                errors.append({"loc": ["records", r, name], "msg": f"must be a string, got {_shown(value)}"})
+            elif len(value) > MAX_TEXT or CONTROL.search(value):
+                errors.append(
+                    {
+                        "loc": ["records", r, name],
+                        "msg": f"must be at most {MAX_TEXT} characters with no control character",
+                    }
+                )
             else:
-                errors.append({"loc": ["records", r, name], "msg": f"must be a string, got {value!r:.40}"})
+                categorical[i][r] = value
         if len(errors) >= 50:
             errors.append({"loc": ["records"], "msg": "too many errors; stopped after 50"})
             break

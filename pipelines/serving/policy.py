@@ -61,22 +61,25 @@ class Policy:
         return replace(Policy(), test={})
 
 
-def _unit_interval(text: str) -> float:
-    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
+def _unit_interval(text: str, salt: bytes = b"") -> float:
+    digest = hashlib.blake2b(text.encode(), digest_size=8, key=salt[:64]).digest()
     return int.from_bytes(digest, "big") / 2**64
 
 
-def route(policy: Policy, routing_key: str | None, rng: random.Random | None = None) -> str:
+def route(
+    policy: Policy, routing_key: str | None, rng: random.Random | None = None, salt: bytes = b""
+) -> str:
     """``champion`` or ``challenger`` for one request (shadow answers from the champion).
 
     With a routing key the choice is sticky: the same key always lands on the same
     model during one rollout (hashing the key with the rollout id), and a new
-    rollout reshuffles. Without a key it is a fresh random draw.
+    rollout reshuffles. ``salt`` (the deployment's secret) keys the hash, so a client
+    cannot compute which keys land on the challenger. Without a key it is a fresh random draw.
     """
     if policy.strategy in ("direct", "shadow") or policy.share <= 0:
         return CHAMPION_ROUTE
     if routing_key is not None:
-        u = _unit_interval(f"{policy.rollout_id}:{routing_key}")
+        u = _unit_interval(f"{policy.rollout_id}:{routing_key}", salt)
     else:
         u = (rng or random).random()
     return CHALLENGER_ROUTE if u < policy.share else CHAMPION_ROUTE

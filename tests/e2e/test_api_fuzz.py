@@ -6,8 +6,9 @@ schema the server publishes; every answer must be free of 5xx, every 4xx must be
 human-readable ``detail``, and responses must conform to the schema where the server declares
 one. What the schema leaves loose or undeclared (``/feedback``'s body, ``event_time``,
 ``dataframe_records``, raw bytes) is fuzzed with Hypothesis strategies under the same checks.
-A second server runs with a bearer token: without it every endpoint but ``/health`` is 401, with
-it the same fuzzing passes, and the token never reaches the server's log.
+A second server runs with its three scoped tokens (predict, feedback, admin): without a token every
+endpoint but ``/health`` and ``/ready`` is 401, with each operation's token the same fuzzing
+passes, and no token reaches the server's log.
 
 Bounded for CI: at most ``MAX_EXAMPLES`` generated requests per operation, derandomized (the same
 requests on every run), no example database written to disk.
@@ -39,8 +40,24 @@ pytestmark = pytest.mark.e2e
 
 MAX_EXAMPLES = 150
 TOKEN = "fuzz-token-7f3a9c1e5b2d48e6a0c4"
+FEEDBACK_TOKEN = "fuzz-feedback-2b9e4d7a1c6f03e8"
+ADMIN_TOKEN = "fuzz-admin-5c1a8f3e9d2b74a6"
+TOKENS = {
+    "MLOPS_SERVING_TOKEN": TOKEN,
+    "MLOPS_SERVING_FEEDBACK_TOKEN": FEEDBACK_TOKEN,
+    "MLOPS_SERVING_ADMIN_TOKEN": ADMIN_TOKEN,
+}
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-OPEN_PATH = "/health"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+# The token each operation needs (pipelines.serving.security); none for the probes.
+AUTH_FOR = {
+    "/predict": AUTH,
+    "/feedback": {"Authorization": f"Bearer {FEEDBACK_TOKEN}"},
+    "/metrics": ADMIN,
+    "/ready": ADMIN,
+    "/health": None,
+}
+OPEN_PATHS = {"/health", "/ready"}
 OPERATIONS = [
     ("POST", "/predict"),
     ("POST", "/feedback"),
@@ -125,7 +142,7 @@ def _start(serving_home, home: Path, log_url: str | None = None, **extra: str) -
     proc = ServerProcess(serving_home["env"], home / "server.log", MLOPS_PREDICTION_LOG=log_url, **extra)
     proc.env["MLOPS_HOME"] = str(home / "mlops")
     proc.start()
-    headers = AUTH if extra.get("MLOPS_SERVING_TOKEN") else None
+    headers = ADMIN if extra.get("MLOPS_SERVING_ADMIN_TOKEN") else None
     deadline, body = time.time() + 60, {}
     while time.time() < deadline:  # the champion is loaded: /predict can answer 200
         body = httpx.get(f"{proc.url}/ready", headers=headers, timeout=5).json()
@@ -153,7 +170,7 @@ def open_server(serving_home, tmp_path_factory):
 @pytest.fixture(scope="module")
 def auth_server(serving_home, tmp_path_factory):
     reset_deployment(serving_home["settings"])
-    proc = _start(serving_home, tmp_path_factory.mktemp("fuzz-auth"), MLOPS_SERVING_TOKEN=TOKEN)
+    proc = _start(serving_home, tmp_path_factory.mktemp("fuzz-auth"), **TOKENS)
     yield proc
     proc.stop()
 
@@ -333,7 +350,7 @@ def test_wrong_methods_and_unknown_paths_explain_themselves(open_server):
 
 
 # -- with auth ---------------------------------------------------------------------------------------
-def test_every_endpoint_but_health_needs_the_token(auth_server, auth_schema):
+def test_every_endpoint_but_the_probes_needs_a_token(auth_server, auth_schema):
     operations = _operations(auth_schema)
     assert {(op.method.upper(), op.path) for op in operations} == set(OPERATIONS)
     wrong = [
@@ -347,8 +364,10 @@ def test_every_endpoint_but_health_needs_the_token(auth_server, auth_schema):
             path = re.sub(r"\{[^}]+\}", "x", op.path)
             for headers in wrong:
                 response = http.request(op.method.upper(), path, headers=headers)
-                if op.path == OPEN_PATH:
+                if op.path in OPEN_PATHS:
                     assert response.status_code == 200, (op.label, response.text)
+                    if op.path == "/ready":  # a probe learns only whether to route here
+                        assert response.json() == {"ready": True}, response.text
                     continue
                 assert response.status_code == 401, (op.label, headers, response.text)
                 assert response.headers["www-authenticate"] == "Bearer"
@@ -360,12 +379,12 @@ def test_every_endpoint_but_health_needs_the_token(auth_server, auth_schema):
 
 @pytest.mark.parametrize(("method", "path", "mode", "max_examples"), FUZZ)
 def test_fuzz_with_the_token(auth_schema, method, path, mode, max_examples):
-    fuzz(auth_schema[path][method], mode, max_examples, headers=AUTH)
+    fuzz(auth_schema[path][method], mode, max_examples, headers=AUTH_FOR[path])
 
 
 @pytest.mark.parametrize(("method", "path"), OPERATIONS, ids=[f"{m} {p}" for m, p in OPERATIONS])
 def test_fuzz_without_the_token_is_always_401(auth_schema, method, path):
-    expected = 200 if path == OPEN_PATH else 401
+    expected = 200 if path in OPEN_PATHS else 401
 
     @settings(FUZZ_SETTINGS, max_examples=25)
     @given(case=auth_schema[path][method].as_strategy())
@@ -381,14 +400,16 @@ def test_the_token_never_reaches_the_log(auth_server, mlflow_server, serving_hom
     anything in MLflow's store (database, artifacts) or the serving home holds the token."""
     auth_server.stop()  # flushes and closes the log
     log = auth_server.log_path.read_text()
-    assert "(auth on)" in log, log[:500]
-    assert TOKEN not in log
+    assert "(auth on: admin, feedback, predict tokens)" in log, log[:500]
+    for token in TOKENS.values():
+        assert token not in log
     from conftest import MLFLOW_SERVER_HOMES
 
     searched = 0
     for root in (MLFLOW_SERVER_HOMES[mlflow_server], serving_home["home"], auth_server.log_path.parent):
         for path in root.rglob("*"):
             if path.is_file():
-                assert TOKEN.encode() not in path.read_bytes(), path
+                content = path.read_bytes()
+                assert not any(token.encode() in content for token in TOKENS.values()), path
                 searched += 1
     assert searched > 10

@@ -150,6 +150,8 @@ def test_the_infra_validation_sandbox_holds_no_secret(serving_home, tmp_path, mo
         "MLOPS_PII_KEY": "pii-secret-value",
         "MLOPS_PREDICTION_LOG": "postgresql://mlops:db-secret-value@db/mlops",
         "MLOPS_SERVING_TOKEN": "token-secret-value",
+        "MLOPS_SERVING_ADMIN_TOKEN": "admin-token-secret-value",
+        "MLOPS_SERVING_SECRET": "serving-secret-value-0123456789",
         "AIRFLOW_CONN_MLFLOW_DEFAULT": '{"password": "conn-secret-value"}',
     }
     for key, value in secrets.items():

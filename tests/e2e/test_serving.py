@@ -66,7 +66,7 @@ def test_predict_answers_with_version_probability_and_request_id(server, rows):
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["model_version"] == "1" and body["route"] == "champion"
-    assert len(body["request_id"]) == 32
+    assert len(body["request_id"]) == 48  # 32 random hex digits and their 16-digit signature
     assert len(body["predictions"]) == 3
     for p in body["predictions"]:
         assert 0.0 <= p["probability"] <= 1.0
@@ -357,30 +357,38 @@ def _locked(path) -> bool:
         return False
 
 
-def test_auth_guards_every_endpoint_but_health_and_never_logs_the_token(serving_home, rows, tmp_path):
-    token = "s3cret-token-for-tests-0123456789"
+def test_auth_guards_every_endpoint_but_the_probes_and_never_logs_a_token(serving_home, rows, tmp_path):
+    tokens = {
+        "MLOPS_SERVING_TOKEN": "s3cret-token-for-tests-0123456789",
+        "MLOPS_SERVING_FEEDBACK_TOKEN": "feedback-token-for-tests-4567",
+        "MLOPS_SERVING_ADMIN_TOKEN": "admin-token-for-tests-89abcdef",
+    }
     proc = ServerProcess(
-        serving_home["env"],
-        tmp_path / "auth.log",
-        MLOPS_SERVING_TOKEN=token,
-        MLOPS_SERVING_LOG_PREDICTIONS="false",
+        serving_home["env"], tmp_path / "auth.log", MLOPS_SERVING_LOG_PREDICTIONS="false", **tokens
     )
     proc.env["MLOPS_HOME"] = str(tmp_path / "auth-home")
     proc.start()
-    headers = {"Authorization": f"Bearer {token}"}
+    headers = {"Authorization": f"Bearer {tokens['MLOPS_SERVING_TOKEN']}"}
+    admin = {"Authorization": f"Bearer {tokens['MLOPS_SERVING_ADMIN_TOKEN']}"}
     try:
-        wait_for(proc.url, champion="1", headers=headers)
+        wait_for(proc.url, champion="1", headers=admin)
         assert httpx.get(f"{proc.url}/health").status_code == 200
-        guarded = ["/ready", "/metrics", "/openapi.json", "/docs"]
+        assert httpx.get(f"{proc.url}/ready").json() == {"ready": True}  # open, but says nothing more
+        guarded = ["/metrics", "/openapi.json", "/docs"]
         for method, path in [*(("GET", p) for p in guarded), ("POST", "/predict"), ("POST", "/feedback")]:
             assert httpx.request(method, f"{proc.url}{path}").status_code == 401, path
             wrong = {"Authorization": "Bearer nope"}
             assert httpx.request(method, f"{proc.url}{path}", headers=wrong).status_code == 401, path
         ok = httpx.post(f"{proc.url}/predict", json={"records": rows[0][:1]}, headers=headers)
         assert ok.status_code == 200
+        assert httpx.get(f"{proc.url}/metrics", headers=headers).status_code == 403
+        assert httpx.get(f"{proc.url}/metrics", headers=admin).status_code == 200
     finally:
         proc.stop()
-    assert token not in proc.log_path.read_text()
+    log = proc.log_path.read_text()
+    assert "(auth on: admin, feedback, predict tokens)" in log
+    for token in tokens.values():
+        assert token not in log
 
 
 def test_a_malformed_policy_tag_falls_back_to_the_champion(server, rows, serving_home):

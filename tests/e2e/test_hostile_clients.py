@@ -1,0 +1,306 @@
+"""The model server against clients that try to hurt it or each other (issue 17, highs 1, 3 and 4).
+
+One real ``mlops serve`` process, logging to a PostgreSQL database of its own, with the three
+scoped tokens set: each test is a way a client of ``/predict`` could exhaust the server, fail
+its neighbours' requests, read their data, or steer monitoring and rollouts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from conftest import SERVING_MODEL, ServerProcess, reset_deployment
+
+pytestmark = pytest.mark.e2e
+
+PG = "postgresql+psycopg2://postgres@127.0.0.1:5432"
+DATABASE = "mlops_hostile"
+TOKENS = {
+    "predict": "predict-token-0a1b2c3d",
+    "feedback": "feedback-token-4e5f6a7b",
+    "admin": "admin-token-8c9d0e1f",
+}
+AUTH = {scope: {"Authorization": f"Bearer {token}"} for scope, token in TOKENS.items()}
+MAX_BODY = 1024 * 1024
+MAX_PENDING = 8
+
+
+@pytest.fixture(scope="module")
+def log_db():
+    """A database of its own, with a trigger that fails any insert of routing key 'poison': a
+    request the API accepts but the log refuses (a full disk, a constraint), for real."""
+    admin = sa.create_engine(f"{PG}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)"))
+        conn.execute(sa.text(f"CREATE DATABASE {DATABASE}"))
+    url = f"{PG}/{DATABASE}"
+    from pipelines.prediction_log import SqlPredictionLog
+
+    SqlPredictionLog(url, SERVING_MODEL).close()  # the tables, as the server makes them
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "CREATE FUNCTION refuse_poison() RETURNS trigger AS $$ BEGIN"
+                " RAISE EXCEPTION 'refused row for key %', NEW.routing_key; END $$ LANGUAGE plpgsql"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "CREATE TRIGGER poison BEFORE INSERT ON mlops_predictions FOR EACH ROW"
+                " WHEN (NEW.routing_key = 'poison') EXECUTE FUNCTION refuse_poison()"
+            )
+        )
+    yield url, engine
+    engine.dispose()
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)"))
+    admin.dispose()
+
+
+@pytest.fixture(scope="module")
+def server(serving_home, log_db, tmp_path_factory):
+    reset_deployment(serving_home["settings"])
+    home = tmp_path_factory.mktemp("hostile")
+    proc = ServerProcess(
+        serving_home["env"],
+        home / "server.log",
+        MLOPS_PREDICTION_LOG=log_db[0],
+        MLOPS_SERVING_TOKEN=TOKENS["predict"],
+        MLOPS_SERVING_FEEDBACK_TOKEN=TOKENS["feedback"],
+        MLOPS_SERVING_ADMIN_TOKEN=TOKENS["admin"],
+        MLOPS_SERVING_SECRET="deployment-secret-for-tests-0123",
+        MLOPS_SERVING_MAX_BODY_BYTES=str(MAX_BODY),
+        MLOPS_SERVING_MAX_PENDING=str(MAX_PENDING),
+        MLOPS_SERVING_MAX_WAIT_MS="100",  # concurrent requests share one micro-batch
+    )
+    proc.env["MLOPS_HOME"] = str(home / "mlops")
+    proc.start()
+    deadline = time.time() + 60
+    while not httpx.get(f"{proc.url}/ready").json()["ready"]:
+        assert time.time() < deadline, proc.log_path.read_text()[-2000:]
+        time.sleep(0.2)
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def record(april_rows) -> dict:
+    return april_rows[0][0]
+
+
+def predict(url: str, body: dict, scope: str = "predict") -> httpx.Response:
+    return httpx.post(f"{url}/predict", json=body, headers=AUTH[scope], timeout=30)
+
+
+def peak_rss_kib(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM")))
+
+
+def raw_request(port: int, head: bytes) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.sendall(head)
+    return sock
+
+
+def read_status(sock: socket.socket) -> tuple[int, bytes]:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return int(data.split(b" ", 2)[1]), data
+
+
+# -- high 1: the body limit holds for chunked uploads, and the server holds a bounded number --------
+def test_a_chunked_body_over_the_limit_is_refused_while_it_streams(server):
+    """Regression: without Content-Length the whole body was read, then measured (256 MiB read
+    against an 8 MiB limit). Now the server answers 413 at the limit, closes the connection and
+    reads no further (the client sees the 413, or a reset if it was still sending)."""
+    before = peak_rss_kib(server.proc.pid)
+    head = (
+        f"POST /predict HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKENS['predict']}\r\n"
+        "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    ).encode()
+    sock = raw_request(server.port, head)
+    chunk = b"a" * 65536
+    framed = f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"
+    sent, status, response = 0, None, b""
+    try:
+        while sent < 64 * MAX_BODY:  # 64 times the limit, unless the server stops reading first
+            sock.sendall(framed)
+            sent += len(chunk)
+        status, response = read_status(sock)
+    except OSError:  # the server answered 413 and closed: the rest of the body is never read
+        pass
+    sock.close()
+    assert status in (None, 413), response[:300]
+    assert sent < 16 * MAX_BODY, f"the server read {sent / MAX_BODY:.0f} MiB of a body over 1 MiB"
+    assert httpx.get(f"{server.url}/health").status_code == 200
+    grown_mib = (peak_rss_kib(server.proc.pid) - before) / 1024
+    assert grown_mib < 32, f"peak memory grew {grown_mib:.0f} MiB for a body cut at 1 MiB"
+
+
+def test_requests_beyond_the_pending_cap_get_503_with_retry_after(server, record):
+    """Slow clients hold requests open; beyond ``MLOPS_SERVING_MAX_PENDING`` the server says
+    503 at once (before reading any body) instead of holding ever more bodies in memory."""
+    body = json.dumps({"records": [record]}).encode()
+    head = (
+        f"POST /predict HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKENS['predict']}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    held = [raw_request(server.port, head + body[:10]) for _ in range(MAX_PENDING)]  # bodies half sent
+    try:
+        time.sleep(0.5)
+        refused = predict(server.url, {"records": [record]})
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["retry-after"] == "1"
+        assert "retry" in refused.json()["detail"]
+        for sock in held:  # the held requests complete normally once their bodies arrive
+            sock.sendall(body[10:])
+        assert [read_status(sock)[0] for sock in held] == [200] * MAX_PENDING
+    finally:
+        for sock in held:
+            sock.close()
+    assert predict(server.url, {"records": [record]}).status_code == 200
+
+
+# -- high 3: one client cannot fail its neighbours or read their data -------------------------------
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"routing_key": "user\x00-1"}, "routing_key"),
+        ({"routing_key": "k" * 257}, "routing_key"),
+        ({"routing_key": "line\nbreak"}, "routing_key"),
+        ({"records": [{"origin": "JF\x00K"}]}, "origin"),
+        ({"records": [{"origin": "J" * 2000}]}, "origin"),
+    ],
+    ids=["nul-key", "long-key", "newline-key", "nul-value", "long-value"],
+)
+def test_text_the_log_cannot_hold_is_a_422_naming_the_field(server, record, change, named):
+    body = {"records": [record], **change}
+    if "records" in change:
+        body["records"] = [{**record, **change["records"][0]}]
+    response = predict(server.url, body)
+    assert response.status_code == 422, response.text
+    assert named in response.text
+
+
+def test_a_deeply_nested_value_is_a_422_not_a_500(server, record):
+    """Regression: ``repr`` of a value nested ~1000 deep raised RecursionError, a 500."""
+    nested = "[" * 1000 + "]" * 1000
+    body = json.dumps({"records": [{**record, "origin": "NESTED"}]}).replace('"NESTED"', nested)
+    response = httpx.post(
+        f"{server.url}/predict", content=body, headers={**AUTH["predict"], "content-type": "application/json"}
+    )
+    assert response.status_code == 422, response.text[:300]
+    assert "must be a string, got a list" in response.text
+
+
+async def _concurrently(url: str, bodies: list[dict]) -> list[httpx.Response]:
+    async with httpx.AsyncClient(base_url=url, headers=AUTH["predict"], timeout=60) as http:
+        return await asyncio.gather(*(http.post("/predict", json=b) for b in bodies))
+
+
+def test_a_request_the_log_refuses_fails_alone_and_leaks_nothing(server, record, log_db):
+    """Regression: one request the PostgreSQL log refused failed its whole micro-batch (every
+    request in it got a 503), and the 503 carried SQLAlchemy's message with the bound parameters
+    of every request in the batch: other clients' inputs and routing keys."""
+    engine = log_db[1]
+    bodies = [{"records": [record], "routing_key": f"neighbour-{i}"} for i in range(MAX_PENDING - 2)]
+    bodies.insert(3, {"records": [record], "routing_key": "poison"})
+    answers = asyncio.run(_concurrently(server.url, bodies))
+    by_key = {b["routing_key"]: a for b, a in zip(bodies, answers, strict=True)}
+    poisoned = by_key.pop("poison")
+    assert poisoned.status_code == 503
+    detail = poisoned.json()["detail"]
+    assert "retry" in detail and "request " in detail
+    for leak in ("neighbour", "INSERT", "refused row", "sqlalchemy", "psycopg", record["origin"]):
+        assert leak not in poisoned.text, leak
+    assert {k: a.status_code for k, a in by_key.items()} == dict.fromkeys(by_key, 200)
+    ids = [a.json()["request_id"] for a in by_key.values()]
+    with engine.connect() as conn:
+        logged = conn.execute(
+            sa.text("SELECT count(*) FROM mlops_predictions WHERE request_id = ANY(:ids)"), {"ids": ids}
+        ).scalar()
+    assert logged == len(ids)  # every neighbour that got a 200 is in the log
+    log_text = server.log_path.read_text()
+    assert "refused row for key poison" in log_text  # the cause is in the server's own log
+
+
+@pytest.mark.parametrize(
+    ("item", "named"),
+    [
+        ({"row": 2**31, "label": 1}, "row"),
+        ({"row": -1, "label": 1}, "row"),
+        ({"request_id": "a\x00b", "label": 1}, "request_id"),
+        ({"request_id": "0" * 48, "label": 1}, "is not a request id this server issued"),
+        ({"request_id": "f" * 32, "label": 0}, "is not a request id this server issued"),
+    ],
+    ids=["row-2^31", "row-negative", "nul-id", "forged-id", "unsigned-id"],
+)
+def test_feedback_the_log_cannot_hold_or_for_unknown_requests_is_a_422(server, item, named):
+    """Regression: row >= 2^31 and NUL in request_id were 500s from PostgreSQL; feedback for ids
+    the server never issued was stored (and could outvote the real label)."""
+    body = {"feedback": [{"request_id": item.get("request_id", "0" * 48), **item}]}
+    response = httpx.post(f"{server.url}/feedback", json=body, headers=AUTH["feedback"], timeout=30)
+    assert response.status_code == 422, response.text
+    assert named in response.text
+
+
+def test_feedback_for_an_issued_request_is_stored(server, record, log_db):
+    answer = predict(server.url, {"records": [record, record]}).json()
+    item = {"request_id": answer["request_id"], "row": 1, "label": 1}
+    response = httpx.post(f"{server.url}/feedback", json={"feedback": [item]}, headers=AUTH["feedback"])
+    assert response.json() == {"recorded": 1}
+    with log_db[1].connect() as conn:
+        label = conn.execute(
+            sa.text("SELECT label FROM mlops_feedback WHERE request_id = :r AND row = 1"),
+            {"r": answer["request_id"]},
+        ).scalar()
+    assert label == 1
+
+
+# -- high 4: each credential does only its own job ---------------------------------------------------
+def test_each_token_grants_only_its_scope(server, record):
+    url = server.url
+    with_time = {"records": [record], "event_time": "2013-04-02T10:00:00Z"}
+    plain = {"records": [record]}
+    issued = predict(url, plain).json()["request_id"]
+    feedback = {"feedback": [{"request_id": issued, "row": 0, "label": 0}]}
+    matrix = {}
+    for scope, headers in AUTH.items():
+        with httpx.Client(base_url=url, headers=headers, timeout=30) as http:
+            matrix[scope] = (
+                http.post("/predict", json=plain).status_code,
+                http.post("/predict", json=with_time).status_code,
+                http.post("/feedback", json=feedback).status_code,
+                http.get("/metrics").status_code,
+            )
+    assert matrix == {
+        "predict": (200, 403, 403, 403),  # a client scores; it cannot label or replay history
+        "feedback": (200, 200, 200, 403),  # the labeller / replayer
+        "admin": (403, 403, 403, 200),  # Prometheus and operators read; they do not score
+    }
+    denied = httpx.post(f"{url}/feedback", json=feedback, headers=AUTH["predict"])
+    assert "feedback" in denied.json()["detail"]
+
+
+def test_ready_tells_a_probe_only_whether_to_route_here(server):
+    """Regression: /ready was open and showed the rollout id (enough to compute the routing hash)."""
+    anonymous = httpx.get(f"{server.url}/ready")
+    assert anonymous.status_code == 200 and anonymous.json() == {"ready": True}
+    as_client = httpx.get(f"{server.url}/ready", headers=AUTH["predict"]).json()
+    assert as_client == {"ready": True}
+    details = httpx.get(f"{server.url}/ready", headers=AUTH["admin"]).json()
+    assert details["champion"]["version"] == "1" and "rollout_id" in details
