@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -23,6 +24,14 @@ RUNBOOK = (
     "Runbook: open the drift report; if the shift is a data bug upstream (units, a broken join, "
     "a new source), fix it there and fail the training run; otherwise let the gate and the rollout decide."
 )
+
+
+def redacted(url: str) -> str:
+    """The URL as logs may show it: scheme and host. An incoming webhook's path (and query) is its
+    secret: whoever reads the task log could post to the channel."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}/…"
 
 
 def retrain_message(result: dict[str, Any]) -> str:
@@ -57,6 +66,6 @@ class RetrainNotifier(BaseNotifier):
         request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                log.info("notified %s: HTTP %s", url.split("?")[0], response.status)
-        except OSError as exc:
-            log.error("could not post the retrain notification to %s: %s", url.split("?")[0], exc)
+                log.info("notified %s: HTTP %s", redacted(url), response.status)
+        except OSError as exc:  # HTTPError and URLError name the status or reason, not the URL
+            log.error("could not post the retrain notification to %s: %s", redacted(url), exc)
