@@ -31,7 +31,7 @@ import sys
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import pandas as pd
 
@@ -84,6 +84,34 @@ class Location:
         return self.offline.startswith("postgresql")
 
 
+# Every call to the online store gives up after this long: a hung Redis is a 503, not a hung request.
+REDIS_TIMEOUT_SECONDS = 5
+
+
+def redis_connection_string(url: str) -> str:
+    """Feast's Redis connection string from a ``redis://`` or ``rediss://`` URL, keeping what the URL
+    says: user and password (``redis://:pw@host``), TLS (``rediss``), the database, and timeouts."""
+    parsed = urlparse(url)
+    db = (parsed.path or "/0").lstrip("/") or "0"
+    if not db.isdigit():
+        raise ConfigError(f"MLOPS_FEATURE_ONLINE: the Redis database must be a number, got {db!r}")
+    parts = [
+        f"{parsed.hostname or '127.0.0.1'}:{parsed.port or 6379}",
+        f"db={db}",
+        f"socket_timeout={REDIS_TIMEOUT_SECONDS}",
+        f"socket_connect_timeout={REDIS_TIMEOUT_SECONDS}",
+    ]
+    for key, value in (("username", parsed.username), ("password", parsed.password)):
+        if value:
+            value = unquote(value)
+            if "," in value or "=" in value:  # Feast splits its connection string on both
+                raise ConfigError(f"MLOPS_FEATURE_ONLINE: the Redis {key} cannot contain ',' or '='")
+            parts.append(f"{key}={value}")
+    if parsed.scheme == "rediss":
+        parts.append("ssl=true")
+    return ",".join(parts)
+
+
 def _pg(url: str) -> dict[str, Any]:
     parsed = urlparse(url)
     return {
@@ -124,13 +152,14 @@ def open_store(settings: Settings, store: FeatureStoreConfig):
         from feast.infra.offline_stores.duckdb import DuckDBOfflineStoreConfig
 
         offline = DuckDBOfflineStoreConfig()
-    if where.online.startswith("redis://"):
+    if where.online.startswith(("redis://", "rediss://")):
         from feast.infra.online_stores.redis import RedisOnlineStoreConfig
 
-        parsed = urlparse(where.online)
-        db = (parsed.path or "/0").lstrip("/") or "0"
-        online: Any = RedisOnlineStoreConfig(
-            connection_string=f"{parsed.hostname or '127.0.0.1'}:{parsed.port or 6379},db={db}"
+        online: Any = RedisOnlineStoreConfig(connection_string=redis_connection_string(where.online))
+    elif "://" in where.online:
+        raise ConfigError(
+            f"MLOPS_FEATURE_ONLINE {where.online.split('://')[0]}:// is not supported: use redis://,"
+            " rediss:// (TLS) or a SQLite file path"
         )
     else:
         from feast.infra.online_stores.sqlite import SqliteOnlineStoreConfig
