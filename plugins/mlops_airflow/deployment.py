@@ -122,6 +122,7 @@ def approval_gate(config: PipelineConfig, tasks: dict[str, Any]) -> None:
         python_callable=route_approval,
         op_kwargs={"always": config.deploy.approval},
         doc_md="Sends the rollout to a person when config asks or the metric swing is wide.",
+        execution_timeout=timedelta(minutes=5),
     )
     approve = ApprovalOperator(
         task_id="approve",
@@ -132,6 +133,7 @@ def approval_gate(config: PipelineConfig, tasks: dict[str, Any]) -> None:
         ),
         ignore_downstream_trigger_rules=True,
         on_success_callback=record_approval,
+        # no execution_timeout: it waits for a person, for as long as that takes
     )
     start = tasks["start_rollout"]
     tasks["validate_serving"] >> route >> [approve, start]

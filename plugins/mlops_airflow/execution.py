@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import fnmatch
 import os
+from datetime import timedelta
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 CONFIG_ENV = "MLOPS_EXECUTION_CONFIG"
 MODE_ENV = "MLOPS_EXECUTION_MODE"
@@ -56,6 +57,10 @@ DEFAULT_RESOURCES: dict[str, dict[str, dict[str, str]]] = {
     "detect_drift": _resources("500m", "1Gi", "1", "3Gi"),
     "validate_serving": _resources("500m", "1Gi", "1", "2Gi"),
 }
+# How long one try of a step may run before Airflow kills it and retries (minutes); for a sensor,
+# one poke. A hung database, registry or cluster call then fails the task instead of holding a slot
+# (and the run) for ever.
+DEFAULT_TIMEOUT_MINUTES: dict[str, float] = {"default": 60, "train": 360, "backfill": 360}
 
 
 class _Strict(BaseModel):
@@ -109,6 +114,8 @@ class Execution(_Strict):
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     env: dict[str, str] = Field(default_factory=dict)
     resources: dict[str, Resources] = Field(default_factory=dict)
+    # Per-step execution_timeout in minutes (``default`` for steps not listed).
+    timeout_minutes: dict[str, float] = Field(default_factory=dict)
     kubernetes: KubernetesOptions = Field(default_factory=KubernetesOptions)
     docker: DockerOptions = Field(default_factory=DockerOptions)
 
@@ -121,6 +128,22 @@ class Execution(_Strict):
         if "default" in self.resources:
             return self.resources["default"].model_dump()
         return DEFAULT_RESOURCES["default"]
+
+    def timeout_for(self, step: str) -> timedelta:
+        """``execution_timeout`` of ``step``: the config's entry, else the built-in one, else ``default``."""
+        for table in (self.timeout_minutes, DEFAULT_TIMEOUT_MINUTES):
+            if step in table:
+                return timedelta(minutes=table[step])
+        minutes = self.timeout_minutes.get("default", DEFAULT_TIMEOUT_MINUTES["default"])
+        return timedelta(minutes=minutes)
+
+    @field_validator("timeout_minutes")
+    @classmethod
+    def _positive(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = [step for step, minutes in value.items() if not minutes > 0]
+        if bad:
+            raise ValueError(f"timeout_minutes must be > 0 for {', '.join(bad)}")
+        return value
 
     def passed_env(self, environ: dict[str, str] | None = None) -> dict[str, str]:
         """The worker's variables a container inherits (``docker.pass_env`` patterns), then ``env``."""

@@ -232,12 +232,18 @@ def sensor_task(
     timeout_seconds: float | None = None,
     **kwargs: Any,
 ):
-    """A sensor that re-runs ``step`` until it decides; in reschedule mode it frees its slot in between."""
+    """A sensor that re-runs ``step`` until it decides; in reschedule mode it frees its slot in between.
+
+    ``execution_timeout`` bounds one try: in reschedule mode that is one poke; in poke mode the try
+    holds every poke, so the sensor's whole ``timeout`` is added to it."""
+    reschedule = poke_seconds >= 60
+    if not reschedule and timeout_seconds and kwargs.get("execution_timeout") is not None:
+        kwargs["execution_timeout"] += timedelta(seconds=timeout_seconds)
     sensor = task.sensor(
         task_id=step,
         poke_interval=poke_seconds,
         timeout=timeout_seconds,
-        mode="reschedule" if poke_seconds >= 60 else "poke",
+        mode="reschedule" if reschedule else "poke",
         doc_md=f"Polls `mlops step {step}` every {poke_seconds:g} s until it decides.",
         **kwargs,
     )(poke_step)
@@ -269,12 +275,15 @@ def pipeline_tasks(
     Polled steps (``POLLED_STEPS``) become sensors; ``sensors`` gives their poke interval and timeout.
     ``task_kwargs`` adds operator arguments per step (e.g. callbacks).
     """
-    mode = mode or load_execution().mode
+    execution = load_execution()
+    mode = mode or execution.mode
     tasks: dict[str, Any] = {}
     for step in spec:
         inputs = {name: _output(tasks[name]) for name in step.inputs}
         step_outlets = (outlets or {}).get(step.name, [])
-        extra = (task_kwargs or {}).get(step.name, {})
+        # every task has a deadline: one try (a sensor's one poke) that hangs fails and is retried
+        deadline = {"execution_timeout": execution.timeout_for(step.name)}
+        extra = {**deadline, **(task_kwargs or {}).get(step.name, {})}
         if step.name in POLLED_STEPS:
             poll = {**(sensors or {}).get(step.name, {}), **extra}
             tasks[step.name] = sensor_task(step.name, inputs, mode=mode, outlets=step_outlets, **poll)

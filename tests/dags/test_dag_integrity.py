@@ -51,6 +51,37 @@ def test_every_dag_has_tags_and_retries(dagbag):
             assert task.retries >= 1, f"{dag_id}.{task.task_id} has no retries"
 
 
+# Waits for a person, for as long as that takes.
+NO_DEADLINE = {("deploy", "approve")}
+
+
+def test_every_task_has_a_deadline(dagbag):
+    """A try that hangs (a database, the registry, the cluster) fails and is retried, never holding
+    its slot and the run for ever; per step from the execution config (``timeout_minutes``)."""
+    for dag_id in dagbag.dag_ids:
+        for task in dagbag.dags[dag_id].tasks:
+            if (dag_id, task.task_id) in NO_DEADLINE:
+                assert task.execution_timeout is None
+                continue
+            assert task.execution_timeout is not None, f"{dag_id}.{task.task_id} has no execution_timeout"
+            assert task.execution_timeout.total_seconds() > 0
+    assert dagbag.dags["training"].get_task("train").execution_timeout.total_seconds() == 6 * 3600
+
+
+def test_timeouts_come_from_the_execution_config(tmp_path):
+    from mlops_airflow.execution import load_execution
+
+    path = tmp_path / "execution.yaml"
+    path.write_text("timeout_minutes: {default: 10, evaluate: 30}\n")
+    execution = load_execution({"MLOPS_EXECUTION_CONFIG": str(path)})
+    assert execution.timeout_for("evaluate").total_seconds() == 30 * 60
+    assert execution.timeout_for("ingest").total_seconds() == 10 * 60
+    assert execution.timeout_for("train").total_seconds() == 360 * 60  # built in, not overridden
+    path.write_text("timeout_minutes: {train: 0}\n")
+    with pytest.raises(ValueError, match="timeout_minutes must be > 0 for train"):
+        load_execution({"MLOPS_EXECUTION_CONFIG": str(path)})
+
+
 @pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
 def test_parsing_a_dag_file_imports_no_ml_library(path):
     probe = (
