@@ -22,9 +22,18 @@ what was a duplicate and what was ignored.
   on the asset creates none. The check and the insert run in one transaction,
   holding a row lock on the asset (PostgreSQL) or SQLite's single writer, so two
   concurrent posts of the same alert cannot both create one.
+- **One retrain per drift episode**, the rule ``decide_retrain`` applies: an
+  episode belongs to the serving champion. After a retrain event of the model
+  (from an alert or from the monitoring DAG), further alerts for the same
+  champion create none until ``cooldown_hours`` have passed
+  (``MLOPS_ALERT_COOLDOWN_HOURS``, else the config's
+  ``monitoring.retrain.cooldown_hours``); a new champion starts a new episode.
+  When the registry cannot say who the champion is, the alert counts as the same
+  episode: a storm of retrains costs more than a late one.
 - Resolved alerts and alerts without ``mlops_action="retrain"`` are ignored.
   An unknown model gets a 404 and a malformed body a 422, and nothing is
-  written.
+  written, for any alert of the body (every asset is looked up before the
+  first event is created, in one transaction).
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +50,8 @@ from pydantic import BaseModel, Field, ValidationError
 
 log = logging.getLogger(__name__)
 TOKEN_ENV, TOKEN_FILE_ENV = "MLOPS_ALERT_TOKEN", "MLOPS_ALERT_TOKEN_FILE"
+COOLDOWN_ENV = "MLOPS_ALERT_COOLDOWN_HOURS"
+RETRAIN_SOURCES = {"alertmanager", "monitoring"}  # the events that open an episode
 ACTION_LABEL, ACTION = "mlops_action", "retrain"
 RECENT_EVENTS = 1000  # how far back a repeat is looked for (Alertmanager repeats within hours)
 
@@ -95,11 +107,40 @@ def retrain_requests(notification: Notification) -> tuple[list[Alert], list[dict
     return wanted, ignored
 
 
-def event_extra(alert: Alert) -> dict[str, Any]:
+def cooldown_hours() -> float:
+    """How long an episode lasts: the environment's setting, else the model config's."""
+    if os.environ.get(COOLDOWN_ENV):
+        return float(os.environ[COOLDOWN_ENV])
+    from pipelines.config import load_config
+    from pipelines.settings import Settings
+
+    return load_config(Settings.from_env().config_path).monitoring.retrain.cooldown_hours
+
+
+def serving_champion(model: str) -> str | None:
+    """The version behind the ``champion`` alias, or None when the registry cannot say.
+
+    Read with the API server's own MLflow environment (``MLFLOW_TRACKING_URI``, and
+    ``MLFLOW_TRACKING_USERNAME``/``PASSWORD`` behind MLflow's auth): the process serves many
+    requests at once, so it never swaps connection variables into ``os.environ`` the way a step does.
+    """
+    from pipelines import tracking
+    from pipelines.settings import Settings
+
+    try:
+        found = tracking.champion_version(Settings.from_env(), model)
+    except Exception as exc:  # the retrain must not hang on the registry: same episode, said why
+        log.warning("cannot read the champion of %s (%s): counting the alert as the same episode", model, exc)
+        return None
+    return None if found is None else str(found.version)
+
+
+def event_extra(alert: Alert, champion: str | None = None) -> dict[str, Any]:
     """The retrain event's extra; ``fingerprint`` + ``starts_at`` identify the alert."""
     feature = alert.labels.get("feature")
     return {
         "source": "alertmanager",
+        "champion_version": champion,
         "alertname": alert.labels.get("alertname"),
         "fingerprint": alert.fingerprint,
         "starts_at": alert.startsAt,
@@ -109,43 +150,54 @@ def event_extra(alert: Alert) -> dict[str, Any]:
     }
 
 
-def _record(alert: Alert) -> tuple[str, int | None]:
-    """Create the retrain event of ``alert`` unless it exists: ("created" | "duplicate", event id)."""
+def _same_episode(event: Any, champion: str | None, cooldown: timedelta, now: datetime) -> bool:
+    """Whether ``event`` (a retrain event of this model) opened the episode ``champion`` is in."""
+    extra = event.extra or {}
+    if extra.get("source") not in RETRAIN_SOURCES or now - event.timestamp >= cooldown:
+        return False
+    earlier = extra.get("champion_version")
+    return champion is None or earlier is None or str(earlier) == champion
+
+
+def _record(
+    session: Any, asset: Any, alert: Alert, champion: str | None, cooldown: timedelta
+) -> tuple[str, int]:
+    """Create the retrain event of ``alert`` unless it exists or its episode has one already:
+    ("created" | "duplicate" | "episode", event id)."""
     from airflow._shared.timezones import timezone
     from airflow.assets.manager import asset_manager
-    from airflow.models.asset import AssetEvent, AssetModel
-    from airflow.utils.session import create_session
+    from airflow.models.asset import AssetEvent
     from sqlalchemy import select
 
-    name = f"{alert.labels['model']}.retrain"
-    with create_session() as session:
-        # the row lock serialises concurrent posts of one alert (PostgreSQL); SQLite has one writer
-        asset = session.scalar(select(AssetModel).where(AssetModel.name == name).with_for_update().limit(1))
-        if asset is None:
-            raise HTTPException(
-                404, f"no asset {name!r}: is the training DAG of model {alert.labels['model']!r} deployed?"
-            )
-        recent = session.scalars(
+    now = timezone.utcnow()
+    recent = list(
+        session.scalars(
             select(AssetEvent)
             .where(AssetEvent.asset_id == asset.id)
             .order_by(AssetEvent.id.desc())
             .limit(RECENT_EVENTS)
         )
-        for event in recent:
-            extra = event.extra or {}
-            if extra.get("fingerprint") == alert.fingerprint and extra.get("starts_at") == alert.startsAt:
-                return "duplicate", event.id
-        created = asset_manager.register_asset_change(
-            asset=asset,
-            timestamp=timezone.utcnow(),
-            extra=event_extra(alert),
-            source_is_api=True,
-            session=session,
-        )
-        if created is None:
-            raise HTTPException(404, f"asset {name!r} is not active")
-        session.flush()
-        return "created", created.id
+    )
+    for event in recent:
+        extra = event.extra or {}
+        if extra.get("fingerprint") == alert.fingerprint and extra.get("starts_at") == alert.startsAt:
+            return "duplicate", event.id
+    for event in recent:
+        if (event.extra or {}).get("source") in RETRAIN_SOURCES:  # the newest retrain decides
+            if _same_episode(event, champion, cooldown, now):
+                return "episode", event.id
+            break
+    created = asset_manager.register_asset_change(
+        asset=asset,
+        timestamp=now,
+        extra=event_extra(alert, champion),
+        source_is_api=True,
+        session=session,
+    )
+    if created is None:
+        raise HTTPException(404, f"asset {asset.name!r} is not active")
+    session.flush()
+    return "created", created.id
 
 
 app = FastAPI(title="MLOps alert webhook", description=__doc__)
@@ -161,16 +213,40 @@ async def receive_alerts(request: Request, authorization: str | None = Header(No
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:10])
         raise HTTPException(422, f"not an Alertmanager webhook body: {problems}") from exc
     wanted, ignored = retrain_requests(notification)
-    created, duplicate = [], []
-    for alert in wanted:
-        outcome, event_id = _record(alert)
-        entry = {"fingerprint": alert.fingerprint, "model": alert.labels["model"], "event_id": event_id}
-        (created if outcome == "created" else duplicate).append(entry)
-        log.info(
-            "alert %s (%s): %s retrain event %s",
-            alert.fingerprint,
-            alert.labels.get("alertname"),
-            outcome,
-            event_id,
-        )
-    return {"created": created, "duplicate": duplicate, "ignored": ignored}
+    outcomes: dict[str, list[dict[str, Any]]] = {"created": [], "duplicate": [], "episode": []}
+    if not wanted:
+        return {**outcomes, "ignored": ignored}
+    models = sorted({a.labels["model"] for a in wanted})
+    # Outside the transaction: the registry may be slow, and the asset rows stay locked meanwhile.
+    champions = {model: serving_champion(model) for model in models}
+    cooldown = timedelta(hours=cooldown_hours())
+    from airflow.models.asset import AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        assets = {}
+        for model in models:  # every asset first: an unknown model writes nothing for any alert
+            # the row lock serialises concurrent posts for one model (PostgreSQL); SQLite has one writer
+            asset = session.scalar(
+                select(AssetModel).where(AssetModel.name == f"{model}.retrain").with_for_update().limit(1)
+            )
+            if asset is None:
+                raise HTTPException(
+                    404, f"no asset '{model}.retrain': is the training DAG of model {model!r} deployed?"
+                )
+            assets[model] = asset
+        for alert in wanted:
+            model = alert.labels["model"]
+            outcome, event_id = _record(session, assets[model], alert, champions[model], cooldown)
+            entry = {"fingerprint": alert.fingerprint, "model": model, "event_id": event_id}
+            outcomes[outcome].append(entry)
+            log.info(
+                "alert %s (%s, %s): %s retrain event %s",
+                alert.fingerprint,
+                alert.labels.get("alertname"),
+                alert.labels.get("feature"),
+                {"episode": "same episode as"}.get(outcome, outcome),
+                event_id,
+            )
+    return {**outcomes, "ignored": ignored}

@@ -131,10 +131,9 @@ def test_serving_image_answers_health_and_its_health_check_passes(docker_client,
         container.remove(force=True)
 
 
-def test_the_charts_readiness_probe_authenticates_in_the_serving_image(
-    docker_client, images, mlflow_server, tmp_path
-):
-    """With auth on, the chart's readiness probe is an exec of Python: run it in the real image."""
+def test_the_charts_serving_auth_works_in_the_serving_image(docker_client, images, mlflow_server, tmp_path):
+    """The chart mounts four Secret keys and points *_FILE variables at them: run that in the real
+    image. The readiness probe (GET /ready) needs no token and says only whether to route here."""
     import helm_python
     import yaml
 
@@ -150,36 +149,56 @@ def test_the_charts_readiness_probe_authenticates_in_the_serving_image(
         d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "mlops-model-server"
     ]
     container_spec = server["spec"]["template"]["spec"]["containers"][0]
-    probe = container_spec["readinessProbe"]["exec"]["command"]
-    token_path = next(e["value"] for e in container_spec["env"] if e["name"] == "MLOPS_SERVING_TOKEN_FILE")
-
+    assert container_spec["readinessProbe"]["httpGet"]["path"] == "/ready"
+    files = {e["name"]: e["value"] for e in container_spec["env"] if e["name"].endswith("_FILE")}
+    (mount,) = {str(Path(path).parent) for path in files.values()}
+    content = {
+        "token": "predict-token-0123",
+        "feedback-token": "feedback-token-4567",
+        "admin-token": "admin-token-89ab",
+        "secret": "deployment-secret-0123456789abcdef",
+    }
     secrets = tmp_path / "secrets"
     secrets.mkdir()
-    (secrets / "serving-token").write_text("s3cret-token\n")
     secrets.chmod(0o755)
-    (secrets / "serving-token").chmod(0o644)
+    for key, value in content.items():
+        (secrets / key).write_text(value + "\n")
+        (secrets / key).chmod(0o644)
+    assert {Path(path).name for path in files.values()} == set(content)
     container = docker_client.containers.run(
         images["serving"]["tag"],
         detach=True,
         network_mode="host",
-        volumes=[f"{secrets}:{Path(token_path).parent}:ro"],
+        volumes=[f"{secrets}:{mount}:ro"],
         environment={
             "MLFLOW_TRACKING_URI": mlflow_server,
             "MLOPS_SERVING_PORT": str(port),
             "MLOPS_SERVING_MODEL": "no-such-model",
-            "MLOPS_SERVING_TOKEN_FILE": token_path,
+            **files,
         },
     )
+    url = f"http://127.0.0.1:{port}"
+
+    def status(path: str, token: str | None = None) -> int:
+        headers = {"Authorization": f"Bearer {content[token]}"} if token else {}
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url + path, headers=headers), timeout=5) as r:
+                return r.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
     try:
         deadline = time.time() + 90
         while not _answers(port):
             assert time.time() < deadline, container.logs().decode()[-2000:]
             time.sleep(1)
-        exit_code, output = container.exec_run(probe)
-        assert exit_code != 0 and b"503" in output  # authenticated, and honestly not ready: no model
-        (secrets / "serving-token").write_text("wrong-token\n")
-        exit_code, output = container.exec_run(probe)
-        assert exit_code != 0 and b"401" in output  # the token really is what gets it past auth
+        assert status("/ready") == 503  # the probe: open, and honestly not ready (no such model)
+        assert (status("/metrics"), status("/metrics", "token"), status("/metrics", "admin-token")) == (
+            401,
+            403,
+            200,
+        )
+        assert "auth on: admin, feedback, predict tokens" in container.logs().decode()
     finally:
         container.remove(force=True)
 

@@ -8,6 +8,7 @@ relies on. The Airflow dependency is declared but not downloaded, so its templat
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ RELEASE, NAMESPACE = "mlops", "ml"
 KUBE_VERSION = "1.37.0"
 MISSING_AIRFLOW = "chart directory is missing these dependencies: airflow"
 # kubernetes-validate knows only built-in kinds; this CRD kind is skipped, nothing else.
-CRD_KINDS = {"PrometheusRule"}
+CRD_KINDS = {"PrometheusRule", "PodMonitor"}
 ROLLOUT_FILES = ["values-embedded.yaml", "values-production.yaml"]
 
 
@@ -98,11 +99,9 @@ def test_manifests_validate_against_kubernetes(rollout: tuple[str, list[dict[str
             skipped.add(doc["kind"])
             continue
         kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
-    expected = (
-        {"PrometheusRule"}
-        if values_file(name)["monitoring"].get("prometheusRule", {}).get("enabled")
-        else set()
-    )
+    monitoring = values_file(name)["monitoring"]
+    crds = {"PrometheusRule": "prometheusRule", "PodMonitor": "podMonitor"}
+    expected = {kind for kind, key in crds.items() if monitoring.get(key, {}).get("enabled")}
     assert skipped == expected
 
 
@@ -113,6 +112,7 @@ def test_default_values_do_not_render_alone() -> None:
     almost = {
         "mlflow": {"backendStore": {"uri": "postgresql://u:p@db:5432/mlflow"}},
         "monitoring": {"alertToken": {"value": "t"}},
+        "serving": {"auth": {"token": "p", "feedbackToken": "f", "adminToken": "a", "secret": "s" * 16}},
     }
     with pytest.raises(
         helm_python.HelmError, match=r"stores\.s3\.bucket is required when sharedStore\.enabled is false"
@@ -151,14 +151,8 @@ def test_pods_run_non_root_and_locked_down(rollout: tuple[str, list[dict[str, An
 def test_servers_have_probes(rollout: tuple[str, list[dict[str, Any]]]) -> None:
     _, docs = rollout
     serving = one(docs, "Deployment", f"{RELEASE}-model-server")["spec"]["template"]["spec"]["containers"][0]
-    readiness = serving["readinessProbe"]
-    if "httpGet" in readiness:
-        assert readiness["httpGet"]["path"] == "/ready"
-    else:  # auth on: only /health is open, the probe sends the mounted token
-        assert (
-            "/ready" in readiness["exec"]["command"][-1]
-            and "MLOPS_SERVING_TOKEN_FILE" in readiness["exec"]["command"][-1]
-        )
+    # /ready is open with auth on too (it says only ready/not ready without the admin token)
+    assert serving["readinessProbe"]["httpGet"]["path"] == "/ready"
     assert serving["livenessProbe"]["httpGet"]["path"] == "/health"
     assert "startupProbe" in serving
     mlflow = one(docs, "Deployment", f"{RELEASE}-mlflow")["spec"]["template"]["spec"]["containers"][0]
@@ -190,13 +184,19 @@ def test_production_model_server_auth_and_prediction_log() -> None:
     docs = render("values-production.yaml")
     spec = one(docs, "Deployment", f"{RELEASE}-model-server")["spec"]["template"]["spec"]
     env = {e["name"]: e for e in spec["containers"][0]["env"]}
-    assert env["MLOPS_SERVING_TOKEN_FILE"]["value"] == "/var/run/secrets/mlops/serving-token"
+    assert {name: env[name]["value"] for name in env if name.endswith("_FILE")} == {
+        "MLOPS_SERVING_TOKEN_FILE": "/var/run/secrets/mlops/token",
+        "MLOPS_SERVING_FEEDBACK_TOKEN_FILE": "/var/run/secrets/mlops/feedback-token",
+        "MLOPS_SERVING_ADMIN_TOKEN_FILE": "/var/run/secrets/mlops/admin-token",
+        "MLOPS_SERVING_SECRET_FILE": "/var/run/secrets/mlops/secret",
+    }
     assert env["MLOPS_PREDICTION_LOG"]["valueFrom"]["secretKeyRef"] == {
         "name": "mlops-prediction-log",
         "key": "url",
     }
-    token = next(v for v in spec["volumes"] if v["name"] == "serving-token")
-    assert token["secret"]["secretName"] == "mlops-serving-token"
+    auth = next(v for v in spec["volumes"] if v["name"] == "serving-auth")
+    assert auth["secret"]["secretName"] == "mlops-serving-token"
+    assert [i["key"] for i in auth["secret"]["items"]] == ["token", "feedback-token", "admin-token", "secret"]
 
 
 def test_feature_store_and_pii_key_come_from_a_secret_for_server_and_steps() -> None:
@@ -372,8 +372,17 @@ def test_monitoring_config(rollout: tuple[str, list[dict[str, Any]]]) -> None:
     _, docs = rollout
     prometheus = one(docs, "ConfigMap", f"{RELEASE}-prometheus")["data"]
     assert yaml.safe_load(prometheus["prometheus-rules.yaml"]) == shipped("prometheus-rules.yaml")
-    scrape = yaml.safe_load(prometheus["prometheus.yaml"])
-    assert scrape["scrape_configs"][0]["static_configs"][0]["targets"] == [f"{RELEASE}-model-server:8000"]
+    (job,) = yaml.safe_load(prometheus["prometheus.yaml"])["scrape_configs"]
+    # every pod of this release's model server, not the Service (which mixes the pods' series)
+    assert job["kubernetes_sd_configs"] == [{"role": "pod", "namespaces": {"names": [NAMESPACE]}}]
+    keep = job["relabel_configs"][0]
+    assert keep["action"] == "keep" and keep["regex"] == f"{RELEASE};model-server;true;http"
+    assert {"source_labels": ["__meta_kubernetes_pod_label_mlops_io_model"], "target_label": "model"} in (
+        job["relabel_configs"]
+    )
+    assert job["authorization"]["credentials_file"].endswith("serving-admin-token")
+    pod = one(docs, "Deployment", f"{RELEASE}-model-server")["spec"]["template"]["metadata"]
+    assert pod["labels"]["mlops.io/model"] == "flights-delay"
     alertmanager = yaml.safe_load(
         one(docs, "ConfigMap", f"{RELEASE}-alertmanager")["data"]["alertmanager.yaml"]
     )
@@ -383,6 +392,14 @@ def test_monitoring_config(rollout: tuple[str, list[dict[str, Any]]]) -> None:
     expected = shipped("alertmanager.yaml")
     expected["receivers"][1]["webhook_configs"][0]["url"] = receiver["webhook_configs"][0]["url"]
     assert alertmanager == expected
+
+
+def test_serving_auth_is_on_by_default_with_four_keys() -> None:
+    assert values_file("values.yaml")["serving"]["auth"]["enabled"] is True
+    docs = render("values-embedded.yaml")
+    secret = one(docs, "Secret", f"{RELEASE}-serving-token")
+    assert set(secret["stringData"]) == {"token", "feedback-token", "admin-token", "secret"}
+    assert len(set(secret["stringData"].values())) == 4
 
 
 def test_alert_token_secret() -> None:
@@ -448,7 +465,35 @@ def test_schema_rejects_broken_values(override: dict[str, Any], key: str) -> Non
         ),
         (
             {"serving": {"auth": {"existingSecret": ""}}},
-            "serving.auth.token or serving.auth.existingSecret is required",
+            "serving.auth.token is required when serving.auth.enabled is true",
+        ),
+        (
+            {"serving": {"auth": {"existingSecret": "", "token": "p", "feedbackToken": "f"}}},
+            "serving.auth.adminToken is required when serving.auth.enabled is true",
+        ),
+        (
+            {
+                "serving": {
+                    "auth": {
+                        "existingSecret": "",
+                        **{"token": "same", "feedbackToken": "same", "adminToken": "a"},
+                        "secret": "s" * 16,
+                    }
+                }
+            },
+            "serving.auth.token, feedbackToken and adminToken must differ",
+        ),
+        (
+            {
+                "serving": {
+                    "auth": {
+                        "existingSecret": "",
+                        **{"token": "p", "feedbackToken": "f", "adminToken": "a"},
+                        "secret": "short",
+                    }
+                }
+            },
+            "serving.auth.secret is too short",
         ),
         (
             {"mlflow": {"backendStore": {"existingSecret": ""}}},
@@ -465,3 +510,48 @@ def test_production_requires_its_settings(override: dict[str, Any], message: str
     with pytest.raises(helm_python.HelmError) as err:
         render(values)
     assert message in str(err.value)
+
+
+def test_the_rules_name_no_model_and_aggregate_pods() -> None:
+    """One rule file serves every model: the model label comes from the scrape, and every ratio
+    divides sums over all pods (a per-pod ratio, or a Service scrape, mixes replicas)."""
+    for group in shipped("prometheus-rules.yaml")["groups"]:
+        for rule in group["rules"]:
+            assert "model" not in rule["labels"], rule["alert"]
+            expr = rule["expr"]
+            assert "flights-delay" not in expr
+            pooled = ("sum by (model, feature) (delta(", "sum by (model, feature) (increase(")
+            counters = r"mlops_feature_(value_count_total|value_sum|unseen_category_total)"
+            uses = list(re.finditer(counters, expr))
+            assert uses, rule["alert"]
+            for use in uses:
+                assert expr[: use.start()].endswith(pooled), (rule["alert"], use.group())
+    alertmanager = shipped("alertmanager.yaml")
+    assert alertmanager["route"]["group_by"] == ["model"]
+
+
+def test_production_pod_monitor_and_prometheus_discovery_role() -> None:
+    docs = render("values-production.yaml")
+    (monitor,) = by_kind(docs, "PodMonitor")
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["authorization"]["credentials"] == {"name": "mlops-serving-token", "key": "admin-token"}
+    assert {"sourceLabels": ["__meta_kubernetes_pod_label_mlops_io_model"], "targetLabel": "model"} in (
+        endpoint["relabelings"]
+    )
+    assert not [r for r in by_kind(docs, "Role") if "prometheus" in r["metadata"]["name"]]
+    values = merged(
+        values_file("values-production.yaml"),
+        {"monitoring": {"prometheusServiceAccount": {"name": "prometheus", "namespace": "monitoring"}}},
+    )
+    docs = render(values)
+    role = one(docs, "Role", f"{RELEASE}-prometheus-discovery")
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
+    binding = one(docs, "RoleBinding", f"{RELEASE}-prometheus-discovery")
+    subject = {"kind": "ServiceAccount", "name": "prometheus", "namespace": "monitoring"}
+    assert binding["subjects"] == [subject]
+
+
+def test_step_timeouts_reach_the_execution_config() -> None:
+    values = merged(values_file("values-production.yaml"), {"steps": {"timeoutMinutes": {"default": 20}}})
+    assert execution_config(render(values))["timeout_minutes"] == {"default": 20}
+    assert execution_config(render("values-production.yaml"))["timeout_minutes"] == {}
