@@ -320,7 +320,7 @@ def write_tables(settings: Settings, dataset: Dataset, tables: dict[str, pd.Data
     if where.offline_is_sql:
         import sqlalchemy as sa
 
-        engine = sa.create_engine(storage.sql_url(where.offline))
+        engine = storage.sql_engine(where.offline, statement_timeout_seconds=1800)
         try:
             with engine.begin() as conn:  # one transaction: drop and refill together
                 for name, table in tables.items():

@@ -343,6 +343,19 @@ class ParquetPredictionLog:
         finally:
             os.close(fd)
 
+    def ping(self) -> None:
+        """Raise unless a row could be written now: the spool takes a small file, synced."""
+        probe = self.spool / f".ping-{uuid.uuid4().hex[:8]}"
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.write(fd, b"ping\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        finally:
+            probe.unlink(missing_ok=True)
+
     def flush(self) -> None:
         """Seal and compact now (shutdown, tests)."""
         with self._lock:
@@ -425,6 +438,12 @@ def _event_time(ms: float | None) -> pd.Timestamp | None:
     return None if ms is None else pd.Timestamp(ms, unit="ms", tz="UTC")
 
 
+# Longest a statement of the SQL log may run before PostgreSQL cancels it: an append (a request
+# waits on it) fails in seconds; a window's read, which scans more, gets READ_TIMEOUT_SECONDS.
+STATEMENT_TIMEOUT_SECONDS = 10
+READ_TIMEOUT_SECONDS = 600
+
+
 class SqlPredictionLog:
     """PostgreSQL tables ``mlops_predictions`` and ``mlops_feedback``; a commit is the acknowledgement."""
 
@@ -432,9 +451,12 @@ class SqlPredictionLog:
         import sqlalchemy as sa
 
         self.model_name = model_name
-        from pipelines.storage import sql_url
+        from pipelines.storage import sql_engine
 
-        self.engine = sa.create_engine(sql_url(url), pool_pre_ping=True, pool_size=4)
+        # A request waits on this log before it is answered: a hung database is a 503 in seconds.
+        self.engine = sql_engine(
+            url, statement_timeout_seconds=STATEMENT_TIMEOUT_SECONDS, pool_pre_ping=True, pool_size=4
+        )
         meta = sa.MetaData()
         self.predictions = sa.Table(
             "mlops_predictions",
@@ -511,7 +533,8 @@ class SqlPredictionLog:
             query = query.where(when >= start.to_pydatetime())
         if end is not None:
             query = query.where(when < end.to_pydatetime())
-        with self.engine.connect() as conn:
+        with self.engine.begin() as conn:
+            conn.execute(sa.text(f"SET LOCAL statement_timeout = {READ_TIMEOUT_SECONDS * 1000}"))
             rows = [dict(r._mapping) for r in conn.execute(query.order_by(self.predictions.c.ts))]
         if not rows:
             return pd.DataFrame(columns=COLUMNS)
@@ -520,6 +543,13 @@ class SqlPredictionLog:
         frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
         frame["event_time"] = pd.to_datetime(frame["event_time"], utc=True)
         return pd.concat([frame[COLUMNS], inputs], axis=1)
+
+    def ping(self) -> None:
+        """Raise unless the database answers now."""
+        import sqlalchemy as sa
+
+        with self.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
 
     def read_feedback(self) -> pd.DataFrame:
         with self.engine.connect() as conn:

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from pipelines import config as cfg
 from pipelines import privacy, storage
 from pipelines.errors import DataError, PipelineError
-from pipelines.storage import resolve, sql_url
+from pipelines.storage import resolve, sql_engine
 
 
 class DataSource(Protocol):
@@ -110,6 +110,10 @@ class FileSource:
         return _in_window(frame, self.time_column, start, end)
 
 
+# A source query may scan a large table; it still may not hang for ever.
+SOURCE_STATEMENT_TIMEOUT = 1800
+
+
 class SqlSource:
     """A SQL table; only the window's rows leave the database."""
 
@@ -117,7 +121,7 @@ class SqlSource:
         self.source, self.time_column = source, time_column
 
     def read(self, start: datetime, end: datetime) -> pd.DataFrame:
-        engine = sa.create_engine(sql_url(self.source.url or ""))
+        engine = sql_engine(self.source.url or "", statement_timeout_seconds=SOURCE_STATEMENT_TIMEOUT)
         try:
             table = sa.Table(self.source.table or "", sa.MetaData(), autoload_with=engine)
             if self.time_column not in table.c:

@@ -153,3 +153,22 @@ def sql_url(url: str) -> str:
     if url.startswith("postgresql://") or url.startswith("postgres://"):
         return "postgresql+psycopg2://" + url.split("://", 1)[1]
     return url
+
+
+# Seconds to wait for a database connection: an unreachable host fails fast, with its name.
+SQL_CONNECT_TIMEOUT = 10
+
+
+def sql_engine(url: str, *, statement_timeout_seconds: float | None = None, **options: Any):
+    """A SQLAlchemy engine for ``url`` (``sql_url``) with deadlines: PostgreSQL gets a connect
+    timeout and, when given, a statement timeout, so a hung database fails the caller instead of
+    holding it for ever."""
+    import sqlalchemy as sa
+
+    url = sql_url(url)
+    if url.startswith("postgresql"):
+        connect_args = {"connect_timeout": SQL_CONNECT_TIMEOUT}
+        if statement_timeout_seconds:
+            connect_args["options"] = f"-c statement_timeout={int(statement_timeout_seconds * 1000)}"
+        options["connect_args"] = {**connect_args, **options.get("connect_args", {})}
+    return sa.create_engine(url, **options)

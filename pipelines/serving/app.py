@@ -101,8 +101,12 @@ class Server:
             model_dir=config.model_dir,
             threshold=config.threshold,
             on_change=self.metrics.show_deployment,
+            pii_fingerprint=config.pii_fingerprint,
         )
         self.online = None  # the feature store's online features, opened on first use
+        # Why the prediction log cannot be written (a database or disk outage), until it can again:
+        # /ready fails meanwhile, so traffic goes to replicas that can acknowledge predictions.
+        self.log_outage: str | None = None
         self.inflight = 0
         self.queue: asyncio.Queue[Job] | None = None
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="model")
@@ -127,9 +131,13 @@ class Server:
 
     # -- batching --------------------------------------------------------------------------------
     async def submit(self, job: Job) -> np.ndarray:
+        """The job's probabilities, once scored and logged; TimeoutError past the request deadline.
+
+        A job past its deadline still runs to the end (its rows may reach the log), but its client
+        was told it failed: the log may hold a prediction nobody got, never the other way round."""
         job.future = asyncio.get_running_loop().create_future()
         self.queue.put_nowait(job)
-        return await job.future
+        return await asyncio.wait_for(asyncio.shield(job.future), self.config.request_timeout_seconds)
 
     async def _batch_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -217,9 +225,11 @@ class Server:
         """
         try:
             self.log.append(self._log_rows(jobs))
+            self.log_outage = None
             return jobs
         except Exception as exc:
-            if len(jobs) == 1:
+            self._note_outage(exc)
+            if len(jobs) == 1 or self.log_outage:  # an outage fails everyone alike: no retry storm
                 raise
             log.warning("logging a micro-batch of %d failed (%s); logging each request alone", len(jobs), exc)
         logged = []
@@ -231,6 +241,23 @@ class Server:
                 j.error = exc
                 log.exception("request %s was not logged, so it is not answered", j.request_id)
         return logged
+
+    def _note_outage(self, exc: Exception) -> None:
+        """Remember an outage of the log (not a request the database refused)."""
+        if _is_outage(exc):
+            self.log_outage = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            log.error("the prediction log cannot be written (%s): not ready until it can", self.log_outage)
+
+    def _log_recovered(self) -> bool:
+        """After an outage, whether the log answers again (runs in a worker thread)."""
+        try:
+            self.log.ping()
+        except Exception as exc:
+            self._note_outage(exc)
+            return False
+        log.warning("the prediction log answers again: ready")
+        self.log_outage = None
+        return True
 
     def _score_and_log(self, jobs: list[Job]) -> None:
         """Score, log durably, count: runs in the model thread. The answer leaves only after this."""
@@ -402,6 +429,18 @@ class Server:
         )
         try:
             proba = await self.submit(job)
+        except TimeoutError:
+            self.metrics.requests.labels("predict", "503").inc()
+            self.metrics.errors.labels("timeout").inc()
+            log.error(
+                "request %s: not scored and logged within %g s",
+                job.request_id,
+                self.config.request_timeout_seconds,
+            )
+            deadline = self.config.request_timeout_seconds
+            return problem(
+                503, f"the prediction did not finish within {deadline:g} s: retry (request {job.request_id})"
+            )
         except Exception:  # the cause goes to the server's log only: it may name hosts or other rows
             self.metrics.requests.labels("predict", "503").inc()
             self.metrics.errors.labels("scoring").inc()
@@ -445,13 +484,16 @@ class Server:
         self.metrics.requests.labels("feedback", "200").inc()
         return ORJSONResponse({"recorded": recorded})
 
-    def ready(self, request: Request) -> Response:
+    async def ready(self, request: Request) -> Response:
         d = self.watcher.deployment
-        status = 200 if d.champion is not None else 503
+        if self.log_outage and self.log is not None:
+            await run_in_threadpool(self._log_recovered)
+        ready = d.champion is not None and self.log_outage is None
+        status = 200 if ready else 503
         if not security.may(request.scope, security.ADMIN):  # a probe learns only whether to route here
-            return ORJSONResponse({"ready": d.champion is not None}, status_code=status)
+            return ORJSONResponse({"ready": ready}, status_code=status)
         body = {
-            "ready": d.champion is not None,
+            "ready": ready,
             "model_name": self.config.model_name,
             "champion": d.champion and {"version": d.champion.version, "runtime": d.champion.runtime},
             "challenger": d.challenger and {"version": d.challenger.version, "runtime": d.challenger.runtime},
@@ -459,8 +501,17 @@ class Server:
             "share": d.policy.share,
             "rollout_id": d.policy.rollout_id,
             "registry_error": self.watcher.last_error,
+            "prediction_log_error": self.log_outage,
         }
         return ORJSONResponse(body, status_code=status)
+
+
+def _is_outage(exc: Exception) -> bool:
+    """A failure of the log itself (connection, timeout, disk), not of one request's data."""
+    if isinstance(exc, OSError):
+        return True
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    return bool(names & {"OperationalError", "InterfaceError", "DisconnectionError", "TimeoutError"})
 
 
 class _Reject(Exception):
@@ -640,7 +691,7 @@ def create_app(config: ServingSettings | None = None) -> FastAPI:
 
     @app.get("/ready", summary="A champion is loaded and can answer (details with the admin token)")
     async def ready(request: Request) -> Response:
-        return server.ready(request)
+        return await server.ready(request)
 
     # PlainTextResponse declares text/plain in the OpenAPI schema (the default class would say JSON)
     @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)

@@ -304,3 +304,33 @@ def test_ready_tells_a_probe_only_whether_to_route_here(server):
     assert as_client == {"ready": True}
     details = httpx.get(f"{server.url}/ready", headers=AUTH["admin"]).json()
     assert details["champion"]["version"] == "1" and "rollout_id" in details
+
+
+# -- medium: a log that cannot be written makes the server not ready, until it can be again --------
+def test_a_prediction_log_outage_fails_readiness_until_the_log_is_back(server, log_db, record):
+    """Regression: /ready said ready while every /predict was a 503 (the log's database was gone), so
+    the Service kept sending traffic to a replica that could acknowledge nothing."""
+    admin = sa.create_engine(f"{PG}/postgres", isolation_level="AUTOCOMMIT")
+    outage = [
+        f"ALTER DATABASE {DATABASE} ALLOW_CONNECTIONS false",
+        f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{DATABASE}'",
+    ]
+    try:
+        log_db[1].dispose()  # the fixture's own connections go too
+        with admin.connect() as conn:
+            for statement in outage:
+                conn.execute(sa.text(statement))
+        failed = predict(server.url, {"records": [record]})
+        assert failed.status_code == 503, failed.text
+        assert "postgres" not in failed.text.lower()  # the cause is in the server's log only
+        ready = httpx.get(f"{server.url}/ready", timeout=30)
+        assert ready.status_code == 503 and ready.json() == {"ready": False}
+        details = httpx.get(f"{server.url}/ready", headers=AUTH["admin"], timeout=30).json()
+        assert details["ready"] is False and "OperationalError" in details["prediction_log_error"]
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"ALTER DATABASE {DATABASE} ALLOW_CONNECTIONS true"))
+        admin.dispose()
+    back = httpx.get(f"{server.url}/ready", headers=AUTH["admin"], timeout=30)
+    assert back.status_code == 200 and back.json()["prediction_log_error"] is None, back.text
+    assert predict(server.url, {"records": [record]}).status_code == 200

@@ -312,3 +312,26 @@ def test_a_segment_a_writer_never_named_is_removed_on_recovery(tmp_path):
     log = ParquetPredictionLog(str(tmp_path / "store"), spool)
     assert not list(spool.glob(".*.new"))
     log.close()
+
+
+def test_a_hung_postgresql_fails_an_append_in_seconds(pg_log, monkeypatch):
+    """Regression: no statement timeout, so a locked table held every request that waits on the log
+    (and the model thread behind it) for as long as the lock lasted."""
+    import sqlalchemy as sa
+
+    import pipelines.prediction_log as module
+
+    monkeypatch.setattr(module, "STATEMENT_TIMEOUT_SECONDS", 2)
+    log = SqlPredictionLog(PG_URL, pg_log.model_name)  # a fresh engine with the short deadline
+    locker = sa.create_engine(PG_URL)
+    try:
+        with locker.begin() as conn:
+            conn.execute(sa.text("LOCK TABLE mlops_predictions IN ACCESS EXCLUSIVE MODE"))
+            started = time.monotonic()
+            with pytest.raises(sa.exc.OperationalError, match="statement timeout"):
+                log.append(rows(uuid.uuid4().hex, model=log.model_name))
+            assert time.monotonic() - started < 10
+        log.append(rows(uuid.uuid4().hex, model=log.model_name))  # the lock is gone: it works again
+    finally:
+        log.close()
+        locker.dispose()
