@@ -20,16 +20,42 @@ from typing import Any
 import pandas as pd
 
 from pipelines.config import Dataset
+from pipelines.errors import ConfigError
 
 log = logging.getLogger(__name__)
 PREFIX = "pii:"
-# A fixed default keeps the embedded profile working out of the box; it is public, so the
-# pseudonyms are only as strong as a plain hash. Production sets MLOPS_PII_KEY from a secret.
+KEY_ENV = "MLOPS_PII_KEY"
+# A fixed default keeps the embedded profile (one machine, local files) working out of the box.
+# It is public, so its pseudonyms are only as strong as a plain hash: tail numbers, a short list,
+# are reversed by hashing them all. Anywhere else (an object store, a cluster) it is refused.
 DEFAULT_KEY = "mlops-embedded-default"
+# Model versions record the fingerprint of the key their training data was pseudonymised with.
+FINGERPRINT_TAG = "pii.key_fingerprint"
 
 
-def _key() -> bytes:
-    return (os.environ.get("MLOPS_PII_KEY") or DEFAULT_KEY).encode()
+def _embedded(env: os._Environ | dict[str, str]) -> bool:
+    root = env.get("MLOPS_ARTIFACT_ROOT") or ""
+    return "://" not in root or root.startswith("file://")
+
+
+def _key(env: os._Environ | dict[str, str] | None = None) -> bytes:
+    """The pseudonymisation key; the public default only in the embedded profile."""
+    env = os.environ if env is None else env
+    key = env.get(KEY_ENV)
+    if key:
+        return key.encode()
+    if not _embedded(env):
+        raise ConfigError(
+            f"{KEY_ENV} is not set: outside the embedded profile (artifacts in"
+            f" {env.get('MLOPS_ARTIFACT_ROOT')}) the public default key would let anyone reverse the"
+            " pseudonyms by hashing every possible value; set it from a secret"
+        )
+    return DEFAULT_KEY.encode()
+
+
+def key_fingerprint(env: os._Environ | dict[str, str] | None = None) -> str:
+    """Names the key without revealing it: a model and a server can tell whether theirs match."""
+    return hmac.new(_key(env), b"mlops pii key fingerprint", hashlib.sha256).hexdigest()[:16]
 
 
 def mask_value(value: Any, key: bytes | None = None) -> Any:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipelines import privacy
 from pipelines.errors import ConfigError
 from pipelines.serving import security
 from pipelines.settings import Settings
@@ -68,6 +69,8 @@ class ServingSettings:
     # Bodies above this are parsed and checked in a worker thread, not on the event loop.
     parse_in_thread_bytes: int = 64 * 1024
     max_wait_ms: float = 2.0
+    # A request whose scoring and logging take longer gets a 503 (the model thread or the log hung).
+    request_timeout_seconds: float = 30.0
     max_batch_rows: int = 4096
     shadow_queue: int = 64
     fsync: bool = False
@@ -80,6 +83,9 @@ class ServingSettings:
     features: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
     # Personal-data fields the model takes (pseudonymised): hashed before scoring and logging.
     personal: tuple[str, ...] = ()
+    # Fingerprint of this server's pseudonymisation key (with personal fields): a version trained
+    # on pseudonyms of another key is refused, its answers would be noise.
+    pii_fingerprint: str | None = None
     # The dataset when it declares a feature store: requests may then carry only the keys
     # (``request_keys``) and the server completes them with online features.
     store_dataset: Any = None
@@ -110,6 +116,9 @@ class ServingSettings:
             max_rows=_env_number(env, "MLOPS_SERVING_MAX_ROWS", 10_000, int, 1),
             max_body_bytes=_env_number(env, "MLOPS_SERVING_MAX_BODY_BYTES", 8 * 1024 * 1024, int, 1),
             max_wait_ms=_env_number(env, "MLOPS_SERVING_MAX_WAIT_MS", 2.0),
+            request_timeout_seconds=_env_number(
+                env, "MLOPS_SERVING_REQUEST_TIMEOUT_SECONDS", 30.0, minimum=0.001
+            ),
             max_batch_rows=_env_number(env, "MLOPS_SERVING_MAX_BATCH_ROWS", 4096, int, 1),
             shadow_queue=_env_number(env, "MLOPS_SERVING_SHADOW_QUEUE", 64, int, 1),
             fsync=_env_bool(env, "MLOPS_PREDICTION_LOG_FSYNC", False),
@@ -117,6 +126,10 @@ class ServingSettings:
             model_cache=Path(env.get("MLOPS_SERVING_MODEL_CACHE") or settings.home / "serving" / "models"),
             features=(tuple(config.dataset.features.numeric), tuple(config.dataset.features.categorical)),
             personal=tuple(config.dataset.personal_data.allowed_as_features),
+            # with personal fields, a missing key outside the embedded profile stops the start here
+            pii_fingerprint=(
+                privacy.key_fingerprint(env) if config.dataset.personal_data.allowed_as_features else None
+            ),
             store_dataset=config.dataset if config.dataset.feature_store else None,
             request_keys=_request_keys(config.dataset),
         )

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines import storage, tracking
+from pipelines import privacy, storage, tracking
 from pipelines.errors import UntrustedModel
 from pipelines.serving.model import LoadedModel, load_model_dir
 from pipelines.serving.policy import POLICY_TAG, Policy
@@ -103,11 +103,13 @@ class RegistryWatcher:
         model_dir: Path | None = None,
         threshold: float | None = None,
         on_change: Any = None,
+        pii_fingerprint: str | None = None,
     ):
         self.settings, self.model_name, self.cache = settings, model_name, cache
         self.poll_seconds, self.pinned_version = poll_seconds, pinned_version
         self.model_dir, self.threshold = model_dir, threshold  # a local folder: no registry at all
         self.on_change = on_change
+        self.pii_fingerprint = pii_fingerprint
         self.deployment = Deployment()
         self.last_error: str | None = None
         self.last_success: float | None = None
@@ -132,7 +134,20 @@ class RegistryWatcher:
             return load_model_dir(
                 self.model_dir, name=self.model_name, version=version, threshold=self.threshold
             )
+        if self.pii_fingerprint:
+            self._check_pii_key(version)
         return load_version(self.settings, self.model_name, version, self.cache)
+
+    def _check_pii_key(self, version: str) -> None:
+        """Refuse a version whose training pseudonyms came from another key than this server's."""
+        tags = tracking.client(self.settings).get_model_version(self.model_name, version).tags or {}
+        recorded = tags.get(privacy.FINGERPRINT_TAG)
+        if recorded is not None and recorded != self.pii_fingerprint:
+            raise UntrustedModel(
+                f"v{version} was trained on pseudonyms of another MLOPS_PII_KEY (fingerprint {recorded},"
+                f" this server's {self.pii_fingerprint}): its answers to this server's pseudonyms would"
+                " be noise; give the server the pipeline's key"
+            )
 
     def desired(self) -> tuple[str | None, Policy, str | None]:
         """(champion version, policy, what is wrong with the policy) as the registry states them now."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from pipelines import audit, model_card, storage, tracking
+from pipelines import audit, model_card, privacy, storage, tracking
 from pipelines.context import StepContext
 from pipelines.pipeline import skipped
 
@@ -42,6 +42,8 @@ def lineage_tags(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, str]:
         "training.mode": trained["training_mode"]["mode"],
     }
     tags.update({f"test.{k}": f"{v:.6f}" for k, v in evaluation["metrics"].items() if v is not None})
+    if privacy.kept_columns(ctx.config.dataset):  # its features are pseudonyms made with this key
+        tags[privacy.FINGERPRINT_TAG] = privacy.key_fingerprint()
     if evaluation.get("approval_required"):  # a wide swing: the rollout waits for a person
         tags["approval.reason"] = evaluation["approval_reason"][:500]
     return tags

@@ -169,3 +169,44 @@ def test_the_infra_validation_sandbox_holds_no_secret(serving_home, tmp_path, mo
         assert ready["champion"]["version"] == "1" and ready["registry_error"] is None
     finally:
         sandbox.stop()
+
+
+def test_a_version_trained_under_another_pii_key_is_refused(hostile, tmp_path, april_rows):
+    """Regression: a server hashed personal fields with its own key whatever key the model's
+    training data was pseudonymised with, so the model scored noise and nobody was told."""
+    from pipelines import privacy
+    from pipelines.settings import Settings
+
+    settings = hostile["settings"]
+    client = tracking.client(settings)
+    config = yaml.safe_load(Path(Settings.from_env(hostile["env"]).config_path).read_text())
+    config["dataset"]["personal_data"]["allowed_as_features"] = ["tailnum"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    good = client.get_model_version(HOSTILE, "1")
+    tags = dict(good.tags)
+    other = {**tags, privacy.FINGERPRINT_TAG: privacy.key_fingerprint({"MLOPS_PII_KEY": "the-pipelines-key"})}
+    same = {**tags, privacy.FINGERPRINT_TAG: privacy.key_fingerprint({"MLOPS_PII_KEY": "this-servers-key"})}
+    mismatched = tracking.register_version(settings, HOSTILE, good.source, good.run_id, other).version
+    matching = tracking.register_version(settings, HOSTILE, good.source, good.run_id, same).version
+    env = {
+        **hostile["env"],
+        "MLOPS_CONFIG": str(tmp_path / "config.yaml"),
+        "MLOPS_PII_KEY": "this-servers-key",
+    }
+    server = ServerProcess(env, tmp_path / "server.log").start().wait_ready()
+    try:
+        client.set_registered_model_alias(HOSTILE, "champion", mismatched)
+        deadline = time.time() + 60
+        while "another MLOPS_PII_KEY" not in str(_ready(server.url).get("registry_error")):
+            assert time.time() < deadline, _ready(server.url)
+            time.sleep(0.3)
+        assert _ready(server.url)["champion"]["version"] == "1"  # the old model keeps serving
+        client.set_registered_model_alias(HOSTILE, "champion", matching)
+        while _ready(server.url)["champion"]["version"] != matching:
+            assert time.time() < deadline + 60, _ready(server.url)
+            time.sleep(0.3)
+        answer = httpx.post(f"{server.url}/predict", json={"records": [april_rows[0][0]]}, timeout=10)
+        assert answer.status_code == 200 and answer.json()["model_version"] == matching
+    finally:
+        server.stop()
+        client.set_registered_model_alias(HOSTILE, "champion", "1")
