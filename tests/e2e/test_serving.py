@@ -318,31 +318,59 @@ def test_a_replay_dates_its_traffic_with_event_time(server, rows, serving_home):
 
 
 def test_acknowledged_predictions_survive_a_crash(serving_home, rows, tmp_path):
-    """kill -9 right after answers: every acknowledged request is in the log, once, after restart."""
+    """kill -9 under concurrent load: every request that got its answer is in the log, once, and it
+    is the restarted server's recovery that put it there (read from the compacted parts alone)."""
+    from pipelines import storage
+
     reset_deployment(serving_home["settings"])
     proc = ServerProcess(serving_home["env"], tmp_path / "crash.log").start()
+    acked: list[str] = []
+    stop = threading.Event()
+    clients: list[threading.Thread] = []
+
+    def client(offset: int) -> None:
+        with httpx.Client(base_url=proc.url, timeout=10) as http:
+            i = offset
+            while not stop.is_set():
+                try:
+                    answer = http.post("/predict", json={"records": rows[0][i % 500 : i % 500 + 2]})
+                except httpx.HTTPError:  # the server is gone: an unanswered request is not acknowledged
+                    return
+                if answer.status_code == 200:
+                    acked.append(answer.json()["request_id"])
+                i += 7
+
     try:
         wait_for(proc.url, champion="1")
-        with httpx.Client(base_url=proc.url) as http:
-            acked = [
-                http.post("/predict", json={"records": rows[0][i : i + 2]}).json()["request_id"]
-                for i in range(300)
-            ]
+        clients += [threading.Thread(target=client, args=(n,)) for n in range(4)]
+        for thread in clients:
+            thread.start()
+        deadline = time.time() + 60
+        while len(acked) < 400 and time.time() < deadline:
+            time.sleep(0.05)
+        proc.kill()  # SIGKILL while four clients have requests in flight: no shutdown hook runs
     finally:
-        proc.kill()  # SIGKILL: no shutdown hook runs
+        stop.set()
+        proc.kill()
+    for thread in clients:
+        thread.join(15)
+    assert len(acked) >= 400, "the load never reached the server"
+    spool = serving_home["home"] / "serving" / "spool" / SERVING_MODEL
+    dead = [p for p in spool.glob("*.jsonl") if not _locked(p)]
+    assert dead, "the killed server left no segment: the test killed nothing in flight"
     restarted = ServerProcess(serving_home["env"], tmp_path / "restart.log").start()  # recovers the spool
     try:
         wait_for(restarted.url, champion="1")
+        # recovery, not the reader: the compacted parts alone hold every acknowledged row
+        root = storage.join(serving_home["settings"].artifact_root, "prediction_log", SERVING_MODEL)
+        parts = prediction_log.ParquetPredictionLog(root, tmp_path / "no-spool", writer=False).read()
+        mine = parts[parts["request_id"].isin(acked)]
+        assert set(mine["request_id"]) == set(acked)
+        assert len(mine) == 2 * len(acked)  # two rows each, no duplicates
+        # what is left in the spool belongs to live writers (the module's server holds its lock)
+        assert not [p for p in spool.glob("*.jsonl") if not _locked(p)], "a dead writer's segment was left"
     finally:
         restarted.stop()
-    log = prediction_log.open_log(serving_home["settings"], SERVING_MODEL, writer=False).read()
-    mine = log[log["request_id"].isin(acked)]
-    assert set(mine["request_id"]) == set(acked)
-    assert len(mine) == 2 * len(acked)  # two rows each, no duplicates
-    spool = serving_home["home"] / "serving" / "spool" / SERVING_MODEL
-    # what is left open belongs to live writers (the module's server holds its segment's lock)
-    dead = [p for p in spool.glob("*.open.jsonl") if not _locked(p)]
-    assert not dead, "the restarted server compacted the dead writer's segment"
 
 
 def _locked(path) -> bool:
@@ -391,13 +419,35 @@ def test_auth_guards_every_endpoint_but_the_probes_and_never_logs_a_token(servin
         assert token not in log
 
 
+def test_a_request_past_its_deadline_is_a_503_not_a_hang(serving_home, rows, tmp_path):
+    """Regression: a request waited on the model thread and the log for as long as they took."""
+    proc = ServerProcess(
+        serving_home["env"],
+        tmp_path / "deadline.log",
+        MLOPS_SERVING_REQUEST_TIMEOUT_SECONDS="0.001",  # shorter than any scoring
+        MLOPS_SERVING_LOG_PREDICTIONS="false",
+    )
+    proc.env["MLOPS_HOME"] = str(tmp_path / "deadline-home")
+    proc.start()
+    try:
+        wait_for(proc.url, champion="1")
+        answer = httpx.post(f"{proc.url}/predict", json={"records": rows[0][:200]}, timeout=30)
+        assert answer.status_code == 503, answer.text
+        assert "did not finish within 0.001 s" in answer.json()["detail"]
+        assert httpx.get(f"{proc.url}/health").status_code == 200
+    finally:
+        proc.stop()
+    assert "not scored and logged within" in proc.log_path.read_text()
+
+
 def test_a_malformed_policy_tag_falls_back_to_the_champion(server, rows, serving_home):
     settings = serving_home["settings"]
     set_policy(settings, Policy(strategy="canary", challenger_version="2", share=0.9, rollout_id="x"))
     wait_for(server.url, challenger="2", strategy="canary")
     tracking.client(settings).set_registered_model_tag(SERVING_MODEL, POLICY_TAG, "{not json")
     try:
-        wait_for(server.url, champion="1", challenger=None, strategy="direct")
+        body = wait_for(server.url, champion="1", challenger=None, strategy="direct")
+        assert "malformed deployment policy tag" in body["registry_error"]  # /ready says why
         with httpx.Client(base_url=server.url) as http:
             answers = {
                 http.post("/predict", json={"records": [r]}).json()["model_version"] for r in rows[0][:30]
