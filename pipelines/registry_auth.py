@@ -67,20 +67,66 @@ def as_role(env: dict[str, str], role: str) -> dict[str, str]:
     return out
 
 
-def ensure_users(url: str, env: dict[str, str]) -> None:
-    """Create the ``pipeline`` and ``server`` users on a fresh auth store (idempotent), as the admin."""
+def ensure_users(url: str, env: dict[str, str], *, wait_seconds: float = 0) -> None:
+    """Create the ``pipeline`` and ``server`` users as the admin, or set their passwords to the
+    current secrets (a rotated secret takes effect on the next start); idempotent.
+
+    ``wait_seconds``: keep trying that long while the server is not up yet (a Kubernetes Job
+    that starts with the release)."""
     if not enabled(env):
         return
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            _ensure_users(url, env)
+            return
+        except httpx.TransportError as exc:
+            if time.monotonic() >= deadline:
+                raise SystemExit(f"MLflow at {url} is not reachable: {exc}") from None
+            time.sleep(2)
+
+
+def _ensure_users(url: str, env: dict[str, str]) -> None:
     import httpx
 
     with httpx.Client(
-        base_url=f"{url}/api/2.0/mlflow", auth=(ADMIN, env["MLFLOW_AUTH_ADMIN_PASSWORD"])
+        base_url=f"{url}/api/2.0/mlflow", auth=(ADMIN, env["MLFLOW_AUTH_ADMIN_PASSWORD"]), timeout=30
     ) as api:
         for role, password_env in ROLES.items():
+            password = env[password_env]
             if api.get("/users/get", params={"username": role}).status_code == 200:
-                continue
-            created = api.post("/users/create", json={"username": role, "password": env[password_env]})
-            if created.status_code != 200:
-                raise SystemExit(
-                    f"creating MLflow user {role!r} failed: HTTP {created.status_code} {created.text}"
-                )
+                answer = api.patch("/users/update-password", json={"username": role, "password": password})
+                action = "updating the password of"
+            else:
+                answer = api.post("/users/create", json={"username": role, "password": password})
+                action = "creating"
+            if answer.status_code != 200:
+                status = f"HTTP {answer.status_code} {answer.text}"
+                raise SystemExit(f"{action} MLflow user {role!r} failed: {status}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pipelines.registry_auth ensure-users --url URL``: the chart's bootstrap Job."""
+    import argparse
+    import os
+
+    parser = argparse.ArgumentParser(prog="python -m pipelines.registry_auth", description=__doc__)
+    parser.add_argument("command", choices=["ensure-users"])
+    parser.add_argument("--url", required=True, help="the MLflow server, e.g. http://mlops-mlflow:5000")
+    parser.add_argument("--wait", type=float, default=300, help="seconds to wait for the server")
+    args = parser.parse_args(argv)
+    env = dict(os.environ)
+    missing = [name for name in SECRETS if name != "MLFLOW_FLASK_SERVER_SECRET_KEY" and not env.get(name)]
+    if missing:
+        raise SystemExit(f"ensure-users needs these secrets in the environment: {', '.join(missing)}")
+    ensure_users(args.url, {**env, AUTH_ENV: "basic"}, wait_seconds=args.wait)
+    print(f"MLflow users {', '.join(ROLES)} are in place at {args.url}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -74,12 +74,22 @@ class Resources(_Strict):
     limits: dict[Literal["cpu", "memory", "ephemeral-storage"], str] = Field(default_factory=dict)
 
 
+class SecretKey(_Strict):
+    """One key of a Kubernetes Secret (an environment variable's ``valueFrom.secretKeyRef``)."""
+
+    name: str
+    key: str
+
+
 class KubernetesOptions(_Strict):
     """Pod settings of the ``kubernetes`` mode (lists of dicts are Kubernetes objects, camelCase)."""
 
     namespace: str = "default"
     service_account: str | None = None
     env_from: list[dict[str, Any]] = Field(default_factory=list)
+    # Variables read from one key of a Secret each (a step gets only the keys it needs, e.g. the
+    # pipeline's MLflow password, never a whole Secret with the admin's).
+    env_secrets: dict[str, SecretKey] = Field(default_factory=dict)
     volumes: list[dict[str, Any]] = Field(default_factory=list)
     volume_mounts: list[dict[str, Any]] = Field(default_factory=list)
     image_pull_secrets: list[str] = Field(default_factory=list)

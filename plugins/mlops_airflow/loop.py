@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlops_airflow import registry_auth, stack
+from mlops_airflow import stack
+from pipelines import registry_auth
 
 DAGS = ("training", "deploy", "monitoring")
 MARKER = ".mlops-home"  # a folder --fresh may wipe: only one this module created

@@ -109,6 +109,19 @@ def _pod_template(cfg: Execution) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"annotations": k.annotations}, "spec": spec}
 
 
+def _env_vars(cfg: Execution) -> list[k8s.V1EnvVar]:
+    """The step container's variables: plain values, then single keys of Secrets."""
+    plain = [k8s.V1EnvVar(name=n, value=v) for n, v in {"HOME": "/tmp", **cfg.env}.items()]
+    secret = [
+        k8s.V1EnvVar(
+            name=n,
+            value_from=k8s.V1EnvVarSource(secret_key_ref=k8s.V1SecretKeySelector(name=ref.name, key=ref.key)),
+        )
+        for n, ref in cfg.kubernetes.env_secrets.items()
+    ]
+    return plain + secret
+
+
 def step_pod_operator(
     step: str, inputs: dict[str, Any], *, cfg: Execution | None = None, **kwargs: Any
 ) -> StepPodOperator:
@@ -123,7 +136,7 @@ def step_pod_operator(
         namespace=k.namespace,
         image=cfg.image,
         image_pull_policy=cfg.image_pull_policy,
-        env_vars={"HOME": "/tmp", **cfg.env},
+        env_vars=_env_vars(cfg),
         container_resources=k8s.V1ResourceRequirements(**cfg.resources_for(step)),
         service_account_name=k.service_account,
         automount_service_account_token=False,

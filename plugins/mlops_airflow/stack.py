@@ -21,7 +21,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from mlops_airflow import registry_auth
+from pipelines import registry_auth
 
 ROOT = Path(__file__).resolve().parents[2]
 AIRFLOW_PORT = int(os.environ.get("MLOPS_AIRFLOW_PORT", "8080"))

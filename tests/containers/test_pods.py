@@ -74,11 +74,17 @@ def kubernetes_mode(tmp_path, monkeypatch):
             {
                 "mode": "kubernetes",
                 "image": "registry.example/mlops-step:0.1.0",
-                "env": {"MLFLOW_TRACKING_URI": "http://mlops-mlflow:5000"},
+                "env": {
+                    "MLFLOW_TRACKING_URI": "http://mlops-mlflow:5000",
+                    "MLFLOW_TRACKING_USERNAME": "pipeline",
+                },
                 "kubernetes": {
                     "namespace": "mlops",
                     "service_account": "mlops-steps",
                     "env_from": [{"secretRef": {"name": "mlops-stores"}}],
+                    "env_secrets": {
+                        "MLFLOW_TRACKING_PASSWORD": {"name": "mlops-mlflow-auth", "key": "pipeline-password"}
+                    },
                     "image_pull_secrets": ["registry"],
                 },
             }
@@ -126,6 +132,11 @@ def test_every_step_pod_of_every_dag_is_a_valid_locked_down_pod(kubernetes_mode)
             assert container["resources"]["requests"] and container["resources"]["limits"]
         assert base["envFrom"] == [{"secretRef": {"name": "mlops-stores"}}]
         assert {"name": "MLFLOW_TRACKING_URI", "value": "http://mlops-mlflow:5000"} in base["env"]
+        # the pipeline's MLflow password, one key of the auth Secret: never the admin's
+        assert {
+            "name": "MLFLOW_TRACKING_PASSWORD",
+            "valueFrom": {"secretKeyRef": {"name": "mlops-mlflow-auth", "key": "pipeline-password"}},
+        } in base["env"]
         mounts = {m["mountPath"] for m in base["volumeMounts"]}
         assert {"/tmp", "/var/lib/mlops", "/airflow/xcom"} <= mounts  # writable scratch on a read-only image
         assert op.skip_on_exit_code == [99] or op.skip_on_exit_code == {99}

@@ -10,6 +10,7 @@ Airflow is first imported.)
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -25,8 +26,8 @@ import pytest
 import sqlalchemy as sa
 
 from conftest import ServerProcess, dataset_config, free_port, wait_http
-from mlops_airflow import registry_auth
 from mlops_airflow.stack import load_profile, mlflow_server_cmd
+from pipelines import registry_auth
 from pipelines.storage import sql_url
 
 pytestmark = pytest.mark.e2e
@@ -220,3 +221,38 @@ def test_mlflow_in_the_production_profile_needs_a_user_and_the_server_user_only_
     # the profile's secrets reach the MLflow server only: this process holds the pipeline's user
     assert os.environ["MLFLOW_TRACKING_USERNAME"] == "pipeline"
     assert all(key not in os.environ for key in registry_auth.SECRETS)
+
+
+BOOTSTRAP = [sys.executable, "-m", "pipelines.registry_auth", "ensure-users", "--url"]
+
+
+def test_a_rotated_password_takes_effect_through_the_bootstrap_command(production):
+    """The chart's bootstrap Job runs ``python -m pipelines.registry_auth ensure-users``: run as
+    typed, it makes a changed secret the user's password (regression: an existing user kept its
+    first password, so a rotated Secret locked the model servers out)."""
+    import httpx
+
+    api = f"{production['tracking']}/api/2.0/mlflow"
+    rotated = {**AUTH_SECRETS, "MLOPS_MLFLOW_SERVER_PASSWORD": "server-secret-rotated"}
+    credentials = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+    env = {k: v for k, v in os.environ.items() if k not in credentials}
+    try:
+        done = subprocess.run(
+            [*BOOTSTRAP, production["tracking"]],
+            env={**env, **rotated}, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert "MLflow users pipeline, server are in place" in done.stdout
+        get = functools.partial(httpx.get, f"{api}/registered-models/get", params={"name": MODEL})
+        assert get(auth=("server", "server-secret-rotated")).status_code == 200
+        assert get(auth=("server", AUTH_SECRETS["MLOPS_MLFLOW_SERVER_PASSWORD"])).status_code == 401
+        missing = subprocess.run(
+            [*BOOTSTRAP, production["tracking"]],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert missing.returncode != 0 and "MLFLOW_AUTH_ADMIN_PASSWORD" in missing.stderr
+    finally:  # the module's other tests use the first password
+        subprocess.run(
+            [*BOOTSTRAP, production["tracking"]],
+            env={**env, **AUTH_SECRETS}, check=True, capture_output=True, timeout=120,
+        )  # fmt: skip

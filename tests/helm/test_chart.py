@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -109,8 +110,14 @@ def test_default_values_do_not_render_alone() -> None:
     """values.yaml alone is production-shaped: it needs a database, a token and an S3 bucket."""
     with pytest.raises(helm_python.HelmError, match=r" is required"):
         render({})
+    mlflow_auth = {
+        "adminPassword": "a",
+        "pipelinePassword": "p",
+        "serverPassword": "s",
+        "flaskSecretKey": "k",
+    }
     almost = {
-        "mlflow": {"backendStore": {"uri": "postgresql://u:p@db:5432/mlflow"}},
+        "mlflow": {"backendStore": {"uri": "postgresql://u:p@db:5432/mlflow"}, "auth": mlflow_auth},
         "monitoring": {"alertToken": {"value": "t"}},
         "serving": {"auth": {"token": "p", "feedbackToken": "f", "adminToken": "a", "secret": "s" * 16}},
     }
@@ -338,15 +345,27 @@ def test_embedded_shares_one_volume_and_database() -> None:
     assert postgres["spec"]["replicas"] == 1
     assert postgres["spec"]["template"]["spec"]["containers"][0]["image"] == "postgres:17"
     one(docs, "Service", f"{RELEASE}-postgresql")
-    mlflow = one(docs, "Deployment", f"{RELEASE}-mlflow")["spec"]["template"]["spec"]["containers"][0]
-    assert mlflow["command"][mlflow["command"].index("--artifacts-destination") + 1] == "/mlops/mlflow"
+    container = one(docs, "Deployment", f"{RELEASE}-mlflow")["spec"]["template"]["spec"]["containers"][0]
+    mlflow = mlflow_argv(container)
+    assert mlflow[mlflow.index("--artifacts-destination") + 1] == "/mlops/mlflow"
+
+
+def mlflow_argv(container: dict[str, Any]) -> list[str]:
+    """``mlflow server``'s arguments, whether run directly or from the auth wrapper's ``exec`` line."""
+    command = container["command"]
+    if command[:2] != ["sh", "-c"]:
+        return command
+    (line,) = [line for line in command[2].splitlines() if line.strip().startswith("exec ")]
+    argv = shlex.split(line)[1:]
+    return [a.replace("$MLFLOW_BACKEND_STORE_URI", "$(MLFLOW_BACKEND_STORE_URI)") for a in argv]
 
 
 def test_mlflow_server_and_db_upgrade(rollout: tuple[str, list[dict[str, Any]]]) -> None:
     name, docs = rollout
     container = one(docs, "Deployment", f"{RELEASE}-mlflow")["spec"]["template"]["spec"]["containers"][0]
-    command = container["command"]
+    command = mlflow_argv(container)
     assert command[:2] == ["mlflow", "server"] and "--serve-artifacts" in command
+    assert command[-2:] == ["--app-name", "basic-auth"]  # auth is on in both rollouts
     assert command[command.index("--backend-store-uri") + 1] == "$(MLFLOW_BACKEND_STORE_URI)"
     backend = next(e for e in container["env"] if e["name"] == "MLFLOW_BACKEND_STORE_URI")
     secret = "mlops-mlflow-db" if name == "values-production.yaml" else f"{RELEASE}-mlflow-backend"
@@ -555,3 +574,83 @@ def test_step_timeouts_reach_the_execution_config() -> None:
     values = merged(values_file("values-production.yaml"), {"steps": {"timeoutMinutes": {"default": 20}}})
     assert execution_config(render(values))["timeout_minutes"] == {"default": 20}
     assert execution_config(render("values-production.yaml"))["timeout_minutes"] == {}
+
+
+# --- MLflow auth and network policies --------------------------------------------------------
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def test_each_process_gets_its_own_mlflow_user(rollout: tuple[str, list[dict[str, Any]]]) -> None:
+    """The model server reads as `server`, steps write as `pipeline`, only MLflow and the users Job
+    see the admin's password; the Secret's keys are read one by one, never mounted whole."""
+    name, docs = rollout
+    secret = "mlops-mlflow-auth" if name == "values-production.yaml" else f"{RELEASE}-mlflow-auth"
+
+    def key(k: str) -> dict[str, Any]:
+        return {"secretKeyRef": {"name": secret, "key": k}}
+
+    server = one(docs, "Deployment", f"{RELEASE}-model-server")["spec"]["template"]["spec"]["containers"][0]
+    assert env_of(server)["MLFLOW_TRACKING_USERNAME"] == "server"
+    assert env_of(server)["MLFLOW_TRACKING_PASSWORD"] == key("server-password")
+    mlflow = one(docs, "Deployment", f"{RELEASE}-mlflow")["spec"]["template"]["spec"]["containers"][0]
+    assert env_of(mlflow)["MLFLOW_AUTH_ADMIN_PASSWORD"] == key("admin-password")
+    assert env_of(mlflow)["MLFLOW_FLASK_SERVER_SECRET_KEY"] == key("flask-secret-key")
+    users = one(docs, "Job", f"{RELEASE}-mlflow-users")
+    assert "post-upgrade" in users["metadata"]["annotations"]["helm.sh/hook"]
+    job = users["spec"]["template"]["spec"]["containers"][0]
+    assert job["command"][:4] == ["python", "-m", "pipelines.registry_auth", "ensure-users"]
+    assert job["command"][job["command"].index("--url") + 1] == f"http://{RELEASE}-mlflow:5000"
+    assert {n: v for n, v in env_of(job).items() if n != "HOME"} == {
+        "MLFLOW_AUTH_ADMIN_PASSWORD": key("admin-password"),
+        "MLOPS_MLFLOW_PIPELINE_PASSWORD": key("pipeline-password"),
+        "MLOPS_MLFLOW_SERVER_PASSWORD": key("server-password"),
+    }
+    steps = execution_config(docs)
+    assert steps["env"]["MLFLOW_TRACKING_USERNAME"] == "pipeline"
+    assert steps["kubernetes"]["env_secrets"] == {
+        "MLFLOW_TRACKING_PASSWORD": {"name": secret, "key": "pipeline-password"}
+    }
+    for spec in pod_specs(docs).values():  # no container takes the auth Secret whole
+        for container in spec["containers"]:
+            refs = [e.get("secretRef", {}).get("name") for e in container.get("envFrom", [])]
+            assert secret not in refs, container["name"]
+    airflow_env = yaml.safe_load(
+        values_file("values.yaml")["airflow"]["extraEnv"].replace("{{ .Release.Name }}", RELEASE)
+    )
+    password = next(e for e in airflow_env if e["name"] == "MLFLOW_TRACKING_PASSWORD")
+    assert password["valueFrom"]["secretKeyRef"]["key"] == "pipeline-password"
+
+
+def test_mlflow_auth_off_renders_plain_mlflow() -> None:
+    values = merged(values_file("values-embedded.yaml"), {"mlflow": {"auth": {"enabled": False}}})
+    docs = render(values)
+    mlflow = one(docs, "Deployment", f"{RELEASE}-mlflow")["spec"]["template"]["spec"]["containers"][0]
+    assert mlflow["command"][:2] == ["mlflow", "server"] and "--app-name" not in mlflow["command"]
+    assert not [d for d in by_kind(docs, "Job") if d["metadata"]["name"].endswith("-users")]
+    assert "MLFLOW_TRACKING_USERNAME" not in execution_config(docs)["env"]
+
+
+def test_network_policies_admit_only_the_pipeline_and_the_listed_peers() -> None:
+    docs = render("values-embedded.yaml")
+    mlflow = one(docs, "NetworkPolicy", f"{RELEASE}-mlflow")["spec"]
+    assert mlflow["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "mlflow"
+    (rule,) = mlflow["ingress"]
+    release, airflow = rule["from"][:2]
+    assert release["podSelector"]["matchLabels"] == {"app.kubernetes.io/instance": RELEASE}
+    assert release["podSelector"]["matchExpressions"][0]["values"] == ["model-server", "step", "mlflow-users"]
+    assert airflow["podSelector"]["matchLabels"] == {"release": RELEASE, "tier": "airflow"}
+    # step pods carry the labels the policy selects
+    assert execution_config(docs)["kubernetes"]["labels"] == {
+        "app.kubernetes.io/instance": RELEASE,
+        "app.kubernetes.io/component": "step",
+    }
+    serving = one(docs, "NetworkPolicy", f"{RELEASE}-model-server")["spec"]
+    assert serving["ingress"][0]["from"] == values_file("values.yaml")["networkPolicy"]["servingFrom"]
+    one(docs, "NetworkPolicy", f"{RELEASE}-postgresql")
+    closed = render(merged(values_file("values-embedded.yaml"), {"networkPolicy": {"servingFrom": []}}))
+    assert one(closed, "NetworkPolicy", f"{RELEASE}-model-server")["spec"]["ingress"] == []
+    off = render(merged(values_file("values-embedded.yaml"), {"networkPolicy": {"enabled": False}}))
+    assert not by_kind(off, "NetworkPolicy")

@@ -54,6 +54,21 @@ subchart is told to use (airflow.workers.serviceAccount.name), else "<release>-a
 {{- define "mlops.stores.secretName" -}}
 {{- .Values.stores.existingSecret | default (include "mlops.component" (dict "root" . "name" "stores")) }}
 {{- end }}
+{{- define "mlops.mlflowAuth.secretName" -}}
+{{- .Values.mlflow.auth.existingSecret | default (include "mlops.component" (dict "root" . "name" "mlflow-auth")) }}
+{{- end }}
+{{/* A process's MLflow user (role: pipeline or server), when MLflow's auth is on. */}}
+{{- define "mlops.mlflowAuth.env" -}}
+{{- if .root.Values.mlflow.auth.enabled }}
+- name: MLFLOW_TRACKING_USERNAME
+  value: {{ .role }}
+- name: MLFLOW_TRACKING_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "mlops.mlflowAuth.secretName" .root }}
+      key: {{ .role }}-password
+{{- end }}
+{{- end }}
 {{- define "mlops.mlflow.backendSecretName" -}}
 {{- .Values.mlflow.backendStore.existingSecret | default (include "mlops.component" (dict "root" . "name" "mlflow-backend")) }}
 {{- end }}
