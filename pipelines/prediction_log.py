@@ -569,9 +569,10 @@ def open_log(settings: Settings, model_name: str, *, writer: bool = True, **opti
     if url and url.split(":", 1)[0].startswith("postgresql"):
         return SqlPredictionLog(url, model_name)
     root = url or storage.join(settings.artifact_root, "prediction_log")
+    spool = Path(settings.prediction_spool or settings.home / "serving" / "spool")
     return ParquetPredictionLog(
         storage.join(root, storage.safe_segment(model_name)),
-        settings.home / "serving" / "spool" / storage.safe_segment(model_name),
+        spool / storage.safe_segment(model_name),
         writer=writer,
         **options,
     )

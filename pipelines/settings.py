@@ -25,6 +25,10 @@ class Settings:
     # Where the model server logs predictions: empty = Parquet under the artifact root,
     # or a folder/URL for the Parquet parts, or a postgresql:// URL for a table.
     prediction_log_url: str = ""
+    # Where a model server spools acknowledged predictions before compacting them into Parquet
+    # parts: a folder that outlives the process (and the pod: the chart puts it on the shared
+    # volume), shared by the servers of one machine so that one recovers another's after a crash.
+    prediction_spool: str = ""
     # False: DAGs run only on Asset events and manual triggers, never on their cron schedules
     # (a replay of history drives them by hand; Airflow's own switch would stop asset runs too).
     time_schedules: bool = True
@@ -40,6 +44,7 @@ class Settings:
             tracking_uri=env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}",
             config_path=env.get("MLOPS_CONFIG") or str(DEFAULT_CONFIG),
             prediction_log_url=env.get("MLOPS_PREDICTION_LOG", ""),
+            prediction_spool=env.get("MLOPS_PREDICTION_SPOOL", ""),
             time_schedules=env.get("MLOPS_TIME_SCHEDULES", "on").lower() not in {"off", "false", "0", "no"},
         )
 

@@ -654,3 +654,16 @@ def test_network_policies_admit_only_the_pipeline_and_the_listed_peers() -> None
     assert one(closed, "NetworkPolicy", f"{RELEASE}-model-server")["spec"]["ingress"] == []
     off = render(merged(values_file("values-embedded.yaml"), {"networkPolicy": {"enabled": False}}))
     assert not by_kind(off, "NetworkPolicy")
+
+
+def test_acknowledged_predictions_outlive_the_pod() -> None:
+    """Embedded (shared volume): the spool is on it, so a pod deleted without its grace period loses
+    no acknowledged prediction; every rollout waits longer than the server's shutdown."""
+    embedded = one(render("values-embedded.yaml"), "Deployment", f"{RELEASE}-model-server")["spec"][
+        "template"
+    ]
+    assert env_of(embedded["spec"]["containers"][0])["MLOPS_PREDICTION_SPOOL"] == "/mlops/prediction-spool"
+    assert embedded["spec"]["terminationGracePeriodSeconds"] >= 30
+    production = one(render("values-production.yaml"), "Deployment", f"{RELEASE}-model-server")
+    env = env_of(production["spec"]["template"]["spec"]["containers"][0])
+    assert "MLOPS_PREDICTION_SPOOL" not in env and "secretKeyRef" in env["MLOPS_PREDICTION_LOG"]  # PostgreSQL

@@ -335,3 +335,16 @@ def test_a_hung_postgresql_fails_an_append_in_seconds(pg_log, monkeypatch):
     finally:
         log.close()
         locker.dispose()
+
+
+def test_the_spool_can_live_outside_the_servers_home(tmp_path):
+    """MLOPS_PREDICTION_SPOOL (the chart: the shared volume) holds the open segments."""
+    from pipelines.prediction_log import open_log
+    from pipelines.settings import Settings
+
+    env = {"MLOPS_HOME": str(tmp_path / "home"), "MLOPS_PREDICTION_SPOOL": str(tmp_path / "shared" / "spool")}
+    log = open_log(Settings.from_env(env), "m")
+    log.append(rows("a"))
+    assert len(list((tmp_path / "shared" / "spool" / "m").glob("*.open.jsonl"))) == 1
+    assert not (tmp_path / "home" / "serving" / "spool").exists()
+    log.close()
