@@ -306,7 +306,8 @@ def test_execution_config(rollout: tuple[str, list[dict[str, Any]]]) -> None:
     assert config["image"] == "mlops-step:0.1.0"
     assert config["env"]["MLFLOW_TRACKING_URI"] == f"http://{RELEASE}-mlflow:5000"
     k8s = config["kubernetes"]
-    assert (k8s["namespace"], k8s["service_account"]) == (NAMESPACE, f"{RELEASE}-steps")
+    steps_namespace = "mlops-steps" if name == "values-production.yaml" else NAMESPACE
+    assert (k8s["namespace"], k8s["service_account"]) == (steps_namespace, f"{RELEASE}-steps")
     default, train = config["resources"]["default"], config["resources"]["train"]
     for kind in ("requests", "limits"):
         assert cpu(train[kind]["cpu"]) > cpu(default[kind]["cpu"])
@@ -638,10 +639,13 @@ def test_network_policies_admit_only_the_pipeline_and_the_listed_peers() -> None
     mlflow = one(docs, "NetworkPolicy", f"{RELEASE}-mlflow")["spec"]
     assert mlflow["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "mlflow"
     (rule,) = mlflow["ingress"]
-    release, airflow = rule["from"][:2]
+    release, steps, airflow = rule["from"][:3]
     assert release["podSelector"]["matchLabels"] == {"app.kubernetes.io/instance": RELEASE}
-    assert release["podSelector"]["matchExpressions"][0]["values"] == ["model-server", "step", "mlflow-users"]
+    assert release["podSelector"]["matchExpressions"][0]["values"] == ["model-server", "mlflow-users"]
     assert airflow["podSelector"]["matchLabels"] == {"release": RELEASE, "tier": "airflow"}
+    # the step pods, in their namespace
+    assert steps["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": NAMESPACE}
+    assert steps["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "step"
     # step pods carry the labels the policy selects
     assert execution_config(docs)["kubernetes"]["labels"] == {
         "app.kubernetes.io/instance": RELEASE,
@@ -667,3 +671,49 @@ def test_acknowledged_predictions_outlive_the_pod() -> None:
     production = one(render("values-production.yaml"), "Deployment", f"{RELEASE}-model-server")
     env = env_of(production["spec"]["template"]["spec"]["containers"][0])
     assert "MLOPS_PREDICTION_SPOOL" not in env and "secretKeyRef" in env["MLOPS_PREDICTION_LOG"]  # PostgreSQL
+
+
+def test_production_step_pods_run_in_their_own_restricted_namespace() -> None:
+    """The workers' pod rights (create, exec) reach only the steps' namespace; the steps read only
+    the Secrets that exist there; Pod Security "restricted" is enforced on it."""
+    docs = render("values-production.yaml")
+    namespace = one(docs, "Namespace", "mlops-steps")
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    (role,) = by_kind(docs, "Role")
+    (binding,) = [b for b in by_kind(docs, "RoleBinding") if b["roleRef"]["name"] == role["metadata"]["name"]]
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "mlops-steps"
+    assert binding["subjects"][0]["namespace"] == NAMESPACE  # the workers stay in the release's
+    assert one(docs, "ServiceAccount", f"{RELEASE}-steps")["metadata"]["namespace"] == "mlops-steps"
+    assert execution_config(docs)["kubernetes"]["namespace"] == "mlops-steps"
+    mlflow = one(docs, "NetworkPolicy", f"{RELEASE}-mlflow")["spec"]["ingress"][0]["from"]
+    assert {"kubernetes.io/metadata.name": "mlops-steps"} in [
+        p.get("namespaceSelector", {}).get("matchLabels") for p in mlflow
+    ]
+
+
+def test_chart_made_secrets_are_copied_to_the_steps_namespace_without_the_admin_password() -> None:
+    values = merged(
+        values_file("values-production.yaml"),
+        {
+            "mlflow": {"auth": {"existingSecret": "", "adminPassword": "adm", "pipelinePassword": "pipe",
+                                "serverPassword": "srv", "flaskSecretKey": "k"}},
+            "stores": {"existingSecret": "", "s3": {"accessKeyId": "id", "secretAccessKey": "key"}},
+        },
+    )  # fmt: skip
+    secrets = {
+        (d["metadata"]["name"], d["metadata"].get("namespace")): d for d in by_kind(render(values), "Secret")
+    }
+    assert secrets[(f"{RELEASE}-mlflow-auth", "mlops-steps")]["stringData"] == {"pipeline-password": "pipe"}
+    assert "admin-password" in secrets[(f"{RELEASE}-mlflow-auth", None)]["stringData"]
+    stores = [k for k in secrets if k[0] == f"{RELEASE}-stores"]
+    assert sorted(stores, key=str) == sorted(
+        [(f"{RELEASE}-stores", NAMESPACE), (f"{RELEASE}-stores", "mlops-steps")], key=str
+    )
+
+
+def test_a_steps_namespace_needs_s3() -> None:
+    values = merged(values_file("values-embedded.yaml"), {"steps": {"namespace": "elsewhere"}})
+    with pytest.raises(
+        helm_python.HelmError, match="a PersistentVolumeClaim cannot be mounted from another namespace"
+    ):
+        render(values)

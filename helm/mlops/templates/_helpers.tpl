@@ -41,6 +41,8 @@ app.kubernetes.io/part-of: mlops
 {{- .Values.sharedStore.existingClaim | default (include "mlops.component" (dict "root" . "name" "shared-store")) }}
 {{- end }}
 {{- define "mlops.execution.configMapName" -}}{{ include "mlops.component" (dict "root" . "name" "execution") }}{{- end }}
+{{- define "mlops.steps.namespace" -}}{{ .Values.steps.namespace | default .Release.Namespace }}{{- end }}
+{{- define "mlops.steps.separate" -}}{{ if ne (include "mlops.steps.namespace" .) .Release.Namespace }}true{{ end }}{{- end }}
 {{- define "mlops.steps.serviceAccountName" -}}{{ include "mlops.component" (dict "root" . "name" "steps") }}{{- end }}
 {{- define "mlops.serving.serviceAccountName" -}}{{ include "mlops.component" (dict "root" . "name" "model-server") }}{{- end }}
 {{/* The Airflow workers' ServiceAccount: rbac.workerServiceAccount.name, else the name the Airflow
