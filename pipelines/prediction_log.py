@@ -370,8 +370,14 @@ class ParquetPredictionLog:
         self._compactor.shutdown(wait=True)
 
     # -- reading -------------------------------------------------------------------------------
-    def read(self, start: Any = None, end: Any = None, clock: str = "ts") -> pd.DataFrame:
-        """Predictions (parts and pending segments) whose ``clock`` time is in [start, end)."""
+    def read(
+        self, start: Any = None, end: Any = None, clock: str = "ts", rollout_id: str | None = None
+    ) -> pd.DataFrame:
+        """Predictions (parts and pending segments) whose ``clock`` time is in [start, end).
+
+        On ``ts`` the parts are partitioned by day: only the window's days are opened. On
+        ``event_time`` any day may hold the window's events (a replay of history), so every part's
+        footer is read, but only row groups whose event-time statistics meet the window are."""
         if clock not in CLOCKS:
             raise ValueError(f"unknown clock {clock!r}; choose one of {CLOCKS}")
         start, end = _stamp(start), _stamp(end)
@@ -383,18 +389,26 @@ class ParquetPredictionLog:
                 frames.append(_segment_frame(path))
             except OSError:  # compacted meanwhile: its part is listed below
                 continue
-        # Parts are partitioned by ``ts``: only that clock can skip days.
-        by_day = (start, end) if clock == "ts" else (None, None)
-        frames.append(_read_parts(storage.join(self.root, "predictions"), *by_day))
+        parts = storage.join(self.root, "predictions")
+        if clock == "ts":  # parts are partitioned by ``ts``: only that clock can skip days
+            frames.append(_read_parts(parts, start, end))
+        else:
+            frames.append(_read_parts_on_event_time(parts, start, end))
         frames = [f for f in frames if not f.empty]
         if not frames:
             return pd.DataFrame(columns=COLUMNS)
         frame = pd.concat(frames, ignore_index=True)
         frame = frame.drop_duplicates(["request_id", "row", "route"], keep="first")
+        if rollout_id is not None:
+            frame = frame[frame["rollout_id"] == rollout_id]
         return _between(frame, start, end, clock).sort_values("ts", kind="stable").reset_index(drop=True)
 
-    def read_feedback(self) -> pd.DataFrame:
-        frame = _read_parts(storage.join(self.root, "feedback"), None, None)
+    def read_feedback(self, since: Any = None) -> pd.DataFrame:
+        """Labels that arrived at or after ``since`` (days before it are not opened)."""
+        since = _stamp(since)
+        frame = _read_parts(storage.join(self.root, "feedback"), since, None)
+        if since is not None and not frame.empty:
+            frame = frame[pd.to_datetime(frame["ts"], utc=True) >= since]
         return frame if not frame.empty else pd.DataFrame(columns=FEEDBACK_COLUMNS)
 
 
@@ -432,6 +446,41 @@ def _read_parts(root: str, start: pd.Timestamp | None, end: pd.Timestamp | None)
             with fs.open(part, "rb") as fh:
                 frames.append(pd.read_parquet(fh))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _read_parts_on_event_time(
+    root: str, start: pd.Timestamp | None, end: pd.Timestamp | None
+) -> pd.DataFrame:
+    """Parts whose rows' event time (``ts`` where absent) is in [start, end), with pyarrow's
+    row-group statistics deciding what is decoded: the footers are read, the data only where the
+    window can be."""
+    import fsspec
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
+
+    if start is None and end is None:
+        return _read_parts(root, None, None)
+    fs, path = fsspec.core.url_to_fs(root, **storage.options(root))
+    files = sorted(fs.glob(f"{path.rstrip('/')}/date=*/*.parquet"))
+    if not files:
+        return pd.DataFrame()
+    # versions with other features wrote other input columns: the union of every part's schema
+    schema = pa.unify_schemas([pq.read_schema(f, filesystem=fs) for f in files], promote_options="permissive")
+    dataset = ds.dataset(files, schema=schema, filesystem=fs, format="parquet")
+    event, ts = ds.field("event_time"), ds.field("ts")
+
+    def inside(column: ds.Expression) -> ds.Expression:
+        keep = column.is_valid()
+        if start is not None:
+            keep &= column >= start.to_pydatetime()
+        if end is not None:
+            keep &= column < end.to_pydatetime()
+        return keep
+
+    if "event_time" not in dataset.schema.names:
+        return dataset.to_table(filter=inside(ts)).to_pandas()
+    return dataset.to_table(filter=inside(event) | (~event.is_valid() & inside(ts))).to_pandas()
 
 
 def _event_time(ms: float | None) -> pd.Timestamp | None:
@@ -483,11 +532,21 @@ class SqlPredictionLog:
             sa.Column("label", sa.Integer, nullable=False),
             sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
         )
+        self.feedback_ts = sa.Index("ix_mlops_feedback_ts", self.feedback.c.ts)
+        # The event clock's window, per model: the expression the reads filter on, so PostgreSQL
+        # reads the window's rows instead of the whole table.
+        table = self.predictions.c
+        self.when_index = sa.Index(
+            "ix_mlops_predictions_model_when", table.model_name, sa.func.coalesce(table.event_time, table.ts)
+        )
+        self.rollout_index = sa.Index("ix_mlops_predictions_rollout", table.rollout_id)
         meta.create_all(self.engine, checkfirst=True)
         with self.engine.begin() as conn:  # tables made before event_time existed
             conn.execute(
                 sa.text("ALTER TABLE mlops_predictions ADD COLUMN IF NOT EXISTS event_time timestamptz")
             )
+        for index in (self.feedback_ts, self.when_index, self.rollout_index):  # tables of older releases
+            index.create(self.engine, checkfirst=True)
 
     def append(self, rows: list[dict[str, Any]]) -> None:
         from sqlalchemy.dialects.postgresql import insert
@@ -520,7 +579,9 @@ class SqlPredictionLog:
             conn.execute(stmt, values)
         return len(values)
 
-    def read(self, start: Any = None, end: Any = None, clock: str = "ts") -> pd.DataFrame:
+    def read(
+        self, start: Any = None, end: Any = None, clock: str = "ts", rollout_id: str | None = None
+    ) -> pd.DataFrame:
         import sqlalchemy as sa
 
         start, end = _stamp(start), _stamp(end)
@@ -529,6 +590,8 @@ class SqlPredictionLog:
             raise ValueError(f"unknown clock {clock!r}; choose one of {CLOCKS}")
         when = table.ts if clock == "ts" else sa.func.coalesce(table.event_time, table.ts)
         query = sa.select(self.predictions).where(table.model_name == self.model_name)
+        if rollout_id is not None:
+            query = query.where(table.rollout_id == rollout_id)
         if start is not None:
             query = query.where(when >= start.to_pydatetime())
         if end is not None:
@@ -551,9 +614,14 @@ class SqlPredictionLog:
         with self.engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
 
-    def read_feedback(self) -> pd.DataFrame:
+    def read_feedback(self, since: Any = None) -> pd.DataFrame:
+        """Labels that arrived at or after ``since`` (a label comes after its prediction: pass the
+        earliest prediction's time, and the read stays proportional to the window)."""
+        query = self.feedback.select()
+        if (since := _stamp(since)) is not None:
+            query = query.where(self.feedback.c.ts >= since.to_pydatetime())
         with self.engine.connect() as conn:
-            frame = pd.read_sql(self.feedback.select(), conn)
+            frame = pd.read_sql(query, conn)
         return frame if not frame.empty else pd.DataFrame(columns=FEEDBACK_COLUMNS)
 
     def flush(self) -> None:

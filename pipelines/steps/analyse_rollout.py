@@ -31,7 +31,9 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
         return {"status": "decided", "decision": "ended", "reason": f"rollout {expected} was ended elsewhere"}
     store = prediction_log.open_log(ctx.settings, name, writer=False)
     try:
-        frame = prediction_log.with_feedback(store.read(start=policy.started_at), store.read_feedback())
+        # this rollout's rows, and labels from its start on: each poke reads the rollout, not the history
+        predictions = store.read(start=policy.started_at, rollout_id=policy.rollout_id)
+        frame = prediction_log.with_feedback(predictions, store.read_feedback(since=policy.started_at))
     finally:
         store.close()
     verdict = rollout.analyse(frame, policy, ctx.config.deploy.rollout.inconclusive)

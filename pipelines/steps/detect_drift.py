@@ -39,7 +39,9 @@ def _traffic(ctx: StepContext) -> pd.DataFrame:
     store = prediction_log.open_log(ctx.settings, name, writer=False)
     try:
         frame = store.read(ctx.interval_start, ctx.interval_end, clock=ctx.config.monitoring.clock)
-        frame = prediction_log.with_feedback(frame, store.read_feedback())
+        # a label arrives after its prediction: labels from the window's first answer on
+        since = frame["ts"].min() if not frame.empty else None
+        frame = prediction_log.with_feedback(frame, store.read_feedback(since=since))
     finally:
         store.close()
     return monitoring.window_frame(frame, ctx.config.dataset)
