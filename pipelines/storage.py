@@ -25,8 +25,15 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._=-]+")
 
 
 def safe_segment(value: str) -> str:
-    """A path segment from an Airflow id (``scheduled__2013-01-01T05:00:00+00:00`` has ':' and '+')."""
-    return _UNSAFE.sub("_", value).strip("_") or "_"
+    """A path segment from an Airflow id (``scheduled__2013-01-01T05:00:00+00:00`` has ':' and '+').
+
+    A safe id stays as it is. Any other gets its characters replaced and a hash of the original
+    appended, so two ids never share a folder (``a:b`` and ``a+b`` did) and no id climbs out of
+    its parent (``..``)."""
+    if _UNSAFE.search(value) is None and value.strip(".") and not value.startswith("."):
+        return value
+    digest = hashlib.sha256(value.encode()).hexdigest()[:10]
+    return f"{_UNSAFE.sub('_', value).strip('_.')}-{digest}".lstrip("-")
 
 
 def join(root: str, *parts: str) -> str:
