@@ -251,9 +251,15 @@ def mlflow_server_cmd(home: Path, port: int, env: dict[str, str] | None = None) 
     ``MLOPS_MLFLOW_AUTH=basic`` (MLflow's basic-auth app, see ``registry_auth``).
     """
     env = os.environ if env is None else env
+    # A database URI holds its password: MLflow reads MLFLOW_BACKEND_STORE_URI from the
+    # environment itself, so it never shows on the command line (ps, /proc/*/cmdline).
+    store = (
+        []
+        if env.get("MLFLOW_BACKEND_STORE_URI")
+        else ["--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}"]
+    )
     return [
-        "mlflow", "server", *registry_auth.server_args(env),
-        "--backend-store-uri", env.get("MLFLOW_BACKEND_STORE_URI") or f"sqlite:///{home / 'mlflow.db'}",
+        "mlflow", "server", *registry_auth.server_args(env), *store,
         "--artifacts-destination",
         env.get("MLFLOW_ARTIFACTS_DESTINATION") or str(home / "artifacts" / "mlflow-server"),
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
