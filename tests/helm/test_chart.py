@@ -717,3 +717,18 @@ def test_a_steps_namespace_needs_s3() -> None:
         helm_python.HelmError, match="a PersistentVolumeClaim cannot be mounted from another namespace"
     ):
         render(values)
+
+
+def test_the_embedded_database_password_is_the_same_on_every_render() -> None:
+    """Regression: a lookup-generated password changed on every `helm template` (Argo CD, CI
+    diffs) while the database kept its first one."""
+
+    def password() -> str:
+        docs = render("values-embedded.yaml")
+        return one(docs, "Secret", f"{RELEASE}-postgresql")["stringData"]["password"]
+
+    assert password() == password() == "embedded-dev-postgres-password"
+    values = merged(values_file("values-embedded.yaml"), {"postgresql": {"auth": {"password": ""}}})
+    needed = r"postgresql\.auth\.password or postgresql\.auth\.existingSecret is required"
+    with pytest.raises(helm_python.HelmError, match=needed):
+        render(values)
