@@ -102,8 +102,25 @@ def _auth_summary(tokens: dict[str, str]) -> str:
     return f"on: {', '.join(sorted(tokens))} tokens" if tokens else "off"
 
 
+def _die_with(parent: int) -> None:
+    """End this process when ``parent`` dies, even by SIGKILL (Linux's PR_SET_PDEATHSIG): a
+    sandbox must not outlive the worker that started it."""
+    import ctypes
+    import os
+    import signal
+
+    if sys.platform != "linux":
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before the line above: nobody will signal us
+        raise SystemExit(f"the process that started this server ({parent}) is gone")
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     import os
+
+    if os.environ.get("MLOPS_SERVING_PARENT_PID"):
+        _die_with(int(os.environ["MLOPS_SERVING_PARENT_PID"]))
 
     # One OpenMP thread per worker: two workers with two threads each fight over two cores.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -118,18 +135,21 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     config = ServingSettings.from_env()  # fail here, with a clear message, not in every worker
     import uvicorn
 
+    where = f"inherited socket {args.fd}" if args.fd is not None else f"http://{args.host}:{args.port}"
     print(
         f"serving {config.model_name}"
         + (f" v{config.pinned_version}" if config.pinned_version else " @champion (following the registry)")
-        + f" on http://{args.host}:{args.port}  (auth {_auth_summary(config.tokens)})",
+        + f" on {where}  (auth {_auth_summary(config.tokens)})",
         file=sys.stderr,
         flush=True,
     )
+    # A listening socket handed down by the parent (infra validation's sandbox): the port was
+    # bound before this process started, so nothing else can take it in between.
+    bind = {"fd": args.fd} if args.fd is not None else {"host": args.host, "port": args.port}
     uvicorn.run(
         "pipelines.serving.app:create_app",
         factory=True,
-        host=args.host,
-        port=args.port,
+        **bind,
         workers=args.workers,
         loop="uvloop",
         http="httptools",
@@ -175,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--fd", type=int, help="serve on this inherited listening socket (not --host/--port)")
     serve.add_argument("--version", help="serve this registered version only (no registry polling)")
     serve.add_argument("--access-log", action="store_true")
     serve.set_defaults(func=_cmd_serve)

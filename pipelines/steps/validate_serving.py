@@ -45,10 +45,13 @@ def candidate_version(ctx: StepContext) -> str | None:
     return deploy.aliases(ctx.settings, ctx.config.registry.model_name).get(tracking.CHALLENGER)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _listening_socket() -> socket.socket:
+    """A loopback socket, bound and listening, for the sandbox to inherit: the port is the
+    sandbox's from this moment (picking a free port and binding it later was a race)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    return sock
 
 
 def _reference_rows(path: Path):
@@ -81,7 +84,8 @@ class Sandbox:
 
     def __init__(self, version: str, model_name: str, workdir: Path, settings: Settings, model_dir: Path,
                  threshold: float | None):  # fmt: skip
-        self.port = _free_port()
+        self.socket = _listening_socket()
+        self.port = self.socket.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: os.environ[k] for k in SANDBOX_PASSTHROUGH if k in os.environ}
         env |= {
@@ -97,15 +101,19 @@ class Sandbox:
             "MLOPS_SERVING_MODEL_DIR": str(model_dir),
             "MLOPS_SERVING_LOG_PREDICTIONS": "false",
             "MLOPS_SERVING_POLL_SECONDS": "1",
+            # the sandbox ends when this worker does, even if it is killed (pipelines.cli)
+            "MLOPS_SERVING_PARENT_PID": str(os.getpid()),
         }
         if threshold is not None:
             env["MLOPS_SERVING_THRESHOLD"] = str(threshold)
         self.env = env
         self.output = workdir / "server.log"
         with open(self.output, "wb") as out:
+            fd = self.socket.fileno()
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pipelines.cli", "serve", "--port", str(self.port)],
+                [sys.executable, "-m", "pipelines.cli", "serve", "--fd", str(fd)],
                 env=env, cwd=workdir, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                pass_fds=(fd,),
             )  # fmt: skip
 
     def tail(self, lines: int = 15) -> str:
@@ -134,6 +142,7 @@ class Sandbox:
         raise InfraValidationFailed(f"the server was not ready within {timeout:.0f}s:\n{self.tail()}")
 
     def stop(self) -> None:
+        self.socket.close()
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:

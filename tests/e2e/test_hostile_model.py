@@ -210,3 +210,50 @@ def test_a_version_trained_under_another_pii_key_is_refused(hostile, tmp_path, a
     finally:
         server.stop()
         client.set_registered_model_alias(HOSTILE, "champion", "1")
+
+
+def test_the_sandbox_owns_its_port_from_the_start_and_dies_with_its_worker(serving_home, tmp_path):
+    """Regression: the port was picked free, released, then bound by the sandbox seconds later
+    (another process could take it in between, and the validator would test that one); and a
+    worker killed by SIGKILL left its sandbox serving for ever (it runs in a session of its own)."""
+    import json
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from pipelines.serving.registry import download_version
+    from pipelines.steps.validate_serving import Sandbox
+
+    settings = serving_home["settings"]
+    model_dir = download_version(settings, SERVING_MODEL, "1", tmp_path / "models")
+    (tmp_path / "own").mkdir()
+    sandbox = Sandbox("1", SERVING_MODEL, tmp_path / "own", settings, model_dir, 0.2)
+    try:
+        # listening before the server process has even imported anything: no window to lose it in
+        socket.create_connection(("127.0.0.1", sandbox.port), timeout=1).close()
+        with httpx.Client() as http:
+            assert sandbox.wait_ready(http, 90)["champion"]["version"] == "1"
+    finally:
+        sandbox.stop()
+
+    worker = f"""
+import json, sys, time
+from pathlib import Path
+from pipelines.settings import Settings
+from pipelines.steps.validate_serving import Sandbox
+work, model = Path({str(tmp_path / "orphan")!r}), Path({str(model_dir)!r})
+s = Sandbox("1", {SERVING_MODEL!r}, work, Settings.from_env(), model, 0.2)
+print(json.dumps({{"pid": s.proc.pid}}), flush=True)
+time.sleep(600)
+"""
+    (tmp_path / "orphan").mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", worker], env={**os.environ, **serving_home["env"]},
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    child = json.loads(proc.stdout.readline())["pid"]
+    os.kill(proc.pid, signal.SIGKILL)  # the worker dies without running any cleanup
+    proc.wait(10)
+    deadline = time.time() + 30
+    while Path(f"/proc/{child}").exists() and Path(f"/proc/{child}/stat").read_text().split()[2] != "Z":
+        assert time.time() < deadline, "the sandbox outlived its killed worker"
+        time.sleep(0.2)
