@@ -56,6 +56,7 @@ COLUMNS = [
     "latency_ms",
 ]
 FEEDBACK_COLUMNS = ["request_id", "row", "label", "ts"]
+FEEDBACK_DAY_FILE = "day.parquet"  # a finished day's feedback, merged (compact_feedback)
 
 
 def _ms_to_utc(values: pd.Series) -> pd.Series:
@@ -272,9 +273,48 @@ class ParquetPredictionLog:
         os.close(segment.fd)
         return sealed
 
+    def compact_feedback(self, before: Any = None) -> int:
+        """Merge each finished day's feedback parts (one per ``/feedback`` call) into one file, the
+        last label of each (request, row) kept; returns the days merged. Safe with readers and other
+        writers doing the same: a reader meanwhile sees a label twice at worst (with_feedback keeps
+        the newest), and a merge only ever rewrites the same rows."""
+        import fsspec
+
+        before = (_stamp(before) or pd.Timestamp.now(tz="UTC")).strftime("%Y-%m-%d")
+        root = storage.join(self.root, "feedback")
+        fs, path = fsspec.core.url_to_fs(root, **storage.options(root))
+        if not fs.exists(path):
+            return 0
+        merged = 0
+        for day_dir in sorted(fs.ls(path, detail=False)):
+            day = day_dir.rstrip("/").rsplit("date=", 1)[-1]
+            parts = sorted(fs.glob(f"{day_dir}/*.parquet"))
+            target = f"{day_dir.rstrip('/')}/{FEEDBACK_DAY_FILE}"
+            if day >= before or [p for p in parts if p != target] == []:
+                continue
+            frames = []
+            for part in parts:
+                with fs.open(part, "rb") as fh:
+                    frames.append(pd.read_parquet(fh))
+            frame = pd.concat(frames, ignore_index=True).sort_values("ts", kind="stable")
+            frame = frame.drop_duplicates(["request_id", "row"], keep="last").reset_index(drop=True)
+            storage.write_parquet(storage.join(root, f"date={day}", FEEDBACK_DAY_FILE), frame)
+            for part in parts:
+                if part != target:
+                    fs.rm(part)
+            merged += 1
+        return merged
+
     def _rotate_when_old(self) -> None:
         tick = min(1.0, max(self.segment_seconds / 2, 0.05))
+        next_feedback_compaction = 0.0
         while not self._stop.wait(tick):
+            if time.monotonic() >= next_feedback_compaction:  # finished days' labels, hourly
+                next_feedback_compaction = time.monotonic() + 3600
+                try:
+                    self.compact_feedback()
+                except Exception:
+                    log.exception("compacting feedback failed; trying again in an hour")
             try:
                 sealed = None
                 with self._lock:

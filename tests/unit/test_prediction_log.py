@@ -410,3 +410,23 @@ def test_the_event_clock_window_uses_an_index_on_postgresql(pg_log):
             " AND coalesce(event_time, ts) >= :a AND coalesce(event_time, ts) < :b"),
             {"m": pg_log.model_name, "a": "2013-04-01", "b": "2013-05-01"}))  # fmt: skip
     assert "ix_mlops_predictions_model_when" in plan, plan
+
+
+def test_finished_days_of_feedback_are_merged_into_one_file(tmp_path):
+    """Regression: one Parquet file per /feedback call, for ever; every read opened them all."""
+    log = ParquetPredictionLog(str(tmp_path / "store"), tmp_path / "spool", writer=False)
+    day = pd.Timestamp("2026-11-02T10:00:00Z").timestamp() * 1000
+    for i in range(30):  # thirty calls on one day; the same label corrected once
+        log.append_feedback([{"request_id": f"r{i}", "row": 0, "label": i % 2, "ts": day + i}])
+    log.append_feedback([{"request_id": "r3", "row": 0, "label": 0, "ts": day + 100}])
+    today = time.time() * 1000
+    log.append_feedback([{"request_id": "t", "row": 0, "label": 1, "ts": today}])
+    before = log.read_feedback()
+    assert log.compact_feedback() == 1  # today's stay as they are: more may come
+    folder = tmp_path / "store" / "feedback"
+    assert [p.name for p in (folder / "date=2026-11-02").iterdir()] == ["day.parquet"]
+    after = log.read_feedback()
+    assert len(after) == 31 and len(before) == 32
+    labels = dict(zip(after["request_id"], after["label"], strict=True))
+    assert labels["r3"] == 0 and labels["r4"] == 0 and labels["r5"] == 1 and labels["t"] == 1
+    assert log.compact_feedback() == 0  # idempotent
