@@ -14,7 +14,7 @@ export DOCKER_HOST := unix:///run/podman/podman.sock
 endif
 endif
 
-.PHONY: demo train-demo install monitoring-tools browser container-engine images test lint serve up down bench bench-serving bench-drift clean
+.PHONY: demo train-demo install monitoring-tools browser container-engine lock images test lint serve up down bench bench-serving bench-drift clean
 
 demo: install  ## The closed loop: train on Jan-Mar 2013, replay Apr-Dec through the scheduler, print the table
 	$(PY) -m mlops_airflow.loop --fresh
@@ -60,6 +60,9 @@ container-engine:
 ifneq ($(ENGINE_TOOL),)
 	@if [ "$(DOCKER_HOST)" = unix:///run/podman/podman.sock ]; then $(ENGINE_TOOL); fi
 endif
+
+lock: install  ## Re-lock the images' dependencies with hashes after a pyproject.toml change
+	$(PY) containers/lock.py
 
 images: install container-engine  ## Build the step and serving images through the Docker API
 	$(PY) containers/build.py

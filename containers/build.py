@@ -38,12 +38,16 @@ def _revision() -> str:
 
 
 def build_image(
-    client: Any, target: str, tag: str, *, pull: bool = False, source: str = ""
+    client: Any, target: str, tag: str, *, pull: bool = False, source: str = "", base: str | None = None
 ) -> dict[str, Any]:
-    """Build one target of the Dockerfile as ``tag``, streaming the build log; the image's facts."""
+    """Build one target of the Dockerfile as ``tag``, streaming the build log; the image's facts.
+
+    ``base``: the base image, e.g. pinned by digest (``python:3.11-slim@sha256:...``) for a release."""
     started = time.monotonic()
     image_id = None
     buildargs = {"VERSION": tag.rsplit(":", 1)[-1], "SOURCE": source, "REVISION": _revision()}
+    if base:
+        buildargs["PYTHON_IMAGE"] = base
     for chunk in client.api.build(
         path=str(ROOT), dockerfile=DOCKERFILE, target=target, tag=tag, pull=pull,
         rm=True, forcerm=True, decode=True, buildargs=buildargs,
@@ -78,6 +82,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tag", default=None, help="default: the project version from pyproject.toml")
     parser.add_argument("--pull", action="store_true", help="pull a newer base image (needs a registry)")
     parser.add_argument("--source", default="", help="the source URL recorded as an image label")
+    parser.add_argument(
+        "--base-image",
+        default=None,
+        help="base image, pinned by digest for a release: python:3.11-slim@sha256:...",
+    )
     args = parser.parse_args(argv)
     unknown = [t for t in args.targets if t not in IMAGES]
     if unknown:
@@ -97,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     for target in args.targets:
         name = f"{args.repository}{IMAGES[target]}:{tag}"
         print(f"building {name} ...", file=sys.stderr)
-        results.append(build_image(client, target, name, pull=args.pull, source=args.source))
+        results.append(
+            build_image(client, target, name, pull=args.pull, source=args.source, base=args.base_image)
+        )
         print(
             f"built {name}: {results[-1]['size_mb']} MB in {results[-1]['build_seconds']} s", file=sys.stderr
         )
