@@ -14,6 +14,7 @@ runs in one worker thread so the event loop keeps accepting requests.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import re
@@ -108,6 +109,9 @@ class Server:
         # /ready fails meanwhile, so traffic goes to replicas that can acknowledge predictions.
         self.log_outage: str | None = None
         self.inflight = 0
+        self.buffered = 0  # bytes of request bodies held right now (max_buffered_bytes)
+        self._next_ping = 0.0
+        self.parse_slots = asyncio.Semaphore(config.parse_slots)
         self.queue: asyncio.Queue[Job] | None = None
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="model")
         self.shadow_executor = ThreadPoolExecutor(1, thread_name_prefix="shadow")
@@ -183,7 +187,21 @@ class Server:
             groups.setdefault(id(j.model), []).append(j)
         for group in groups.values():
             model = group[0].model
-            proba = model.predict_proba(Batch.concat([j.batch for j in group]))
+            try:
+                proba = model.predict_proba(Batch.concat([j.batch for j in group]))
+            except Exception as exc:  # one request's values can break the call: score each alone
+                if len(group) == 1:
+                    group[0].error = UnscorableInput(str(exc))
+                    continue
+                log.warning(
+                    "scoring a micro-batch of %d failed (%s); scoring each request alone", len(group), exc
+                )
+                for j in group:
+                    try:
+                        j.result = model.predict_proba(j.batch)
+                    except Exception as alone:
+                        j.error = UnscorableInput(str(alone))
+                continue
             self.metrics.batch_rows.observe(len(proba))
             offset = 0
             for j in group:
@@ -262,6 +280,9 @@ class Server:
     def _score_and_log(self, jobs: list[Job]) -> None:
         """Score, log durably, count: runs in the model thread. The answer leaves only after this."""
         self._score(jobs)
+        jobs = [j for j in jobs if j.error is None]  # unscorable ones get their 422, nothing logged
+        if not jobs:
+            return
         if self.log:
             jobs = self._append(jobs)
         m = self.metrics
@@ -331,6 +352,7 @@ class Server:
             return await self._predict(request)
         finally:
             self.inflight -= 1
+            self.release_body(request)
 
     def _complete(self, records: list[Any], schema: Any) -> list[dict[str, Any]]:
         """Fill features a record lacks from the online store; drop the keys the model does not take.
@@ -357,19 +379,37 @@ class Server:
         return unknown
 
     async def _read_body(self, request: Request) -> bytes:
-        """The body, counted while it streams in: a chunked upload stops at the limit too."""
-        limit = self.config.max_body_bytes
+        """The body, counted while it streams in: a chunked upload stops at the limit too.
+
+        Within ``body_timeout_seconds`` (a client trickling bytes holds a slot no longer: 408), and
+        while all bodies held stay under ``max_buffered_bytes`` (503); ``release_body`` gives the
+        bytes back when the request is done."""
+        config = self.config
+        limit = config.max_body_bytes
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             raise _Reject(413, f"body is {declared} bytes; the limit is {limit}")
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise _Reject(413, f"body is over the limit of {limit} bytes")
+        request.state.buffered = 0
+        try:
+            async with asyncio.timeout(config.body_timeout_seconds):
+                async for chunk in request.stream():
+                    if self.buffered + len(chunk) > config.max_buffered_bytes:
+                        raise _Reject(503, "the server holds too many request bodies: retry shortly")
+                    self.buffered += len(chunk)
+                    request.state.buffered += len(chunk)
+                    body += chunk
+                    if len(body) > limit:
+                        raise _Reject(413, f"body is over the limit of {limit} bytes")
+        except TimeoutError:
+            raise _Reject(408, f"the body did not arrive within {config.body_timeout_seconds:g} s") from None
         if not body:
             raise _Reject(400, "empty body: send a JSON object")
         return bytes(body)
+
+    def release_body(self, request: Request) -> None:
+        self.buffered -= getattr(request.state, "buffered", 0)
+        request.state.buffered = 0
 
     async def _off_loop(self, body: bytes, work, *args):
         """``work(*args)`` here for a small body, in a worker thread for a large one (the loop keeps
@@ -378,9 +418,9 @@ class Server:
             return work(*args)
         return await run_in_threadpool(work, *args)
 
-    async def _predict(self, request: Request) -> Response:
+    async def _prepare(self, request: Request, body: bytes) -> Response | tuple:
+        """Parse, check and route one request's body: an error response, or what the job needs."""
         try:
-            body = await self._read_body(request)
             records, routing_key, event_time = await self._off_loop(body, _predict_payload, body)
             if event_time is not None and not security.may(request.scope, security.FEEDBACK):
                 raise _Reject(403, "event_time replays history: it needs the feedback token")
@@ -415,6 +455,23 @@ class Server:
             self.metrics.requests.labels("predict", "422").inc()
             self.metrics.errors.labels("invalid_input").inc()
             return problem(422, f"invalid input: {exc}", exc.errors)
+        return deployment, model, chosen, batch, routing_key, event_time
+
+    async def _predict(self, request: Request) -> Response:
+        try:
+            body = await self._read_body(request)
+        except _Reject as rej:
+            self.metrics.requests.labels("predict", str(rej.status)).inc()
+            self.metrics.errors.labels("bad_request").inc()
+            return rej.response()
+        # A large body becomes ~10x its size in Python objects while it is parsed and checked:
+        # only `parse_slots` of them at once, until the rows are compact arrays.
+        big = len(body) >= self.config.parse_in_thread_bytes
+        async with self.parse_slots if big else contextlib.nullcontext():
+            prepared = await self._prepare(request, body)
+        if isinstance(prepared, Response):
+            return prepared
+        deployment, model, chosen, batch, routing_key, event_time = prepared
         shadow = deployment.challenger if deployment.policy.strategy == "shadow" else None
         job = Job(
             model=model,
@@ -429,6 +486,11 @@ class Server:
         )
         try:
             proba = await self.submit(job)
+        except UnscorableInput as exc:
+            self.metrics.requests.labels("predict", "422").inc()
+            self.metrics.errors.labels("invalid_input").inc()
+            log.warning("request %s could not be scored: %s", job.request_id, exc)
+            return problem(422, "the model cannot score these values (are they within a plausible range?)")
         except TimeoutError:
             self.metrics.requests.labels("predict", "503").inc()
             self.metrics.errors.labels("timeout").inc()
@@ -468,6 +530,12 @@ class Server:
 
     async def feedback(self, request: Request) -> Response:
         try:
+            return await self._feedback(request)
+        finally:
+            self.release_body(request)
+
+    async def _feedback(self, request: Request) -> Response:
+        try:
             body = await self._read_body(request)
             items = await self._off_loop(body, _feedback_payload, body, self.config.secret)
         except _Reject as rej:
@@ -486,7 +554,9 @@ class Server:
 
     async def ready(self, request: Request) -> Response:
         d = self.watcher.deployment
-        if self.log_outage and self.log is not None:
+        # after an outage, ping the log again, at most every 2 s whoever asks (the probe is open)
+        if self.log_outage and self.log is not None and time.monotonic() >= self._next_ping:
+            self._next_ping = time.monotonic() + 2.0
             await run_in_threadpool(self._log_recovered)
         ready = d.champion is not None and self.log_outage is None
         status = 200 if ready else 503
@@ -514,6 +584,11 @@ def _is_outage(exc: Exception) -> bool:
     return bool(names & {"OperationalError", "InterfaceError", "DisconnectionError", "TimeoutError"})
 
 
+class UnscorableInput(ValueError):
+    """The model could not score this request's values (e.g. a finite number that overflows once
+    scaled): the request's own problem, a 422; its neighbours in the micro-batch are answered."""
+
+
 class _Reject(Exception):
     def __init__(self, status: int, message: str, errors: list[dict[str, Any]] | None = None):
         super().__init__(message)
@@ -521,8 +596,10 @@ class _Reject(Exception):
 
     def response(self) -> Response:
         answer = problem(self.status, self.message, self.errors)
-        if self.status == 413:  # the rest of the body is not worth reading: drop the connection
+        if self.status in (408, 413, 503):  # the rest of the body is not worth reading: drop it
             answer.headers["connection"] = "close"
+        if self.status == 503:
+            answer.headers["retry-after"] = "1"
         return answer
 
 

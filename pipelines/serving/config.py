@@ -61,9 +61,14 @@ class ServingSettings:
     secret: bytes = field(default=b"", repr=False)
     max_rows: int = 10_000
     max_body_bytes: int = 8 * 1024 * 1024
-    # Requests in the server at once (reading, waiting, scoring): beyond it a 503 with Retry-After,
-    # so memory stays below max_pending * max_body_bytes whatever clients send.
+    # Requests in the server at once (reading, waiting, scoring): beyond it a 503 with Retry-After.
     max_pending: int = 256
+    # Memory, whatever clients send: the bodies held at once stay under max_buffered_bytes (503
+    # beyond), and only parse_slots large bodies are parsed at a time (their Python objects take
+    # ~10x the body: 2 x 10 x 8 MiB); a body must arrive within body_timeout_seconds (408).
+    max_buffered_bytes: int = 64 * 1024 * 1024
+    parse_slots: int = 2
+    body_timeout_seconds: float = 10.0
     # uvicorn's limit on open connections and tasks (a 503 beyond it, before any body is read).
     limit_concurrency: int = 1024
     # Bodies above this are parsed and checked in a worker thread, not on the event loop.
@@ -100,6 +105,15 @@ class ServingSettings:
         settings = Settings.from_env(env)
         config = load_config(settings.config_path)
         model_dir = Path(env["MLOPS_SERVING_MODEL_DIR"]) if env.get("MLOPS_SERVING_MODEL_DIR") else None
+        body, buffered = (
+            _env_number(env, "MLOPS_SERVING_MAX_BODY_BYTES", 8 * 1024 * 1024, int, 1),
+            _env_number(env, "MLOPS_SERVING_MAX_BUFFERED_BYTES", 64 * 1024 * 1024, int, 1),
+        )
+        if buffered < body:
+            raise ConfigError(
+                f"MLOPS_SERVING_MAX_BUFFERED_BYTES ({buffered}) is below MLOPS_SERVING_MAX_BODY_BYTES"
+                f" ({body}): no body of the largest allowed size could ever be read"
+            )
         if model_dir is not None and not env.get("MLOPS_SERVING_VERSION"):
             raise ConfigError("MLOPS_SERVING_MODEL_DIR needs MLOPS_SERVING_VERSION (the version it holds)")
         return cls(
@@ -112,9 +126,12 @@ class ServingSettings:
             tokens=security.tokens_from_env(env),
             secret=security.secret_from_env(env, settings.home),
             max_pending=_env_number(env, "MLOPS_SERVING_MAX_PENDING", 256, int, 1),
+            max_buffered_bytes=buffered,
+            parse_slots=_env_number(env, "MLOPS_SERVING_PARSE_SLOTS", 2, int, 1),
+            body_timeout_seconds=_env_number(env, "MLOPS_SERVING_BODY_TIMEOUT_SECONDS", 10.0, minimum=0.1),
             limit_concurrency=_env_number(env, "MLOPS_SERVING_LIMIT_CONCURRENCY", 1024, int, 1),
             max_rows=_env_number(env, "MLOPS_SERVING_MAX_ROWS", 10_000, int, 1),
-            max_body_bytes=_env_number(env, "MLOPS_SERVING_MAX_BODY_BYTES", 8 * 1024 * 1024, int, 1),
+            max_body_bytes=body,
             max_wait_ms=_env_number(env, "MLOPS_SERVING_MAX_WAIT_MS", 2.0),
             request_timeout_seconds=_env_number(
                 env, "MLOPS_SERVING_REQUEST_TIMEOUT_SECONDS", 30.0, minimum=0.001

@@ -31,6 +31,8 @@ TOKENS = {
 AUTH = {scope: {"Authorization": f"Bearer {token}"} for scope, token in TOKENS.items()}
 MAX_BODY = 1024 * 1024
 MAX_PENDING = 8
+MAX_BUFFERED = 2 * MAX_BODY
+BODY_TIMEOUT = 3
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +82,8 @@ def server(serving_home, log_db, tmp_path_factory):
         MLOPS_SERVING_SECRET="deployment-secret-for-tests-0123",
         MLOPS_SERVING_MAX_BODY_BYTES=str(MAX_BODY),
         MLOPS_SERVING_MAX_PENDING=str(MAX_PENDING),
+        MLOPS_SERVING_MAX_BUFFERED_BYTES=str(MAX_BUFFERED),
+        MLOPS_SERVING_BODY_TIMEOUT_SECONDS=str(BODY_TIMEOUT),
         MLOPS_SERVING_MAX_WAIT_MS="100",  # concurrent requests share one micro-batch
     )
     proc.env["MLOPS_HOME"] = str(home / "mlops")
@@ -173,6 +177,51 @@ def test_requests_beyond_the_pending_cap_get_503_with_retry_after(server, record
         for sock in held:
             sock.close()
     assert predict(server.url, {"records": [record]}).status_code == 200
+
+
+def test_clients_trickling_bodies_lose_their_slots_at_the_deadline(server, record):
+    """Regression (review): MAX_PENDING connections each sending one byte held every slot for ever,
+    and every other client got 503 while /ready said ready. Now a body that does not arrive within
+    MLOPS_SERVING_BODY_TIMEOUT_SECONDS is a 408 and its slot is free again."""
+    head = (
+        f"POST /predict HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKENS['predict']}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+    ).encode()
+    held = [raw_request(server.port, head) for _ in range(MAX_PENDING)]
+    try:
+        time.sleep(0.5)
+        assert predict(server.url, {"records": [record]}).status_code == 503  # every slot is taken
+        statuses = [read_status(sock)[0] for sock in held]  # answered at the deadline, not later
+        assert statuses == [408] * MAX_PENDING
+        assert predict(server.url, {"records": [record]}).status_code == 200
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_bodies_held_at_once_stay_under_the_memory_cap(server):
+    """Regression (review): the pending cap alone let 24 clients hold 24 bodies of 8 MiB (and their
+    parsed objects) at once, past the pod's memory limit. The bytes held are capped: beyond
+    MLOPS_SERVING_MAX_BUFFERED_BYTES a 503 with Retry-After, and the others are unaffected."""
+    size = int(MAX_BODY * 0.9)
+    head = (
+        f"POST /predict HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKENS['predict']}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {size}\r\n\r\n"
+    ).encode()
+    part = b" " * (size - 100)  # most of each body, not all: the server holds it
+    held = [raw_request(server.port, head + part) for _ in range(2)]
+    try:
+        time.sleep(0.5)
+        third = raw_request(server.port, head + part)  # 2.7 MiB held would pass the 2 MiB cap
+        status, response = read_status(third)
+        third.close()
+        assert status == 503 and b"retry-after: 1" in response.lower(), response[:300]
+        for sock in held:  # the first two finish (an empty JSON body: a 400, but read and answered)
+            sock.sendall(b" " * 99 + b"x")
+        assert [read_status(sock)[0] for sock in held] == [400, 400]
+    finally:
+        for sock in held:
+            sock.close()
 
 
 # -- high 3: one client cannot fail its neighbours or read their data -------------------------------
@@ -331,6 +380,58 @@ def test_a_prediction_log_outage_fails_readiness_until_the_log_is_back(server, l
         with admin.connect() as conn:
             conn.execute(sa.text(f"ALTER DATABASE {DATABASE} ALLOW_CONNECTIONS true"))
         admin.dispose()
-    back = httpx.get(f"{server.url}/ready", headers=AUTH["admin"], timeout=30)
-    assert back.status_code == 200 and back.json()["prediction_log_error"] is None, back.text
+    deadline = time.time() + 15  # the log is pinged again at most every 2 s
+    while (back := httpx.get(f"{server.url}/ready", headers=AUTH["admin"], timeout=30)).status_code != 200:
+        assert time.time() < deadline, back.text
+        time.sleep(0.5)
+    assert back.json()["prediction_log_error"] is None, back.text
     assert predict(server.url, {"records": [record]}).status_code == 200
+
+
+# -- review finding: a value the model cannot score fails only its own request ------------------------
+def test_a_value_the_model_cannot_score_fails_only_its_own_request(serving_home, april_rows, tmp_path):
+    """Regression: with the logistic-regression estimator a finite 1.7e308 overflows once scaled,
+    predict_proba raised, and every request of that micro-batch got a 503."""
+    import shutil
+
+    import pandas as pd
+    import skops.io
+
+    from pipelines.config import load_config
+    from pipelines.modeling import build_pipeline
+    from pipelines.serving.registry import download_version
+
+    config = load_config(serving_home["config"])
+    training = config.training.model_copy(update={"estimator": "logistic_regression"})
+    records, labels = april_rows
+    pipe = build_pipeline(config.dataset, training)
+    pipe.fit(pd.DataFrame(records[:2000])[config.dataset.features.all], labels[:2000])
+    folder = tmp_path / "lr"
+    shutil.copytree(
+        download_version(serving_home["settings"], SERVING_MODEL, "1", tmp_path / "cache"), folder
+    )
+    skops.io.dump(pipe, folder / "model.skops")  # the same signature, another estimator
+    proc = ServerProcess(
+        serving_home["env"], tmp_path / "server.log",
+        MLOPS_SERVING_MODEL_DIR=str(folder), MLOPS_SERVING_VERSION="1",
+        MLOPS_SERVING_LOG_PREDICTIONS="false", MLOPS_SERVING_MAX_WAIT_MS="200",
+    )  # fmt: skip
+    proc.env["MLOPS_HOME"] = str(tmp_path / "home")
+    proc.start().wait_ready()
+    # the largest double, on a feature whose training std is below 1 (precip, in inches): scaled,
+    # it overflows to infinity and the model's input check raises
+    hostile = {**records[0], "precip": 1.7976931348623157e308}
+
+    async def round_() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=proc.url, timeout=30) as http:
+            posts = [http.post("/predict", json={"records": [r]}) for r in records[1:6]]
+            posts.append(http.post("/predict", json={"records": [hostile]}))
+            return await asyncio.gather(*posts)
+
+    try:
+        for _ in range(5):
+            *victims, attacker = asyncio.run(round_())
+            assert [v.status_code for v in victims] == [200] * 5, [v.text[:200] for v in victims]
+            assert attacker.status_code == 422 and "cannot score these values" in attacker.json()["detail"]
+    finally:
+        proc.stop()
