@@ -51,10 +51,21 @@ class ServerMetrics:
             buckets=PROBABILITY_BUCKETS,
             registry=r,
         )
-        # A gauge, not a counter: features can be negative (December's dew point is), and a
-        # counter refuses to go down. Mean over a window: delta(sum[w]) / increase(count[w]).
+        # A gauge, for dashboards: features can be negative (December's dew point is), and a
+        # counter refuses to go down. The drift rules use the two counters below instead: delta()
+        # of a gauge cannot tell a restart (the sum back at 0) from a drift, increase() can.
         self.feature_sum = Gauge(
             "mlops_feature_value_sum", "Running sum of a numeric feature's values", ["feature"], registry=r
+        )
+        # Mean over a window: (increase(positive[w]) - increase(negative[w])) / increase(count[w]).
+        self.feature_positive = Counter(
+            "mlops_feature_value_positive_sum", "Sum of a feature's positive values", ["feature"], registry=r
+        )
+        self.feature_negative = Counter(
+            "mlops_feature_value_negative_sum",
+            "Sum of the magnitudes of a feature's negative values",
+            ["feature"],
+            registry=r,
         )
         self.feature_count = Counter(
             "mlops_feature_value_count", "Non-missing values of a feature", ["feature"], registry=r
@@ -102,6 +113,8 @@ class ServerMetrics:
                 self.feature_count.labels(name),
                 self.feature_missing.labels(name),
                 self.feature_unseen.labels(name),
+                self.feature_positive.labels(name),
+                self.feature_negative.labels(name),
             )
         return children
 
@@ -111,13 +124,18 @@ class ServerMetrics:
         present = ~np.isnan(numeric)
         extreme = present & ~(np.abs(np.where(present, numeric, 0.0)) <= EXTREME)
         summed = present & ~extreme
-        sums = np.where(summed, numeric, 0.0).sum(axis=0).tolist()
+        kept = np.where(summed, numeric, 0.0)
+        sums = kept.sum(axis=0).tolist()
+        positives = np.where(kept > 0, kept, 0.0).sum(axis=0).tolist()
+        negatives = (-np.where(kept < 0, kept, 0.0)).sum(axis=0).tolist()
         counts = summed.sum(axis=0).tolist()
         extremes = extreme.sum(axis=0).tolist()
         n = numeric.shape[0]
         for i, name in enumerate(schema.numeric):
-            total, count, missing, _ = self._feature(name)
+            total, count, missing, _, positive, negative = self._feature(name)
             total.inc(sums[i])
+            positive.inc(positives[i])
+            negative.inc(negatives[i])
             count.inc(counts[i])
             if extremes[i]:
                 self.feature_extreme.labels(name).inc(extremes[i])
@@ -125,7 +143,7 @@ class ServerMetrics:
             if absent:
                 missing.inc(absent)
         for i, name in enumerate(schema.categorical):
-            _, count, missing_counter, unseen_counter = self._feature(name)
+            _, count, missing_counter, unseen_counter, _, _ = self._feature(name)
             values = batch.categorical[i]
             missing = values.count(None)
             count.inc(n - missing)

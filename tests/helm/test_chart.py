@@ -540,8 +540,10 @@ def test_the_rules_name_no_model_and_aggregate_pods() -> None:
             assert "model" not in rule["labels"], rule["alert"]
             expr = rule["expr"]
             assert "flights-delay" not in expr
-            pooled = ("sum by (model, feature) (delta(", "sum by (model, feature) (increase(")
-            counters = r"mlops_feature_(value_count_total|value_sum|unseen_category_total)"
+            pooled = ("sum by (model, feature) (increase(",)
+            counters = (
+                r"mlops_feature_(value_count_total|value_\w+_sum_total|unseen_category_total|value_sum\b)"
+            )
             uses = list(re.finditer(counters, expr))
             assert uses, rule["alert"]
             for use in uses:

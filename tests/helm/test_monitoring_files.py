@@ -68,3 +68,86 @@ def test_promtool_would_catch_a_broken_scrape_config(tmp_path: Path) -> None:
         [tool("promtool"), "check", "config", "prometheus.yaml"], cwd=tmp_path, capture_output=True, text=True
     )
     assert done.returncode != 0
+
+
+# promtool's rule unit tests: the shipped rules evaluated by Prometheus' own engine on series
+# shaped like two model-server pods' /metrics. 100 values a minute per pod; mean 10, std 2.
+RULE_TESTS = """
+rule_files: [prometheus-rules.yaml]
+evaluation_interval: 1m
+tests:
+  # no drift, and pod p1's container restarts at minute 60 (its counters start again at 0):
+  # a restart is not a drift (delta() of a running-sum gauge fired here, 10 std off)
+  - interval: 1m
+    input_series:
+      - series: 'mlops_feature_value_positive_sum_total{model="m",feature="f",pod="p1"}'
+        values: '0+1000x60 0+1000x60'
+      - series: 'mlops_feature_value_negative_sum_total{model="m",feature="f",pod="p1"}'
+        values: '0x121'
+      - series: 'mlops_feature_value_count_total{model="m",feature="f",pod="p1"}'
+        values: '0+100x60 0+100x60'
+      - series: 'mlops_feature_reference_mean{model="m",feature="f",pod="p1"}'
+        values: '10x121'
+      - series: 'mlops_feature_reference_std{model="m",feature="f",pod="p1"}'
+        values: '2x121'
+    alert_rule_test:
+      - {eval_time: 55m, alertname: FeatureDrift, exp_alerts: []}
+      - {eval_time: 80m, alertname: FeatureDrift, exp_alerts: []}
+  # two pods: p1 at the training mean, p2 at +4 (a quarter of the traffic): pooled, the mean is
+  # 10 + 1 = 11, half a std off: one alert for the model and feature, not one per pod
+  - interval: 1m
+    input_series:
+      - series: 'mlops_feature_value_positive_sum_total{model="m",feature="f",pod="p1"}'
+        values: '0+1500x60'
+      - series: 'mlops_feature_value_count_total{model="m",feature="f",pod="p1"}'
+        values: '0+150x60'
+      - series: 'mlops_feature_value_negative_sum_total{model="m",feature="f",pod="p1"}'
+        values: '0x60'
+      - series: 'mlops_feature_value_positive_sum_total{model="m",feature="f",pod="p2"}'
+        values: '0+700x60'
+      - series: 'mlops_feature_value_count_total{model="m",feature="f",pod="p2"}'
+        values: '0+50x60'
+      - series: 'mlops_feature_value_negative_sum_total{model="m",feature="f",pod="p2"}'
+        values: '0x60'
+      - series: 'mlops_feature_reference_mean{model="m",feature="f",pod="p1"}'
+        values: '10x60'
+      - series: 'mlops_feature_reference_mean{model="m",feature="f",pod="p2"}'
+        values: '10x60'
+      - series: 'mlops_feature_reference_std{model="m",feature="f",pod="p1"}'
+        values: '1.9x60'
+      - series: 'mlops_feature_reference_std{model="m",feature="f",pod="p2"}'
+        values: '1.9x60'
+    alert_rule_test:
+      - eval_time: 50m
+        alertname: FeatureDrift
+        exp_alerts:
+          - exp_labels: {model: m, feature: f, severity: warning, mlops_action: retrain}
+            exp_annotations:
+              summary: f moved 0.53 training standard deviations
+              description: >-
+                The mean of feature f served by model m (all pods) over the last 30 minutes is 0.53
+                training standard deviations from its training mean.
+              runbook_url: https://github.com/mlops-airflow/mlops-airflow#monitor-and-retrain
+  # a negative feature (dew point below zero): mean -5 both in training and served, no alert
+  - interval: 1m
+    input_series:
+      - series: 'mlops_feature_value_positive_sum_total{model="m",feature="dewp",pod="p1"}'
+        values: '0+100x60'
+      - series: 'mlops_feature_value_negative_sum_total{model="m",feature="dewp",pod="p1"}'
+        values: '0+600x60'
+      - series: 'mlops_feature_value_count_total{model="m",feature="dewp",pod="p1"}'
+        values: '0+100x60'
+      - series: 'mlops_feature_reference_mean{model="m",feature="dewp",pod="p1"}'
+        values: '-5x60'
+      - series: 'mlops_feature_reference_std{model="m",feature="dewp",pod="p1"}'
+        values: '3x60'
+    alert_rule_test:
+      - {eval_time: 50m, alertname: FeatureDrift, exp_alerts: []}
+"""
+
+
+def test_the_rules_pool_pods_and_survive_restarts_in_prometheus(tmp_path: Path) -> None:
+    shutil.copy(MONITORING / "prometheus-rules.yaml", tmp_path)
+    (tmp_path / "tests.yaml").write_text(RULE_TESTS)
+    out = check(tool("promtool"), "test", "rules", "tests.yaml", cwd=tmp_path)
+    assert "SUCCESS" in out
