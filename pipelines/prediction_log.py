@@ -19,6 +19,7 @@ can compare them with the training reference column by column.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -305,16 +306,20 @@ class ParquetPredictionLog:
             merged += 1
         return merged
 
+    def _compact_feedback_logged(self) -> None:
+        try:
+            self.compact_feedback()
+        except Exception:
+            log.exception("compacting feedback failed; trying again in an hour")
+
     def _rotate_when_old(self) -> None:
         tick = min(1.0, max(self.segment_seconds / 2, 0.05))
         next_feedback_compaction = 0.0
         while not self._stop.wait(tick):
             if time.monotonic() >= next_feedback_compaction:  # finished days' labels, hourly
                 next_feedback_compaction = time.monotonic() + 3600
-                try:
-                    self.compact_feedback()
-                except Exception:
-                    log.exception("compacting feedback failed; trying again in an hour")
+                # on the compaction thread: listing an object store must not hold up rotation
+                self._compactor.submit(self._compact_feedback_logged)
             try:
                 sealed = None
                 with self._lock:
@@ -427,8 +432,13 @@ class ParquetPredictionLog:
         for path in sorted(self.spool.glob("*.jsonl")):
             try:
                 frames.append(_segment_frame(path))
-            except OSError:  # compacted meanwhile: its part is listed below
-                continue
+            except OSError:
+                # sealed meanwhile (renamed, not yet compacted): read it under its sealed name;
+                # compacted meanwhile: its part is listed below
+                sealed = path.with_name(path.name.replace(".open.jsonl", ".jsonl"))
+                if sealed != path:
+                    with contextlib.suppress(OSError):
+                        frames.append(_segment_frame(sealed))
         parts = storage.join(self.root, "predictions")
         if clock == "ts":  # parts are partitioned by ``ts``: only that clock can skip days
             frames.append(_read_parts(parts, start, end))
@@ -482,10 +492,24 @@ def _read_parts(root: str, start: pd.Timestamp | None, end: pd.Timestamp | None)
             continue
         if end is not None and day > end.strftime("%Y-%m-%d"):
             continue
-        for part in sorted(fs.glob(f"{day_dir}/*.parquet")):
-            with fs.open(part, "rb") as fh:
-                frames.append(pd.read_parquet(fh))
+        frames.extend(_read_day(fs, day_dir))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _read_day(fs: Any, day_dir: str, attempts: int = 3) -> list[pd.DataFrame]:
+    """A day folder's parts. A part that vanished while it was read was merged into the day's file
+    (compact_feedback writes that first, then removes the parts): list the folder again."""
+    for attempt in range(attempts):
+        try:
+            frames = []
+            for part in sorted(fs.glob(f"{day_dir}/*.parquet")):
+                with fs.open(part, "rb") as fh:
+                    frames.append(pd.read_parquet(fh))
+            return frames
+        except FileNotFoundError:
+            if attempt == attempts - 1:
+                raise
+    return []
 
 
 def _read_parts_on_event_time(

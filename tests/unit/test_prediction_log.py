@@ -430,3 +430,46 @@ def test_finished_days_of_feedback_are_merged_into_one_file(tmp_path):
     labels = dict(zip(after["request_id"], after["label"], strict=True))
     assert labels["r3"] == 0 and labels["r4"] == 0 and labels["r5"] == 1 and labels["t"] == 1
     assert log.compact_feedback() == 0  # idempotent
+
+
+def test_a_segment_sealed_between_listing_and_reading_is_still_read(tmp_path, monkeypatch):
+    """Regression (review): a segment renamed from .open.jsonl to .jsonl after the reader listed it
+    was skipped as if compacted, and its rows were missing from that read."""
+    import pipelines.prediction_log as module
+
+    log = ParquetPredictionLog(str(tmp_path / "store"), tmp_path / "spool")
+    log.append(rows("sealed-meanwhile"))
+    real = module._segment_frame
+    sealed_once = []
+
+    def seal_first(path):
+        if path.name.endswith(".open.jsonl") and not sealed_once:
+            sealed_once.append(log._seal())  # the writer seals it right now, before it is compacted
+        return real(path)
+
+    monkeypatch.setattr(module, "_segment_frame", seal_first)
+    assert log.read()["request_id"].tolist() == ["sealed-meanwhile"] * 2
+    assert sealed_once and sealed_once[0].exists()
+    monkeypatch.setattr(module, "_segment_frame", real)
+    log.close()
+
+
+def test_a_feedback_part_merged_while_it_is_read_is_found_in_the_days_file(tmp_path, monkeypatch):
+    """Regression (review): a reader that met a part compact_feedback had just removed failed."""
+    import pipelines.prediction_log as module
+
+    log = ParquetPredictionLog(str(tmp_path / "store"), tmp_path / "spool", writer=False)
+    day = pd.Timestamp("2026-11-02T10:00:00Z").timestamp() * 1000
+    for i in range(3):
+        log.append_feedback([{"request_id": f"r{i}", "row": 0, "label": 1, "ts": day + i}])
+    real, compacted = module.pd.read_parquet, []
+
+    def compact_first(fh, *args, **kwargs):
+        if not compacted:
+            compacted.append("started")
+            compacted.append(log.compact_feedback())  # another writer merges the day meanwhile
+        return real(fh, *args, **kwargs)
+
+    monkeypatch.setattr(module.pd, "read_parquet", compact_first)
+    assert sorted(log.read_feedback()["request_id"]) == ["r0", "r1", "r2"]
+    assert compacted == ["started", 1]
