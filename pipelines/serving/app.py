@@ -325,10 +325,13 @@ class Server:
         def run() -> None:
             try:
                 self._score(shadow_jobs)
-                if self.log:
-                    self.log.append(self._log_rows(shadow_jobs))
+                scored = [j for j in shadow_jobs if j.error is None]  # one unscorable row drops alone
+                if len(scored) < len(shadow_jobs):
+                    self.metrics.errors.labels("shadow").inc(len(shadow_jobs) - len(scored))
+                if self.log and scored:
+                    self.log.append(self._log_rows(scored))
                 probability = self.metrics.probability.labels(SHADOW_ROUTE)
-                for j in shadow_jobs:
+                for j in scored:
                     self.metrics.predictions.labels(j.model.version, SHADOW_ROUTE).inc(len(j.batch))
                     for p in j.result.tolist():
                         probability.observe(p)
@@ -438,6 +441,10 @@ class Server:
             model = deployment.challenger
         else:
             chosen = CHAMPION_ROUTE
+        if isinstance(records, list) and len(records) > self.config.max_rows:  # before any lookup
+            self.metrics.requests.labels("predict", "422").inc()
+            self.metrics.errors.labels("invalid_input").inc()
+            return problem(422, f"{len(records)} records; the limit is {self.config.max_rows} per request")
         if self.config.store_dataset is not None and isinstance(records, list):
             try:
                 unknown = await run_in_threadpool(self._complete, records, model.schema)
@@ -529,15 +536,24 @@ class Server:
         return parse_records(records, schema, max_rows=self.config.max_rows)
 
     async def feedback(self, request: Request) -> Response:
+        if self.inflight >= self.config.max_pending:  # the same bounds as /predict
+            self.metrics.requests.labels("feedback", "503").inc()
+            response = problem(503, f"the server holds {self.inflight} requests already: retry shortly")
+            response.headers["retry-after"] = "1"
+            return response
+        self.inflight += 1
         try:
             return await self._feedback(request)
         finally:
+            self.inflight -= 1
             self.release_body(request)
 
     async def _feedback(self, request: Request) -> Response:
         try:
             body = await self._read_body(request)
-            items = await self._off_loop(body, _feedback_payload, body, self.config.secret)
+            big = len(body) >= self.config.parse_in_thread_bytes
+            async with self.parse_slots if big else contextlib.nullcontext():
+                items = await self._off_loop(body, _feedback_payload, body, self.config.secret)
         except _Reject as rej:
             self.metrics.requests.labels("feedback", str(rej.status)).inc()
             return rej.response()

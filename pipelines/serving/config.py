@@ -64,9 +64,10 @@ class ServingSettings:
     # Requests in the server at once (reading, waiting, scoring): beyond it a 503 with Retry-After.
     max_pending: int = 256
     # Memory, whatever clients send: the bodies held at once stay under max_buffered_bytes (503
-    # beyond), and only parse_slots large bodies are parsed at a time (their Python objects take
-    # ~10x the body: 2 x 10 x 8 MiB); a body must arrive within body_timeout_seconds (408).
-    max_buffered_bytes: int = 64 * 1024 * 1024
+    # beyond), and only parse_slots large bodies are parsed at a time, /predict and /feedback
+    # alike (their Python objects take 10x to 24x the body: 2 x 24 x 8 MiB = 384 MiB at worst);
+    # a body must arrive within body_timeout_seconds (408).
+    max_buffered_bytes: int = 32 * 1024 * 1024
     parse_slots: int = 2
     body_timeout_seconds: float = 10.0
     # uvicorn's limit on open connections and tasks (a 503 beyond it, before any body is read).
@@ -107,7 +108,7 @@ class ServingSettings:
         model_dir = Path(env["MLOPS_SERVING_MODEL_DIR"]) if env.get("MLOPS_SERVING_MODEL_DIR") else None
         body, buffered = (
             _env_number(env, "MLOPS_SERVING_MAX_BODY_BYTES", 8 * 1024 * 1024, int, 1),
-            _env_number(env, "MLOPS_SERVING_MAX_BUFFERED_BYTES", 64 * 1024 * 1024, int, 1),
+            _env_number(env, "MLOPS_SERVING_MAX_BUFFERED_BYTES", 32 * 1024 * 1024, int, 1),
         )
         if buffered < body:
             raise ConfigError(

@@ -435,3 +435,21 @@ def test_a_value_the_model_cannot_score_fails_only_its_own_request(serving_home,
             assert attacker.status_code == 422 and "cannot score these values" in attacker.json()["detail"]
     finally:
         proc.stop()
+
+
+def test_feedback_counts_against_the_same_bounds_as_predict(server, record):
+    """Regression (second review): /feedback skipped the pending cap and the parse slots, so
+    clients of /feedback alone could hold every byte and parse at will."""
+    head = (
+        f"POST /feedback HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKENS['feedback']}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+    ).encode()
+    held = [raw_request(server.port, head) for _ in range(MAX_PENDING)]
+    try:
+        time.sleep(0.5)
+        assert predict(server.url, {"records": [record]}).status_code == 503  # feedback took the slots
+        assert [read_status(sock)[0] for sock in held] == [408] * MAX_PENDING
+    finally:
+        for sock in held:
+            sock.close()
+    assert predict(server.url, {"records": [record]}).status_code == 200
