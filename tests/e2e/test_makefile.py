@@ -13,6 +13,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,7 @@ COVERED = {
     "down": "tests/e2e/test_ui.py::test_make_down_stops_every_process",
     "serve": "tests/e2e/test_ui.py::test_make_serve_serves_the_champion",
     "images": "tests/conftest.py::images (the container tests build through `make images`)",
+    "lock": "test_lock_runs_for_real",
     "demo": "dry-run (the loop itself: tests/e2e/test_loop.py)",
     "bench": "dry-run",
     "bench-serving": "dry-run",
@@ -112,3 +114,40 @@ def test_train_demo_runs_for_real(tmp_path):
     assert len(re.findall(r"^\[\d/3\] 2013-0[123]: run success in", out, flags=re.M)) == 3, out
     assert "Batch inference (2013-04):" in out and "flights scored by flights-delay v" in out
     assert re.search(r"flights-delay v1 \[.*'champion'.*\]", out), out  # the first model serves
+
+
+def test_lock_runs_for_real():
+    """`make lock` re-locks the images at the versions this .venv runs, every line with its hashes.
+
+    It writes the tracked lock file, as a user's run does; the committed one is put back afterwards.
+    """
+    lock = ROOT / "containers" / "requirements.lock"
+    committed = lock.read_bytes()
+    try:
+        locked = make("-s", "lock", timeout=600)
+        assert locked.returncode == 0, locked.stdout[-2000:] + locked.stderr[-2000:]
+        text = lock.read_text()
+    finally:
+        lock.write_bytes(committed)
+    pins = dict(re.findall(r"^([A-Za-z0-9._-]+)==(\S+) \\$", text, flags=re.M))
+    assert f"wrote containers/requirements.lock: {len(pins)} packages" in locked.stdout, locked.stdout
+    blocks = re.split(r"\n(?=[A-Za-z0-9])", text.split("Do not edit by hand.\n", 1)[1].strip())
+    assert len(blocks) == len(pins) > 50
+    assert all("--hash=sha256:" in block for block in blocks), [b for b in blocks if "--hash" not in b]
+
+    def norm(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    freeze = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "python"), "-m", "pip", "freeze", "--exclude-editable"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    tested = {norm(n): v for n, v in re.findall(r"^([A-Za-z0-9._-]+)==(\S+)$", freeze, flags=re.M)}
+    locked_versions = {norm(n): v for n, v in pins.items()}
+    # The versions tested here; a package this interpreter's markers skip (async-timeout below
+    # Python 3.11.3: the lock is for any 3.11) has no version to compare.
+    assert {n: v for n, v in locked_versions.items() if tested.get(n, v) != v} == {}
+    assert len(set(locked_versions) - set(tested)) <= 3, set(locked_versions) - set(tested)
+    wanted = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = {norm(re.match(r"[A-Za-z0-9._-]+", d).group(0)) for d in wanted}
+    assert names <= set(locked_versions), names - set(locked_versions)
