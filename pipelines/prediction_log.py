@@ -96,6 +96,9 @@ def _segment_frame(path: Path) -> pd.DataFrame:
 
     try:
         table = pj.read_json(path)
+        if _temporal_fields(table.schema):  # a client's "2013-01-01" is text, not a date: re-read as such
+            options = pj.ParseOptions(explicit_schema=_text_for_dates(table.schema))
+            table = pj.read_json(path, parse_options=options)
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         return _frame(_read_lines(path))
     if table.num_rows == 0:
@@ -113,6 +116,47 @@ def _segment_frame(path: Path) -> pd.DataFrame:
     frame["model_version"] = frame["model_version"].astype(str)
     inputs = [c for c in frame.columns if c.startswith(INPUT_PREFIX)]
     return frame[[*COLUMNS, *inputs]]
+
+
+def _temporal_fields(schema: Any) -> list[str]:
+    """Names of the fields, nested ones too, that pyarrow typed as dates or times.
+
+    Nothing a segment holds is one: ``ts`` and ``event_time`` are epoch milliseconds, and every
+    string (a routing key, a category) is the client's text. pyarrow's JSON reader has no switch
+    for its timestamp inference, so a segment where it fired is read again with those fields as
+    strings; otherwise one "2013-01-01" made its part's column a timestamp and parts disagreed.
+    """
+    import pyarrow as pa
+
+    found = []
+    for field in schema:
+        if pa.types.is_struct(field.type):
+            found += [f"{field.name}.{name}" for name in _temporal_fields(pa.schema(list(field.type)))]
+        elif pa.types.is_temporal(field.type):
+            found.append(field.name)
+    return found
+
+
+def _text_for_dates(schema: Any, keep: tuple[str, ...] = ()) -> Any:
+    """``schema`` with every date or time field (nested ones too), except those in ``keep``, typed
+    as a string."""
+    import pyarrow as pa
+
+    def text(field: Any) -> Any:
+        if pa.types.is_struct(field.type):
+            return field.with_type(pa.struct([text(child) for child in field.type]))
+        return field.with_type(pa.string()) if pa.types.is_temporal(field.type) else field
+
+    return pa.schema([field if field.name in keep else text(field) for field in schema])
+
+
+def _dates_as_text(frame: pd.DataFrame) -> pd.DataFrame:
+    """A part's columns other than the two clocks as text where a date type got in (parts written
+    before segments were read with the dates as strings): they concatenate with the other parts."""
+    for column in frame.columns:
+        if column not in CLOCKS and pd.api.types.is_datetime64_any_dtype(frame[column]):
+            frame[column] = frame[column].astype(str).where(frame[column].notna(), None)
+    return frame
 
 
 # Which clock a read's window is on: when the server answered (``ts``), or when the scored event
@@ -296,7 +340,7 @@ class ParquetPredictionLog:
             frames = []
             for part in parts:
                 with fs.open(part, "rb") as fh:
-                    frames.append(pd.read_parquet(fh))
+                    frames.append(_dates_as_text(pd.read_parquet(fh)))
             frame = pd.concat(frames, ignore_index=True).sort_values("ts", kind="stable")
             frame = frame.drop_duplicates(["request_id", "row"], keep="last").reset_index(drop=True)
             storage.write_parquet(storage.join(root, f"date={day}", FEEDBACK_DAY_FILE), frame)
@@ -504,7 +548,7 @@ def _read_day(fs: Any, day_dir: str, attempts: int = 3) -> list[pd.DataFrame]:
             frames = []
             for part in sorted(fs.glob(f"{day_dir}/*.parquet")):
                 with fs.open(part, "rb") as fh:
-                    frames.append(pd.read_parquet(fh))
+                    frames.append(_dates_as_text(pd.read_parquet(fh)))
             return frames
         except FileNotFoundError:
             if attempt == attempts - 1:
@@ -530,7 +574,9 @@ def _read_parts_on_event_time(
     if not files:
         return pd.DataFrame()
     # versions with other features wrote other input columns: the union of every part's schema
-    schema = pa.unify_schemas([pq.read_schema(f, filesystem=fs) for f in files], promote_options="permissive")
+    # (a column a part stored as a date, from before segments kept dates as text, is read as text)
+    schemas = [_text_for_dates(pq.read_schema(f, filesystem=fs), keep=CLOCKS) for f in files]
+    schema = pa.unify_schemas(schemas, promote_options="permissive")
     dataset = ds.dataset(files, schema=schema, filesystem=fs, format="parquet")
     event, ts = ds.field("event_time"), ds.field("ts")
 

@@ -405,10 +405,16 @@ def test_the_event_clock_window_uses_an_index_on_postgresql(pg_log):
             "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'mlops_predictions'"))}  # fmt: skip
         assert "COALESCE(event_time, ts)" in indexes["ix_mlops_predictions_model_when"]
         conn.execute(sa.text("SET LOCAL enable_seqscan = off"))  # a small table: make the plan show the path
+        # The model_name index also fits a test table's few rows (other tests fill the same table, and
+        # the statistics decided): hide it in this transaction, which rolls back, to ask whether the
+        # window itself has an index. lock_timeout: another test's open transaction fails this fast.
+        conn.execute(sa.text("SET LOCAL lock_timeout = '10s'"))
+        conn.execute(sa.text("DROP INDEX IF EXISTS ix_mlops_predictions_model_name"))
         plan = "\n".join(r[0] for r in conn.execute(sa.text(
             "EXPLAIN SELECT * FROM mlops_predictions WHERE model_name = :m"
             " AND coalesce(event_time, ts) >= :a AND coalesce(event_time, ts) < :b"),
             {"m": pg_log.model_name, "a": "2013-04-01", "b": "2013-05-01"}))  # fmt: skip
+        conn.rollback()
     assert "ix_mlops_predictions_model_when" in plan, plan
 
 
@@ -473,3 +479,54 @@ def test_a_feedback_part_merged_while_it_is_read_is_found_in_the_days_file(tmp_p
     monkeypatch.setattr(module.pd, "read_parquet", compact_first)
     assert sorted(log.read_feedback()["request_id"]) == ["r0", "r1", "r2"]
     assert compacted == ["started", 1]
+
+
+def test_strings_that_look_like_dates_stay_strings_in_every_part(tmp_path):
+    """Review 3, H1: pyarrow's JSON reader turned a routing key or a category such as "2013-01-01"
+    into a timestamp column in that segment's part; parts then disagreed on the column's type and
+    every event-clock read of the log (drift, rollouts) failed from then on."""
+    import pyarrow.parquet as pq
+
+    log = ParquetPredictionLog(str(tmp_path / "store"), tmp_path / "spool")
+    plain, datelike = rows("plain", 1), rows("datelike", 1)
+    plain[0]["routing_key"] = "customer-17"
+    datelike[0]["routing_key"] = "2013-01-01"
+    datelike[0]["inputs"]["carrier"] = "2013-01-01 00:00:00"
+    log.append(plain)
+    log.flush()
+    log.append(datelike)
+    log.close()
+    for part in (tmp_path / "store" / "predictions").glob("date=*/*.parquet"):
+        schema = pq.read_schema(part)
+        assert str(schema.field("routing_key").type) == "string", (part.name, schema)
+        assert str(schema.field("input.carrier").type) == "string", (part.name, schema)
+    for clock in ("ts", "event_time"):
+        frame = log.read(pd.Timestamp.now(tz="UTC") - pd.Timedelta("1h"), None, clock=clock)
+        got = frame.set_index("request_id")
+        assert got.loc["datelike", "routing_key"] == "2013-01-01", clock
+        assert got.loc["datelike", "input.carrier"] == "2013-01-01 00:00:00", clock
+        assert got.loc["plain", "input.carrier"] == "UA", clock
+
+
+def test_a_part_written_with_a_date_typed_column_is_still_read(tmp_path):
+    """A log that an older server wrote, with one part's string column stored as a timestamp, is
+    read on both clocks: the column comes back as text."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    log = ParquetPredictionLog(str(tmp_path / "store"), tmp_path / "spool")
+    log.append(rows("plain", 1) + rows("old", 1))
+    log.close()
+    [part] = (tmp_path / "store" / "predictions").glob("date=*/*.parquet")
+    table = pq.read_table(part)
+    old = table.filter(pa.compute.equal(table["request_id"], "old"))
+    plain = table.filter(pa.compute.equal(table["request_id"], "plain"))
+    stamp = pa.array([pd.Timestamp("2013-01-01")], type=pa.timestamp("ms"))
+    i = old.schema.get_field_index("input.carrier")
+    pq.write_table(old.set_column(i, pa.field("input.carrier", pa.timestamp("ms")), stamp), part)
+    pq.write_table(plain, part.with_name("other.parquet"))
+    for clock in ("ts", "event_time"):
+        got = log.read(pd.Timestamp.now(tz="UTC") - pd.Timedelta("1h"), None, clock=clock)
+        got = got.set_index("request_id")
+        assert got.loc["plain", "input.carrier"] == "UA", clock
+        assert got.loc["old", "input.carrier"].startswith("2013-01-01"), clock
