@@ -210,9 +210,12 @@ class LeanHistGradientBoosting:
             raise TypeError(f"unexpected preprocessing steps {sorted(by_name)}")
         num_cols = by_name["num"][1]
         cat_encoder, cat_cols = by_name.get("cat", (None, []))
-        # "passthrough" is stored as an identity FunctionTransformer; any other function is caught
-        # by the parity check, which compares answers, not structure.
-        if by_name["num"][0] != "passthrough" and type(by_name["num"][0]).__name__ != "FunctionTransformer":
+        # "passthrough" is fitted as an identity FunctionTransformer (func None); a transformer with a
+        # function of its own computes something this class does not, whatever the parity rows say.
+        numeric = by_name["num"][0]
+        if numeric != "passthrough" and not (
+            type(numeric).__name__ == "FunctionTransformer" and numeric.func is None
+        ):
             raise TypeError("numeric columns are transformed; only passthrough is supported")
         if cat_cols and type(cat_encoder).__name__ != "OrdinalEncoder":
             raise TypeError("categorical columns are not ordinal-encoded")
@@ -419,10 +422,19 @@ def load_model_dir(path: str | Path, *, name: str, version: str, threshold: floa
 
 
 def input_example(meta, path: Path, schema: FeatureSchema) -> pd.DataFrame:
-    try:
-        example = meta.loadinput_example(str(path))
-    except Exception:  # no example saved: a synthetic all-missing row still checks the plumbing
-        example = None
-    if isinstance(example, pd.DataFrame) and not example.empty:
-        return example
-    return pd.DataFrame([{c: None for c in schema.columns}])
+    """The rows the model was saved with (the parity check and infra validation compare answers on
+    them); a model saved without any gets one all-missing row, which still checks the plumbing.
+
+    An example the model says it has but that cannot be read is an error, not a quiet fallback:
+    that fallback once hid a misspelt call, and every check compared one all-missing row.
+    """
+    if not meta.saved_input_example_info:
+        log.warning("the model has no input example: checking one all-missing row")
+        return pd.DataFrame([{c: None for c in schema.columns}])
+    example = meta.load_input_example(str(path))
+    if not isinstance(example, pd.DataFrame) or example.empty:
+        raise ValueError(f"the model's input example is not a table of rows: {type(example).__name__}")
+    missing = sorted(set(schema.columns) - set(example.columns))
+    if missing:
+        raise ValueError(f"the model's input example lacks the signature's columns {missing}")
+    return example

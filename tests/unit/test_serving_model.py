@@ -92,3 +92,61 @@ class _Mismatched:
 
     def predict_proba(self, frame):
         return self._pipeline.predict_proba(frame)
+
+
+def _saved(pipeline, example, path):
+    """The pipeline saved as the training step saves it: skops, signature, input example."""
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+
+    from pipelines import model_format
+
+    mlflow.sklearn.save_model(
+        pipeline, str(path), signature=infer_signature(example, pipeline.predict_proba(example)),
+        input_example=example, pyfunc_predict_fn="predict_proba", **model_format.save_options(pipeline),
+    )  # fmt: skip
+    return path
+
+
+def test_the_parity_check_uses_the_models_saved_input_example(data, tmp_path):
+    """Review 3, H2: a misspelt call (``loadinput_example``) raised AttributeError, which was
+    swallowed: every parity check and infra validation compared one all-missing row."""
+    from mlflow.models import Model
+
+    from pipelines.serving.model import input_example
+
+    train, y, _ = data
+    x_train, _ = records_of(train)
+    pipeline = modeling.build_pipeline(CONFIG.dataset, CONFIG.training).fit(x_train, y)
+    path = _saved(pipeline, x_train.head(5), tmp_path / "m")
+    used = input_example(Model.load(str(path / "MLmodel")), path, SCHEMA)
+    assert len(used) == 5
+    assert used["carrier"].tolist() == x_train.head(5)["carrier"].tolist()
+    # and the lean predictor passes parity on those rows, with their variants
+    from pipelines.serving.model import load_model_dir
+
+    model = load_model_dir(str(path), name="m", version="1", threshold=None)
+    assert model.runtime == "lean-hgb" and model.parity_gap is not None and model.parity_gap < 1e-9
+
+
+def test_a_numeric_transform_the_lean_predictor_ignores_is_served_by_scikit_learn(data, tmp_path):
+    """A pipeline whose numeric columns go through a function is not the one the lean predictor
+    computes: it is refused on structure, before any parity rows are compared."""
+    from sklearn.preprocessing import FunctionTransformer
+
+    from pipelines.serving.model import load_model_dir
+
+    train, y, test = data
+    x_train, _ = records_of(train)
+    pipeline = modeling.build_pipeline(CONFIG.dataset, CONFIG.training)
+    pre = pipeline.named_steps["preprocess"]
+    pre.transformers = [
+        (name, FunctionTransformer(np.negative) if name == "num" else t, cols)
+        for name, t, cols in pre.transformers
+    ]
+    pipeline.fit(x_train, y)
+    model = load_model_dir(str(_saved(pipeline, x_train.head(5), tmp_path / "m")), name="m", version="1", threshold=None)
+    assert model.runtime == "sklearn"
+    x_test, records = records_of(test.head(300))
+    served = model.predict_proba(parse_records(records, SCHEMA, max_rows=10_000))
+    assert np.max(np.abs(served - pipeline.predict_proba(x_test)[:, 1])) < 1e-12
