@@ -145,7 +145,8 @@ def test_a_numeric_transform_the_lean_predictor_ignores_is_served_by_scikit_lear
         for name, t, cols in pre.transformers
     ]
     pipeline.fit(x_train, y)
-    model = load_model_dir(str(_saved(pipeline, x_train.head(5), tmp_path / "m")), name="m", version="1", threshold=None)
+    path = _saved(pipeline, x_train.head(5), tmp_path / "m")
+    model = load_model_dir(str(path), name="m", version="1", threshold=None)
     assert model.runtime == "sklearn"
     x_test, records = records_of(test.head(300))
     served = model.predict_proba(parse_records(records, SCHEMA, max_rows=10_000))
