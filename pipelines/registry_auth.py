@@ -7,6 +7,12 @@ creates them all. So a model server's credentials read the registry, and writing
 moving ``champion`` takes the pipeline's. The admin's password reaches only the MLflow server
 and this bootstrap, never a task or a model server.
 
+MLflow lets any authenticated user create a registered model or an experiment, and makes the
+creator its manager: a server's credentials could take a name before the pipeline's first run and
+then move ``champion``. So the bootstrap claims the names the configuration uses (``claim``):
+created as ``pipeline`` where missing, ``pipeline`` granted MANAGE, and any grant ``server`` holds
+on them revoked (back to READ), with an error that names what it had taken.
+
 Secrets, each from the environment (no default exists): ``MLFLOW_AUTH_ADMIN_PASSWORD``,
 ``MLOPS_MLFLOW_PIPELINE_PASSWORD``, ``MLOPS_MLFLOW_SERVER_PASSWORD`` and
 ``MLFLOW_FLASK_SERVER_SECRET_KEY`` (MLflow's CSRF key). The users' table lives in
@@ -16,6 +22,7 @@ Secrets, each from the environment (no default exists): ``MLFLOW_AUTH_ADMIN_PASS
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 AUTH_ENV = "MLOPS_MLFLOW_AUTH"
 ADMIN = "admin"
@@ -109,6 +116,64 @@ def _ensure_users(url: str, env: dict[str, str]) -> None:
                 raise SystemExit(f"{action} MLflow user {role!r} failed: {status}")
 
 
+def claim(url: str, env: dict[str, str], names: list[tuple[str, str]]) -> None:
+    """Make each ``(registered model, experiment)`` the pipeline's: created as ``pipeline`` where
+    missing, MANAGE for ``pipeline``, no grant for ``server`` (which then reads, by the default).
+
+    A name ``server`` had been granted more than READ on (it created it first) is repaired the
+    same way, and then reported as an error: its versions and aliases need a person's look.
+    """
+    if not enabled(env):
+        return
+    import httpx
+
+    admin_auth = (ADMIN, env["MLFLOW_AUTH_ADMIN_PASSWORD"])
+    pipeline_auth = ("pipeline", env[ROLES["pipeline"]])
+    api, grants = f"{url}/api/2.0/mlflow", f"{url}/api/3.0/mlflow/users/permissions"
+    taken = []
+    with (
+        httpx.Client(base_url=api, auth=admin_auth, timeout=30) as admin,
+        httpx.Client(base_url=api, auth=pipeline_auth, timeout=30) as pipeline,
+        httpx.Client(base_url=grants, auth=admin_auth, timeout=30) as grant,
+    ):
+        for model, experiment in names:
+            found = admin.get("/experiments/get-by-name", params={"experiment_name": experiment})
+            if found.status_code == 404:
+                created = _ok(pipeline.post("/experiments/create", json={"name": experiment}), experiment)
+                experiment_id = created["experiment_id"]
+            else:
+                experiment_id = _ok(found, experiment)["experiment"]["experiment_id"]
+            if admin.get("/registered-models/get", params={"name": model}).status_code == 404:
+                _ok(pipeline.post("/registered-models/create", json={"name": model}), model)
+            for kind, key, shown in (
+                ("experiment", experiment_id, f"experiment {experiment!r}"),
+                ("registered_model", model, f"registered model {model!r}"),
+            ):
+                resource = {"resource_type": kind, "resource_id": key}
+                has = _ok(grant.get("/get", params={"username": "pipeline", **resource}), shown)["permission"]
+                if has != "MANAGE":  # a grant is not updated in place: a lower one goes first (none: 404)
+                    grant.post("/revoke", json={"username": "pipeline", **resource})
+                    manage = {"username": "pipeline", **resource, "permission": "MANAGE"}
+                    _ok(grant.post("/grant", json=manage), shown)
+                held = _ok(grant.get("/get", params={"username": "server", **resource}), shown)["permission"]
+                if held not in ("READ", "NO_PERMISSIONS"):
+                    _ok(grant.post("/revoke", json={"username": "server", **resource}), shown)
+                    taken.append(f"{shown} ({held})")
+    if taken:
+        raise SystemExit(
+            "the model servers' MLflow user 'server' had taken " + ", ".join(taken) + ": the pipeline now "
+            "manages them and 'server' only reads; check their versions, aliases and tags before serving"
+        )
+
+
+def _ok(answer: Any, what: str) -> dict[str, Any]:
+    if answer.status_code != 200:
+        raise SystemExit(
+            f"claiming {what} for the pipeline failed: HTTP {answer.status_code} {answer.text[:300]}"
+        )
+    return answer.json()
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m pipelines.registry_auth ensure-users --url URL``: the chart's bootstrap Job."""
     import argparse
@@ -118,14 +183,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["ensure-users"])
     parser.add_argument("--url", required=True, help="the MLflow server, e.g. http://mlops-mlflow:5000")
     parser.add_argument("--wait", type=float, default=300, help="seconds to wait for the server")
+    parser.add_argument(
+        "--model", action="append", default=[], metavar="NAME",
+        help="a registered model to claim for the pipeline besides the configuration's (repeatable)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     env = dict(os.environ)
     missing = [name for name in SECRETS if name != "MLFLOW_FLASK_SERVER_SECRET_KEY" and not env.get(name)]
     if missing:
         raise SystemExit(f"ensure-users needs these secrets in the environment: {', '.join(missing)}")
-    ensure_users(args.url, {**env, AUTH_ENV: "basic"}, wait_seconds=args.wait)
+    env[AUTH_ENV] = "basic"
+    ensure_users(args.url, env, wait_seconds=args.wait)
     print(f"MLflow users {', '.join(ROLES)} are in place at {args.url}")
+    names = configured_names(env, args.model)
+    claim(args.url, env, names)
+    print("claimed for the pipeline: " + ", ".join(f"model {m!r} (experiment {e!r})" for m, e in names))
     return 0
+
+
+def configured_names(env: dict[str, str], models: list[str] = ()) -> list[tuple[str, str]]:
+    """The configuration's ``(registry.model_name, registry.experiment)`` (``MLOPS_CONFIG``, else the
+    shipped default), and each of ``models`` with that same experiment."""
+    from pipelines.config import load_config
+    from pipelines.settings import DEFAULT_CONFIG
+
+    registry = load_config(env.get("MLOPS_CONFIG") or DEFAULT_CONFIG).registry
+    names = [(registry.model_name, registry.experiment)]
+    return names + [(model, registry.experiment) for model in models if model != registry.model_name]
 
 
 if __name__ == "__main__":

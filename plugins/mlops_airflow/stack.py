@@ -272,6 +272,7 @@ def start_registry(start, home: Path, port: int, env: dict[str, str]) -> bool:
     if not _wait_http(f"http://127.0.0.1:{port}/health", 120):
         return False
     registry_auth.ensure_users(f"http://127.0.0.1:{port}", env)
+    registry_auth.claim(f"http://127.0.0.1:{port}", env, registry_auth.configured_names(env))
     return True
 
 

@@ -100,6 +100,10 @@ def test_the_charts_mlflow_needs_users_and_the_server_user_only_reads(tmp_path):
         tag = {"name": "chart-model", "key": "mlops.deployment", "value": "{}"}
         assert httpx.post(f"{api}/registered-models/set-tag", json=tag, auth=server).status_code == 403
         assert httpx.post(f"{api}/registered-models/set-tag", json=tag, auth=pipeline).status_code == 200
+        # the served model's name was claimed by the Job: the pipeline's before any server could take it
+        served = {"name": "flights-delay", "key": "mlops.deployment", "value": "{}"}
+        assert httpx.post(f"{api}/registered-models/set-tag", json=served, auth=server).status_code == 403
+        assert httpx.post(f"{api}/registered-models/set-tag", json=served, auth=pipeline).status_code == 200
     finally:
         os.killpg(mlflow.pid, signal.SIGTERM)
         mlflow.wait(30)

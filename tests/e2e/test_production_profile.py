@@ -226,6 +226,36 @@ def test_mlflow_in_the_production_profile_needs_a_user_and_the_server_user_only_
 BOOTSTRAP = [sys.executable, "-m", "pipelines.registry_auth", "ensure-users", "--url"]
 
 
+def test_the_bootstrap_claims_the_registry_names_a_server_user_could_take(production):
+    """Review 3, H3: MLflow lets any user create a registered model and makes it its manager, so the
+    servers' read-only user could take a name before the pipeline's first run and move
+    ``champion``. The bootstrap claims the configuration's names and each ``--model``: created as
+    ``pipeline`` where missing, ``server`` back to READ where it had taken one, and a loud error."""
+    import httpx
+
+    api = f"{production['tracking']}/api/2.0/mlflow"
+    post = functools.partial(httpx.post, timeout=60)  # a loaded machine: MLflow's first write is slow
+    reader = ("server", AUTH_SECRETS["MLOPS_MLFLOW_SERVER_PASSWORD"])
+    writer = ("pipeline", AUTH_SECRETS["MLOPS_MLFLOW_PIPELINE_PASSWORD"])
+    taken, fresh = f"{MODEL}-taken", f"{MODEL}-fresh"
+    assert post(f"{api}/registered-models/create", json={"name": taken}, auth=reader).status_code == 200
+    credentials = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+    env = {**{k: v for k, v in os.environ.items() if k not in credentials}, **AUTH_SECRETS}
+    command = [*BOOTSTRAP, production["tracking"], "--model", taken, "--model", fresh]
+    first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert first.returncode != 0, first.stdout
+    assert f"registered model '{taken}' (MANAGE)" in first.stderr and "'server' only reads" in first.stderr
+    for name in (MODEL, taken, fresh):
+        tag = {"name": name, "key": "mlops.claim-test", "value": "x"}
+        assert post(f"{api}/registered-models/set-tag", json=tag, auth=reader).status_code == 403, name
+        assert post(f"{api}/registered-models/set-tag", json=tag, auth=writer).status_code == 200, name
+        moved = {"name": name, "alias": "champion", "version": "1"}
+        assert post(f"{api}/registered-models/alias", json=moved, auth=reader).status_code == 403, name
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr  # repaired: nothing is taken any more
+    assert f"model '{fresh}' (experiment '{MODEL}')" in again.stdout
+
+
 def test_a_rotated_password_takes_effect_through_the_bootstrap_command(production):
     """The chart's bootstrap Job runs ``python -m pipelines.registry_auth ensure-users``: run as
     typed, it makes a changed secret the user's password (regression: an existing user kept its

@@ -606,6 +606,7 @@ def test_each_process_gets_its_own_mlflow_user(rollout: tuple[str, list[dict[str
     job = users["spec"]["template"]["spec"]["containers"][0]
     assert job["command"][:4] == ["python", "-m", "pipelines.registry_auth", "ensure-users"]
     assert job["command"][job["command"].index("--url") + 1] == f"http://{RELEASE}-mlflow:5000"
+    assert job["command"][job["command"].index("--model") + 1] == "flights-delay"  # the served name, claimed
     assert {n: v for n, v in env_of(job).items() if n != "HOME"} == {
         "MLFLOW_AUTH_ADMIN_PASSWORD": key("admin-password"),
         "MLOPS_MLFLOW_PIPELINE_PASSWORD": key("pipeline-password"),
