@@ -38,6 +38,7 @@ what was a duplicate and what was ignored.
 
 from __future__ import annotations
 
+import concurrent.futures
 import hmac
 import logging
 import os
@@ -46,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Header, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field, ValidationError
 
 log = logging.getLogger(__name__)
@@ -135,6 +137,21 @@ def serving_champion(model: str) -> str | None:
     return None if found is None else str(found.version)
 
 
+# How long a notification waits on the registry for the champion (MLflow's client retries for
+# minutes); the reads run on two threads, so a hung registry holds two threads, not one per retry.
+CHAMPION_TIMEOUT_SECONDS = 15.0
+_REGISTRY_READS = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="mlops-champion")
+
+
+def champion_within(model: str, seconds: float) -> str | None:
+    """:func:`serving_champion`, or None (said why) when the registry has not answered in time."""
+    try:
+        return _REGISTRY_READS.submit(serving_champion, model).result(timeout=seconds)
+    except concurrent.futures.TimeoutError:
+        log.warning("the registry did not say the champion of %s within %.0f s: same episode", model, seconds)
+        return None
+
+
 def event_extra(alert: Alert, champion: str | None = None) -> dict[str, Any]:
     """The retrain event's extra; ``fingerprint`` + ``starts_at`` identify the alert."""
     feature = alert.labels.get("feature")
@@ -205,20 +222,29 @@ app = FastAPI(title="MLOps alert webhook", description=__doc__)
 
 @app.post("/alerts")
 async def receive_alerts(request: Request, authorization: str | None = Header(None)) -> dict[str, Any]:
-    """Alertmanager webhook: one retrain Asset event per firing alert, at most once per alert."""
+    """Alertmanager webhook: one retrain Asset event per firing alert, at most once per alert.
+
+    The registry and the metadata database are read in a worker thread: this app is mounted in
+    Airflow's API server, whose event loop must keep answering the UI while MLflow is slow.
+    """
     check_token(authorization)
     try:
         notification = Notification.model_validate_json(await request.body())
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:10])
         raise HTTPException(422, f"not an Alertmanager webhook body: {problems}") from exc
+    return await run_in_threadpool(_act_on, notification)
+
+
+def _act_on(notification: Notification) -> dict[str, Any]:
+    """The retrain events of one notification (blocking: MLflow, then one database transaction)."""
     wanted, ignored = retrain_requests(notification)
     outcomes: dict[str, list[dict[str, Any]]] = {"created": [], "duplicate": [], "episode": []}
     if not wanted:
         return {**outcomes, "ignored": ignored}
     models = sorted({a.labels["model"] for a in wanted})
     # Outside the transaction: the registry may be slow, and the asset rows stay locked meanwhile.
-    champions = {model: serving_champion(model) for model in models}
+    champions = {model: champion_within(model, CHAMPION_TIMEOUT_SECONDS) for model in models}
     cooldown = timedelta(hours=cooldown_hours())
     from airflow.models.asset import AssetModel
     from airflow.utils.session import create_session
