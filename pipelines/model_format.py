@@ -50,6 +50,35 @@ def check_types(types: Iterable[str], what: str) -> list[str]:
     return types
 
 
+# The most a model file may decompress to. skops reads every array into memory to list the types,
+# so a 1.6 MB file of compressed zeros next to a refused type still took a server to 3.3 GB (and a
+# pod over its limit, on every restart). The project's models are a few MB.
+MAX_BYTES_ENV = "MLOPS_MODEL_MAX_BYTES"
+DEFAULT_MAX_BYTES = 256 * 2**20
+MAX_MEMBERS = 100_000
+
+
+def check_size(path: Path) -> None:
+    """Refuse a skops file whose members add up to more than ``MLOPS_MODEL_MAX_BYTES`` (256 MiB)
+    uncompressed, before anything is decompressed. The sizes are the archive's own headers, and
+    Python's zip reader never returns more bytes than a member's header says."""
+    import os
+    import zipfile
+
+    limit = int(os.environ.get(MAX_BYTES_ENV) or DEFAULT_MAX_BYTES)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise UntrustedModel(f"{path} is not a readable skops file: {exc}") from exc
+    total = sum(member.file_size for member in members)
+    if total > limit or len(members) > MAX_MEMBERS:
+        raise UntrustedModel(
+            f"the model file {path} decompresses to {total / 2**20:.0f} MiB in {len(members)} parts; the "
+            f"limit is {limit / 2**20:.0f} MiB ({MAX_BYTES_ENV}) and {MAX_MEMBERS} parts"
+        )
+
+
 def save_options(model: Any) -> dict[str, Any]:
     """``mlflow.sklearn.log_model`` arguments that save ``model`` as skops, its types checked."""
     import skops.io
@@ -77,6 +106,7 @@ def load_pipeline(model_dir: str | Path) -> Any:
     path = model_dir / name
     if not name or Path(name).name != name or not path.is_file():
         raise UntrustedModel(f"the model's file {name!r} is not a file inside {model_dir}")
+    check_size(path)
     try:
         types = skops.io.get_untrusted_types(file=path)
     except Exception as exc:  # not a skops archive at all

@@ -115,3 +115,27 @@ def test_every_model_the_project_trains_saves_and_loads_within_the_allow_list(
         path = _saved(tmp_path / f"m{i}", model, x.head(5), **model_format.save_options(model))
         loaded = model_format.load_pipeline(path)
         assert np.allclose(loaded.predict_proba(x), model.predict_proba(x))
+
+
+def test_a_model_file_that_decompresses_past_the_limit_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    """Review 3, M1: skops reads every array to list the types, so a small file of compressed zeros
+    next to a refused type still made the server allocate its full size (3.3 GB from 1.6 MB) and a
+    pod over its memory limit crash-looped. The archive's sizes are checked first."""
+    import zipfile
+
+    import skops.io
+
+    path = _saved(tmp_path / "model", _fitted(), serialization_format="skops")
+    flavor = yaml.safe_load((path / "MLmodel").read_text())["flavors"]["sklearn"]
+    bomb = {"payload": np.zeros(4 * 2**20), "evil": os.system}  # 32 MiB of zeros, a few KB on disk
+    skops.io.dump(bomb, path / flavor["pickled_model"], compression=zipfile.ZIP_DEFLATED, compresslevel=9)
+    assert (path / flavor["pickled_model"]).stat().st_size < 2**20
+    monkeypatch.setenv("MLOPS_MODEL_MAX_BYTES", str(8 * 2**20))
+    with pytest.raises(
+        UntrustedModel, match=r"decompresses to 32 MiB .* the limit is 8 MiB \(MLOPS_MODEL_MAX_BYTES\)"
+    ):
+        load_model_dir(path, name="hostile", version="4", threshold=None)
+    # under the default limit the same file gets to the type audit, which refuses os.system
+    monkeypatch.delenv("MLOPS_MODEL_MAX_BYTES")
+    with pytest.raises(UntrustedModel, match=r"posix\.system"):
+        load_model_dir(path, name="hostile", version="4", threshold=None)
