@@ -299,7 +299,9 @@ class Server:
         try:  # the answer is already logged: a metrics fault must never turn it into an error
             for group in by_schema.values():
                 batch = Batch.concat([j.batch for j in group])
-                m.observe_features(group[0].model.schema, batch, deployment.known_categories)
+                m.observe_features(
+                    group[0].model.schema, batch, deployment.known_categories, deployment.numeric_bounds
+                )
         except Exception:
             log.exception("could not update the feature metrics")
 

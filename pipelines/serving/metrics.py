@@ -76,6 +76,12 @@ class ServerMetrics:
             ["feature"],
             registry=r,
         )
+        self.feature_clipped = Counter(
+            "mlops_feature_clipped_values",
+            "Values beyond 10 training standard deviations of the champion's mean, counted at that bound",
+            ["feature"],
+            registry=r,
+        )
         self.feature_missing = Counter(
             "mlops_feature_missing", "Missing values of a feature", ["feature"], registry=r
         )
@@ -118,13 +124,32 @@ class ServerMetrics:
             )
         return children
 
-    def observe_features(self, schema, batch, known_categories: dict[str, set[str]]) -> None:
-        """Per-feature sums and counts for one micro-batch (vectorised, one increment per feature)."""
+    def observe_features(
+        self,
+        schema,
+        batch,
+        known_categories: dict[str, set[str]],
+        bounds: dict[str, tuple[float, float]] | None = None,
+    ) -> None:
+        """Per-feature sums and counts for one micro-batch (vectorised, one increment per feature).
+
+        ``bounds``: per numeric feature, the range a value counts within (the champion's training
+        mean +- 10 std); a value beyond it counts at the bound, so that one request cannot move a
+        window's mean by more than 10 std / the rows in the window (the alert needs 500).
+        """
         numeric = batch.numeric
         present = ~np.isnan(numeric)
         extreme = present & ~(np.abs(np.where(present, numeric, 0.0)) <= EXTREME)
         summed = present & ~extreme
         kept = np.where(summed, numeric, 0.0)
+        clipped = [0] * len(schema.numeric)
+        for i, name in enumerate(schema.numeric):
+            if bounds and name in bounds:
+                low, high = bounds[name]
+                column = kept[:, i]
+                clipped[i] = int(np.count_nonzero(summed[:, i] & ((column < low) | (column > high))))
+                if clipped[i]:
+                    kept[:, i] = np.where(summed[:, i], np.clip(column, low, high), 0.0)
         sums = kept.sum(axis=0).tolist()
         positives = np.where(kept > 0, kept, 0.0).sum(axis=0).tolist()
         negatives = (-np.where(kept < 0, kept, 0.0)).sum(axis=0).tolist()
@@ -139,6 +164,8 @@ class ServerMetrics:
             count.inc(counts[i])
             if extremes[i]:
                 self.feature_extreme.labels(name).inc(extremes[i])
+            if clipped[i]:
+                self.feature_clipped.labels(name).inc(clipped[i])
             absent = n - counts[i] - extremes[i]
             if absent:
                 missing.inc(absent)

@@ -36,6 +36,8 @@ class Deployment:
     challenger: LoadedModel | None = None
     policy: Policy = field(default_factory=Policy)
     known_categories: dict[str, set[str]] = field(default_factory=dict)
+    # numeric feature -> (low, high): the champion's training mean +- CLIP_STDS std (drift metrics)
+    numeric_bounds: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def key(self) -> tuple:
         return (
@@ -87,6 +89,22 @@ def _known_categories(model: LoadedModel | None) -> dict[str, set[str]]:
         return {}
     cats = model.reference.get("categorical") or {}
     return {name: set((stats.get("frequencies") or {}).keys()) for name, stats in cats.items()}
+
+
+# How far from the training mean one value may pull the drift metrics' sums, in training standard
+# deviations: one client's 9.9e11 once moved a 30-minute mean by 1.6e8 std, and a retrain followed.
+CLIP_STDS = 10.0
+
+
+def _numeric_bounds(model: LoadedModel | None) -> dict[str, tuple[float, float]]:
+    if model is None:
+        return {}
+    bounds = {}
+    for name, stats in (model.reference.get("numeric") or {}).items():
+        mean, std = stats.get("mean"), stats.get("std")
+        if mean is not None and std:
+            bounds[name] = (float(mean) - CLIP_STDS * float(std), float(mean) + CLIP_STDS * float(std))
+    return bounds
 
 
 class RegistryWatcher:
@@ -205,7 +223,7 @@ class RegistryWatcher:
                 )
                 log.error("%s", problems[-1])
                 policy = Policy()
-        new = Deployment(champion, challenger, policy, _known_categories(champion))
+        new = Deployment(champion, challenger, policy, _known_categories(champion), _numeric_bounds(champion))
         self.last_success = time.time()
         self.last_error = "; ".join(problems) or None
         if new.key() == self.deployment.key():
