@@ -109,5 +109,8 @@ def mask_records(records: Iterable[Any], columns: Iterable[str]) -> None:
     for record in records:
         if isinstance(record, dict):
             for column in columns:
-                if record.get(column) is not None:
+                # A scalar is masked; anything else (a list, an object) is no value of a column and
+                # is left for the signature check to refuse, naming the field: str() of a value
+                # nested 1000 deep raised RecursionError here, a 500.
+                if isinstance(record.get(column), str | int | float):
                     record[column] = mask_value(record[column], key)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -96,6 +97,15 @@ def test_personal_values_never_appear_unmasked_anywhere(tmp_path, caplog, capfd)
         )
         with urllib.request.urlopen(request, timeout=30) as response:
             assert response.status == 200
+        # Review 3, L2: masking a personal field nested ~1000 deep hit RecursionError, a 500
+        nested = "[" * 1000 + "]" * 1000
+        deep = json.dumps({"records": [{**records[0], "tailnum": "NESTED"}]}).replace('"NESTED"', nested)
+        request = urllib.request.Request(
+            f"{server.url}/predict", data=deep.encode(), headers={"content-type": "application/json"}
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        assert refused.value.code == 422 and b"tailnum" in refused.value.read()
         sent = {r["tailnum"] for r in records}
         assert all(t and not t.startswith(privacy.PREFIX) for t in sent)  # raw tail numbers went out
         secrets = sorted(set(secrets) | sent)
