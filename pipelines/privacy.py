@@ -34,6 +34,10 @@ FINGERPRINT_TAG = "pii.key_fingerprint"
 
 
 def _embedded(env: os._Environ | dict[str, str]) -> bool:
+    """One machine, local files. A Kubernetes pod (the kubelet sets KUBERNETES_SERVICE_HOST in every
+    container) never is, even when its artifacts are a local path on a shared volume."""
+    if env.get("KUBERNETES_SERVICE_HOST"):
+        return False
     root = env.get("MLOPS_ARTIFACT_ROOT") or ""
     return "://" not in root or root.startswith("file://")
 
@@ -47,8 +51,8 @@ def _key(env: os._Environ | dict[str, str] | None = None) -> bytes:
     if not _embedded(env):
         raise ConfigError(
             f"{KEY_ENV} is not set: outside the embedded profile (artifacts in"
-            f" {env.get('MLOPS_ARTIFACT_ROOT')}) the public default key would let anyone reverse the"
-            " pseudonyms by hashing every possible value; set it from a secret"
+            f" {env.get('MLOPS_ARTIFACT_ROOT')}, or a Kubernetes pod) the public default key would let"
+            " anyone reverse the pseudonyms by hashing every possible value; set it from a secret"
         )
     return DEFAULT_KEY.encode()
 

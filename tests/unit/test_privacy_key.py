@@ -18,6 +18,15 @@ def test_the_public_default_key_is_refused_outside_the_embedded_profile():
     assert privacy._key({"MLOPS_ARTIFACT_ROOT": "s3://b/a", "MLOPS_PII_KEY": "k"}) == b"k"
 
 
+def test_the_public_default_key_is_refused_in_a_kubernetes_pod_even_on_a_shared_volume():
+    """Review 3, L1: the chart's shared-store mode keeps artifacts on a cluster volume (a local path
+    in the pod), which counted as the embedded profile: step pods and servers got the public key."""
+    pod = {"MLOPS_ARTIFACT_ROOT": "/mlops/artifacts", "KUBERNETES_SERVICE_HOST": "10.96.0.1"}
+    with pytest.raises(ConfigError, match="MLOPS_PII_KEY is not set: outside the embedded profile"):
+        privacy._key(pod)
+    assert privacy._key({**pod, "MLOPS_PII_KEY": "from-the-data-secret"}) == b"from-the-data-secret"
+
+
 def test_the_fingerprint_names_the_key_without_revealing_it():
     one = privacy.key_fingerprint({"MLOPS_PII_KEY": "first-secret"})
     assert one == privacy.key_fingerprint({"MLOPS_PII_KEY": "first-secret"})
