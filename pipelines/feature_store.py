@@ -25,6 +25,7 @@ Where the stores live is configuration (environment), never code:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -106,7 +107,9 @@ def redis_connection_string(url: str) -> str:
             value = unquote(value)
             if "," in value or "=" in value:  # Feast splits its connection string on both
                 raise ConfigError(f"MLOPS_FEATURE_ONLINE: the Redis {key} cannot contain ',' or '='")
-            parts.append(f"{key}={value}")
+            # Feast JSON-decodes each value (1.50 became 1.5, null no password): a JSON string
+            # decodes to exactly the text
+            parts.append(f"{key}={json.dumps(value)}")
     if parsed.scheme == "rediss":
         parts.append("ssl=true")
     return ",".join(parts)

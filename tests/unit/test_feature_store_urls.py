@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_password_user_tls_and_database_reach_feast():
     parsed = redis_connection_string("rediss://mlops:p%40ss@cache.internal:6380/2").split(",")
     assert parsed[0] == "cache.internal:6380"
-    assert {"db=2", "username=mlops", "password=p@ss", "ssl=true"} <= set(parsed)
+    assert {"db=2", 'username="mlops"', 'password="p@ss"', "ssl=true"} <= set(parsed)
     assert "socket_timeout=5" in parsed and "socket_connect_timeout=5" in parsed
     plain = redis_connection_string("redis://127.0.0.1:6379/0")
     assert "ssl=true" not in plain and "password" not in plain
@@ -59,3 +59,17 @@ def test_an_unknown_online_scheme_is_refused_not_made_a_file(tmp_path, monkeypat
     with pytest.raises(ConfigError, match="memcached:// is not supported"):
         open_store(settings, config.dataset.feature_store)
     assert not list(tmp_path.rglob("*11211*"))
+
+
+@pytest.mark.parametrize("password", ["1.50", "1e3", "null", "true", '"quoted"', "plain", "s3cr3t!"])
+def test_feast_reads_the_redis_password_exactly_as_the_url_gives_it(password):
+    """Review 3, L3: Feast JSON-decodes each value of its connection string, so a password `1.50`
+    reached Redis as 1.5, `null` as no password at all, and `"quoted"` without its quotes."""
+    from urllib.parse import quote
+
+    from feast.infra.online_stores.redis import RedisOnlineStore
+
+    url = f"redis://app:{quote(password, safe='')}@cache.internal:6380/2"
+    _, params = RedisOnlineStore._parse_connection_string(redis_connection_string(url))
+    assert params["password"] == password and isinstance(params["password"], str)
+    assert params["username"] == "app" and params["db"] == 2
