@@ -54,8 +54,12 @@ def _listening_socket() -> socket.socket:
     return sock
 
 
-def _reference_rows(path: Path):
-    """Rows to query (the model's input example plus edge cases) and the pipeline's own answers."""
+def reference_rows(path: Path) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """Rows to query (the model's input example plus edge cases) and the pipeline's own answers.
+
+    This deserialises the candidate: it runs in the sandbox's environment (:func:`_reference_in_sandbox`),
+    never in the worker, which holds the credentials.
+    """
     from mlflow.models import Model
 
     from pipelines import model_format
@@ -69,8 +73,49 @@ def _reference_rows(path: Path):
     return batch.records(schema), expected
 
 
+def _reference_in_sandbox(path: Path, env: dict[str, str], workdir: Path) -> tuple[list, np.ndarray]:
+    """:func:`reference_rows` in a process with the sandbox's environment (no secret)."""
+    import json
+
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.steps.validate_serving", str(path)],
+        env=env, cwd=workdir, capture_output=True, text=True, timeout=READY_TIMEOUT_S,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise InfraValidationFailed(f"the reference pipeline cannot score: {done.stderr.strip()[-1000:]}")
+    answer = json.loads(done.stdout)
+    return answer["records"], np.asarray(answer["expected"], dtype=float)
+
+
+def _not_dumpable() -> None:
+    """Make this process's /proc files (its environ: the credentials) root's, so a process of the
+    same user, such as a candidate model's sandbox, cannot read them (Linux ``PR_SET_DUMPABLE``;
+    it also refuses ptrace by that user). Elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_dumpable = 4
+    if ctypes.CDLL(None, use_errno=True).prctl(pr_set_dumpable, 0, 0, 0, 0) != 0:
+        log.warning("could not make the worker non-dumpable (errno %s)", ctypes.get_errno())
+
+
 # Passed to the sandbox as they are: where programs and the interpreter's files are found.
 SANDBOX_PASSTHROUGH = ("PATH", "LANG", "LC_ALL", "PYTHONPATH", "VIRTUAL_ENV", "SSL_CERT_FILE")
+
+
+def sandbox_env(workdir: Path, settings: Settings) -> dict[str, str]:
+    """The environment of every process that deserialises a candidate: no credential of any kind."""
+    env = {k: os.environ[k] for k in SANDBOX_PASSTHROUGH if k in os.environ}
+    return env | {
+        "HOME": str(workdir),
+        "TMPDIR": str(workdir),
+        "OMP_NUM_THREADS": "1",
+        "MLOPS_HOME": str(workdir / "home"),
+        "MLOPS_CONFIG": settings.config_path,  # the features and their types: a file, no secret
+        "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'no-registry.db'}",
+        "MLOPS_PII_KEY": secrets.token_hex(16),
+    }
 
 
 class Sandbox:
@@ -87,15 +132,8 @@ class Sandbox:
         self.socket = _listening_socket()
         self.port = self.socket.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {k: os.environ[k] for k in SANDBOX_PASSTHROUGH if k in os.environ}
+        env = sandbox_env(workdir, settings)
         env |= {
-            "HOME": str(workdir),
-            "TMPDIR": str(workdir),
-            "OMP_NUM_THREADS": "1",
-            "MLOPS_HOME": str(workdir / "home"),
-            "MLOPS_CONFIG": settings.config_path,  # the features and their types: a file, no secret
-            "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'no-registry.db'}",
-            "MLOPS_PII_KEY": secrets.token_hex(16),
             "MLOPS_SERVING_MODEL": model_name,
             "MLOPS_SERVING_VERSION": version,
             "MLOPS_SERVING_MODEL_DIR": str(model_dir),
@@ -198,6 +236,7 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
 
     client_ = tracking.client(ctx.settings)
     threshold = client_.get_model_version(name, version).tags.get("threshold")
+    _not_dumpable()  # before any process that handles the candidate starts
     try:
         with tempfile.TemporaryDirectory(prefix="mlops-infra-") as tmp, httpx.Client() as http:
             workdir = Path(tmp)
@@ -205,10 +244,9 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
             sandbox = Sandbox(version, name, workdir, ctx.settings, model_dir, threshold and float(threshold))
             try:
                 ready = sandbox.wait_ready(http, READY_TIMEOUT_S)
-                try:
-                    records, expected = _reference_rows(model_dir)
-                except Exception as exc:
-                    raise InfraValidationFailed(f"the reference pipeline cannot score: {exc}") from exc
+                records, expected = _reference_in_sandbox(
+                    model_dir, sandbox_env(workdir, ctx.settings), workdir
+                )
                 checks = check_served(ctx, version, sandbox.url, http, records, expected)
             finally:
                 sandbox.stop()
@@ -225,3 +263,18 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
     # Set at registration when the gate saw a swing wider than its band: a person decides.
     approval_reason = client_.get_model_version(name, version).tags.get("approval.reason")
     return {"status": "passed", "model_name": name, **result, "approval_reason": approval_reason}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pipelines.steps.validate_serving MODEL_DIR``: the reference rows and answers as
+    JSON on stdout (run by the worker in the sandbox's environment)."""
+    import json
+
+    [path] = sys.argv[1:] if argv is None else argv
+    records, expected = reference_rows(Path(path))
+    print(json.dumps({"records": records, "expected": expected.tolist()}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -132,10 +132,21 @@ def canary(serving_home, server, april_rows, tmp_path, *, champion: str, challen
     return verdict, concluded
 
 
-def test_infra_validation_passes_a_servable_model(serving_home):
-    """...and hands on the reason a person must approve, set at registration on a wide swing."""
-    from mlops_airflow.deployment import route_approval
+def test_infra_validation_passes_a_servable_model(serving_home, monkeypatch):
+    """...and hands on the reason a person must approve, set at registration on a wide swing.
 
+    The worker, which holds the credentials, never deserialises the candidate (review 3, M2: it
+    loaded it in-process for the reference answers, right after the sandbox), and its /proc files
+    are not readable by the sandbox's user (non-dumpable)."""
+    import ctypes
+
+    from mlops_airflow.deployment import route_approval
+    from pipelines import model_format
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the deploy worker deserialised the candidate")
+
+    monkeypatch.setattr(model_format, "load_pipeline", refuse)
     client = tracking.client(serving_home["settings"])
     reason = "roc_auc 0.80 vs champion 0.66: a change of +0.14, wider than the swing band ±0.1"
     client.set_model_version_tag(SERVING_MODEL, "2", "approval.reason", reason)
@@ -143,6 +154,7 @@ def test_infra_validation_passes_a_servable_model(serving_home):
         result = execute_step("validate_serving", context(serving_home, version="2"), {})
     finally:
         client.delete_model_version_tag(SERVING_MODEL, "2", "approval.reason")
+    assert ctypes.CDLL(None).prctl(3, 0, 0, 0, 0) == 0  # PR_GET_DUMPABLE: 0, /proc/<pid>/* is root's
     assert result["approval_reason"] == reason
 
     class TI:
