@@ -146,13 +146,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     # A listening socket handed down by the parent (infra validation's sandbox): the port was
     # bound before this process started, so nothing else can take it in between.
     bind = {"fd": args.fd} if args.fd is not None else {"host": args.host, "port": args.port}
+    from pipelines.serving.http import HeaderDeadlineProtocol
+
     uvicorn.run(
         "pipelines.serving.app:create_app",
         factory=True,
         **bind,
         workers=args.workers,
         loop="uvloop",
-        http="httptools",
+        http=HeaderDeadlineProtocol,  # httptools, with a deadline on the headers (slowloris)
         access_log=args.access_log,
         log_level="info" if args.verbose else "warning",
         timeout_graceful_shutdown=10,

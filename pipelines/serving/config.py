@@ -70,6 +70,8 @@ class ServingSettings:
     max_buffered_bytes: int = 32 * 1024 * 1024
     parse_slots: int = 2
     body_timeout_seconds: float = 10.0
+    # ...and its headers within this of the connection (or the request's first byte): serving/http.py
+    header_timeout_seconds: float = 10.0
     # uvicorn's limit on open connections and tasks (a 503 beyond it, before any body is read).
     limit_concurrency: int = 1024
     # Bodies above this are parsed and checked in a worker thread, not on the event loop.
@@ -130,6 +132,9 @@ class ServingSettings:
             max_buffered_bytes=buffered,
             parse_slots=_env_number(env, "MLOPS_SERVING_PARSE_SLOTS", 2, int, 1),
             body_timeout_seconds=_env_number(env, "MLOPS_SERVING_BODY_TIMEOUT_SECONDS", 10.0, minimum=0.1),
+            header_timeout_seconds=_env_number(
+                env, "MLOPS_SERVING_HEADER_TIMEOUT_SECONDS", 10.0, minimum=0.1
+            ),
             limit_concurrency=_env_number(env, "MLOPS_SERVING_LIMIT_CONCURRENCY", 1024, int, 1),
             max_rows=_env_number(env, "MLOPS_SERVING_MAX_ROWS", 10_000, int, 1),
             max_body_bytes=body,

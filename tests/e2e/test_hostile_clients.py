@@ -33,6 +33,8 @@ MAX_BODY = 1024 * 1024
 MAX_PENDING = 8
 MAX_BUFFERED = 2 * MAX_BODY
 BODY_TIMEOUT = 3
+HEADER_TIMEOUT = 3
+LIMIT_CONCURRENCY = 48
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +87,8 @@ def server(serving_home, log_db, tmp_path_factory):
         MLOPS_SERVING_MAX_BUFFERED_BYTES=str(MAX_BUFFERED),
         MLOPS_SERVING_BODY_TIMEOUT_SECONDS=str(BODY_TIMEOUT),
         MLOPS_SERVING_MAX_WAIT_MS="100",  # concurrent requests share one micro-batch
+        MLOPS_SERVING_LIMIT_CONCURRENCY=str(LIMIT_CONCURRENCY),
+        MLOPS_SERVING_HEADER_TIMEOUT_SECONDS=str(HEADER_TIMEOUT),
     )
     proc.env["MLOPS_HOME"] = str(home / "mlops")
     proc.start()
@@ -196,6 +200,27 @@ def test_clients_trickling_bodies_lose_their_slots_at_the_deadline(server, recor
         assert predict(server.url, {"records": [record]}).status_code == 200
     finally:
         for sock in held:
+            sock.close()
+
+
+def test_connections_that_never_finish_their_headers_are_closed_at_the_deadline(server):
+    """A known gap of the second review: uvicorn had no deadline on a request's headers, so
+    connections sending them slowly (or never) filled ``limit_concurrency`` and every other
+    client got a 503 for as long as they stayed open."""
+    slow = [
+        raw_request(server.port, b"GET /health HTTP/1.1\r\nHost: x\r\n") for _ in range(LIMIT_CONCURRENCY)
+    ]
+    slow.append(socket.create_connection(("127.0.0.1", server.port), timeout=30))  # sends nothing
+    try:
+        time.sleep(0.5)
+        assert httpx.get(f"{server.url}/health", timeout=10).status_code == 503  # the limit is taken
+        time.sleep(HEADER_TIMEOUT + 1.5)
+        for sock in slow:
+            sock.settimeout(5)
+            assert sock.recv(1024) == b""  # closed by the server
+        assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
+    finally:
+        for sock in slow:
             sock.close()
 
 
