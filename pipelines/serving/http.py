@@ -5,7 +5,8 @@ headers slowly, or never: each such connection counts against ``limit_concurrenc
 hundred of them (slowloris) made every other client's request a 503. Here the headers of every
 request must arrive within ``MLOPS_SERVING_HEADER_TIMEOUT_SECONDS`` (10) of the connection opening,
 or of the request's first byte on a kept-alive connection; past it the connection is closed.
-The body has its own deadline in the app (``MLOPS_SERVING_BODY_TIMEOUT_SECONDS``).
+The body has its own deadline in the app (``MLOPS_SERVING_BODY_TIMEOUT_SECONDS``), and a request
+answered before its body was read (a missing token, a full server) has its connection closed.
 """
 
 from __future__ import annotations
@@ -41,6 +42,17 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm()
         super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        cycle = self.cycle
+        unread = cycle is not None and cycle.response_complete and cycle.more_body
+        if unread and not self.transport.is_closing():
+            # Answered before its body was read (401, 403, 413, 503, 408): the rest of the body
+            # would be parsed as the next request, and one byte of it cancelled the keep-alive
+            # timer for good (an unauthenticated client held a connection slot for ever).
+            self.transport.close()
+            return
+        super().on_response_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()

@@ -8,6 +8,7 @@ its neighbours' requests, read their data, or steer monitoring and rollouts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import time
@@ -221,6 +222,38 @@ def test_connections_that_never_finish_their_headers_are_closed_at_the_deadline(
         assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
     finally:
         for sock in slow:
+            sock.close()
+
+
+def test_a_request_refused_before_its_body_is_read_gives_up_its_connection(server):
+    """Review 4, H-B: a 401 answered without reading the body kept the connection alive; one more
+    body byte then cancelled uvicorn's keep-alive timer for good, so clients without any token
+    held every connection slot and ``/health`` was a 503 for as long as they liked."""
+    head = (
+        b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1000000\r\n\r\n"
+    )
+    held = [raw_request(server.port, head) for _ in range(LIMIT_CONCURRENCY - 4)]  # all but a few slots
+    try:
+        for sock in held:
+            assert read_status(sock)[0] == 401
+            with contextlib.suppress(OSError):  # the server may have closed it already
+                sock.sendall(b"{")
+        deadline = time.monotonic() + 8  # longer than uvicorn's 5 s keep-alive timer
+        still_open = 0
+        for sock in held:
+            sock.settimeout(max(0.1, deadline - time.monotonic()))
+            try:
+                while sock.recv(65536):
+                    pass
+            except ConnectionResetError:
+                pass
+            except TimeoutError:
+                still_open += 1
+        assert still_open == 0, f"{still_open} of {len(held)} connections still held"
+        assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
+    finally:
+        for sock in held:
             sock.close()
 
 
