@@ -116,12 +116,20 @@ def _ensure_users(url: str, env: dict[str, str]) -> None:
                 raise SystemExit(f"{action} MLflow user {role!r} failed: {status}")
 
 
+# MLflow 3.17 keeps a second permission family for prompts, chosen by this tag on the registered
+# model: a name created with it was managed through the prompt family, whatever claim granted on
+# the registered-model one.
+PROMPT_TAG = "mlflow.prompt.is_prompt"
+
+
 def claim(url: str, env: dict[str, str], names: list[tuple[str, str]]) -> None:
-    """Make each ``(registered model, experiment)`` the pipeline's: created as ``pipeline`` where
-    missing, MANAGE for ``pipeline``, no grant for ``server`` (which then reads, by the default).
+    """Make each ``(registered model, experiment)`` the pipeline's, and the experiment's
+    ``-monitoring`` twin (``detect_drift`` logs there): created as ``pipeline`` where missing, MANAGE
+    for ``pipeline``, no grant for ``server`` (which then reads, by the default).
 
     A name ``server`` had been granted more than READ on (it created it first) is repaired the
-    same way, and then reported as an error: its versions and aliases need a person's look.
+    same way, and a model created as a prompt is deleted and created again (see below); both are
+    then reported as an error: what ``server`` did with them needs a person's look.
     """
     if not enabled(env):
         return
@@ -130,40 +138,54 @@ def claim(url: str, env: dict[str, str], names: list[tuple[str, str]]) -> None:
     admin_auth = (ADMIN, env["MLFLOW_AUTH_ADMIN_PASSWORD"])
     pipeline_auth = ("pipeline", env[ROLES["pipeline"]])
     api, grants = f"{url}/api/2.0/mlflow", f"{url}/api/3.0/mlflow/users/permissions"
-    taken = []
+    taken: list[str] = []
     with (
         httpx.Client(base_url=api, auth=admin_auth, timeout=30) as admin,
         httpx.Client(base_url=api, auth=pipeline_auth, timeout=30) as pipeline,
         httpx.Client(base_url=grants, auth=admin_auth, timeout=30) as grant,
     ):
+        resources = []
         for model, experiment in names:
-            found = admin.get("/experiments/get-by-name", params={"experiment_name": experiment})
+            for name in (experiment, f"{experiment}-monitoring"):
+                found = admin.get("/experiments/get-by-name", params={"experiment_name": name})
+                if found.status_code == 404:
+                    found = pipeline.post("/experiments/create", json={"name": name})
+                    experiment_id = _ok(found, name)["experiment_id"]
+                else:
+                    experiment_id = _ok(found, name)["experiment"]["experiment_id"]
+                resources.append(("experiment", experiment_id, f"experiment {name!r}"))
+            found = admin.get("/registered-models/get", params={"name": model})
+            if found.status_code != 404 and _is_prompt(_ok(found, model)["registered_model"]):
+                # The pipeline never makes prompts, and could not have written to this one (its
+                # grants are in the registered-model family): whoever made it holds it through the
+                # prompt family, which the permission API cannot revoke. Deleting the name sweeps
+                # both families' grants; it is then created again as the pipeline's.
+                _ok(admin.request("DELETE", "/registered-models/delete", json={"name": model}), model)
+                taken.append(f"registered model {model!r} (created as a prompt: deleted, then created again)")
+                found = admin.get("/registered-models/get", params={"name": model})
             if found.status_code == 404:
-                created = _ok(pipeline.post("/experiments/create", json={"name": experiment}), experiment)
-                experiment_id = created["experiment_id"]
-            else:
-                experiment_id = _ok(found, experiment)["experiment"]["experiment_id"]
-            if admin.get("/registered-models/get", params={"name": model}).status_code == 404:
                 _ok(pipeline.post("/registered-models/create", json={"name": model}), model)
-            for kind, key, shown in (
-                ("experiment", experiment_id, f"experiment {experiment!r}"),
-                ("registered_model", model, f"registered model {model!r}"),
-            ):
-                resource = {"resource_type": kind, "resource_id": key}
-                has = _ok(grant.get("/get", params={"username": "pipeline", **resource}), shown)["permission"]
-                if has != "MANAGE":  # a grant is not updated in place: a lower one goes first (none: 404)
-                    grant.post("/revoke", json={"username": "pipeline", **resource})
-                    manage = {"username": "pipeline", **resource, "permission": "MANAGE"}
-                    _ok(grant.post("/grant", json=manage), shown)
-                held = _ok(grant.get("/get", params={"username": "server", **resource}), shown)["permission"]
-                if held not in ("READ", "NO_PERMISSIONS"):
-                    _ok(grant.post("/revoke", json={"username": "server", **resource}), shown)
-                    taken.append(f"{shown} ({held})")
+            resources.append(("registered_model", model, f"registered model {model!r}"))
+        for kind, key, shown in resources:
+            resource = {"resource_type": kind, "resource_id": key}
+            has = _ok(grant.get("/get", params={"username": "pipeline", **resource}), shown)["permission"]
+            if has != "MANAGE":  # a grant is not updated in place: a lower one goes first (none: 404)
+                grant.post("/revoke", json={"username": "pipeline", **resource})
+                manage = {"username": "pipeline", **resource, "permission": "MANAGE"}
+                _ok(grant.post("/grant", json=manage), shown)
+            held = _ok(grant.get("/get", params={"username": "server", **resource}), shown)["permission"]
+            if held not in ("READ", "NO_PERMISSIONS"):
+                _ok(grant.post("/revoke", json={"username": "server", **resource}), shown)
+                taken.append(f"{shown} ({held})")
     if taken:
         raise SystemExit(
             "the model servers' MLflow user 'server' had taken " + ", ".join(taken) + ": the pipeline now "
             "manages them and 'server' only reads; check their versions, aliases and tags before serving"
         )
+
+
+def _is_prompt(registered_model: dict[str, Any]) -> bool:
+    return any(tag.get("key") == PROMPT_TAG for tag in registered_model.get("tags", []))
 
 
 def _ok(answer: Any, what: str) -> dict[str, Any]:

@@ -237,20 +237,36 @@ def test_the_bootstrap_claims_the_registry_names_a_server_user_could_take(produc
     post = functools.partial(httpx.post, timeout=60)  # a loaded machine: MLflow's first write is slow
     reader = ("server", AUTH_SECRETS["MLOPS_MLFLOW_SERVER_PASSWORD"])
     writer = ("pipeline", AUTH_SECRETS["MLOPS_MLFLOW_PIPELINE_PASSWORD"])
-    taken, fresh = f"{MODEL}-taken", f"{MODEL}-fresh"
+    taken, fresh, prompt = f"{MODEL}-taken", f"{MODEL}-fresh", f"{MODEL}-prompt"
     assert post(f"{api}/registered-models/create", json={"name": taken}, auth=reader).status_code == 200
+    # review 4: created flagged as a prompt, a name was managed through MLflow's prompt family
+    flagged = {"name": prompt, "tags": [{"key": "mlflow.prompt.is_prompt", "value": "true"}]}
+    assert post(f"{api}/registered-models/create", json=flagged, auth=reader).status_code == 200
     credentials = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
     env = {**{k: v for k, v in os.environ.items() if k not in credentials}, **AUTH_SECRETS}
-    command = [*BOOTSTRAP, production["tracking"], "--model", taken, "--model", fresh]
+    command = [*BOOTSTRAP, production["tracking"], "--model", taken, "--model", fresh, "--model", prompt]
     first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert first.returncode != 0, first.stdout
     assert f"registered model '{taken}' (MANAGE)" in first.stderr and "'server' only reads" in first.stderr
-    for name in (MODEL, taken, fresh):
+    assert f"registered model '{prompt}' (created as a prompt: deleted, then created again)" in first.stderr
+    for name in (MODEL, taken, fresh, prompt):
         tag = {"name": name, "key": "mlops.claim-test", "value": "x"}
         assert post(f"{api}/registered-models/set-tag", json=tag, auth=reader).status_code == 403, name
         assert post(f"{api}/registered-models/set-tag", json=tag, auth=writer).status_code == 200, name
         moved = {"name": name, "alias": "champion", "version": "1"}
         assert post(f"{api}/registered-models/alias", json=moved, auth=reader).status_code == 403, name
+        gone = httpx.request(
+            "DELETE", f"{api}/registered-models/delete", json={"name": name}, auth=reader, timeout=60
+        )
+        assert gone.status_code == 403, name
+    # the monitoring experiment (detect_drift logs there) is the pipeline's too
+    monitoring = httpx.get(
+        f"{api}/experiments/get-by-name",
+        params={"experiment_name": f"{MODEL}-monitoring"},
+        auth=writer,
+        timeout=60,
+    )
+    assert monitoring.status_code == 200
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr  # repaired: nothing is taken any more
     assert f"model '{fresh}' (experiment '{MODEL}')" in again.stdout
