@@ -143,13 +143,22 @@ CHAMPION_TIMEOUT_SECONDS = 15.0
 _REGISTRY_READS = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="mlops-champion")
 
 
-def champion_within(model: str, seconds: float) -> str | None:
-    """:func:`serving_champion`, or None (said why) when the registry has not answered in time."""
-    try:
-        return _REGISTRY_READS.submit(serving_champion, model).result(timeout=seconds)
-    except concurrent.futures.TimeoutError:
-        log.warning("the registry did not say the champion of %s within %.0f s: same episode", model, seconds)
-        return None
+def champions_within(models: list[str], seconds: float) -> dict[str, str | None]:
+    """:func:`serving_champion` of each model, None (said why) for those the registry has not
+    answered within ``seconds`` all told: a body naming many models waits once, not once per model."""
+    futures = {model: _REGISTRY_READS.submit(serving_champion, model) for model in models}
+    concurrent.futures.wait(futures.values(), timeout=seconds)
+    champions: dict[str, str | None] = {}
+    for model, future in futures.items():
+        if future.done():
+            champions[model] = future.result()
+        else:
+            future.cancel()  # a read still queued behind a hung one never starts
+            log.warning(
+                "the registry did not say the champion of %s within %.0f s: same episode", model, seconds
+            )
+            champions[model] = None
+    return champions
 
 
 def event_extra(alert: Alert, champion: str | None = None) -> dict[str, Any]:
@@ -244,7 +253,7 @@ def _act_on(notification: Notification) -> dict[str, Any]:
         return {**outcomes, "ignored": ignored}
     models = sorted({a.labels["model"] for a in wanted})
     # Outside the transaction: the registry may be slow, and the asset rows stay locked meanwhile.
-    champions = {model: champion_within(model, CHAMPION_TIMEOUT_SECONDS) for model in models}
+    champions = champions_within(models, CHAMPION_TIMEOUT_SECONDS)
     cooldown = timedelta(hours=cooldown_hours())
     from airflow.models.asset import AssetModel
     from airflow.utils.session import create_session
