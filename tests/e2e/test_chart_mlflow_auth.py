@@ -108,3 +108,29 @@ def test_the_charts_mlflow_needs_users_and_the_server_user_only_reads(tmp_path):
         os.killpg(mlflow.pid, signal.SIGTERM)
         mlflow.wait(30)
     assert auth["admin-password"] not in (tmp_path / "mlflow.log").read_text()
+
+
+def test_the_db_upgrade_job_migrates_with_the_uri_kept_off_its_command_line(tmp_path):
+    """Review 4, low: the Job ran ``mlflow db upgrade $(MLFLOW_BACKEND_STORE_URI)``, which the
+    kubelet expands into the process's argv, so the database password showed in ``ps``."""
+    docs = _render(free_port())
+    secrets = {d["metadata"]["name"]: d["stringData"] for d in docs if d["kind"] == "Secret"}
+    job = _one(docs, "Job", "mlops-mlflow-db-upgrade")["spec"]["template"]["spec"]["containers"][0]
+    database = tmp_path / "password-s3cr3t" / "mlflow.db"
+    database.parent.mkdir()
+    uri = f"sqlite:///{database}"
+    command = [sys.executable if part == "python" else part for part in job["command"]]
+    assert not any("s3cr3t" in part or "$(" in part for part in command)
+    env = _env(job, secrets, MLFLOW_BACKEND_STORE_URI=uri, HOME=str(tmp_path))
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    import sqlite3
+
+    with sqlite3.connect(database) as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        (revision,) = db.execute("SELECT version_num FROM alembic_version").fetchone()
+    assert {"experiments", "runs", "registered_models", "model_versions"} <= tables and revision
+    # a URI it cannot use fails the Job (Helm then stops the upgrade), naming the problem
+    env["MLFLOW_BACKEND_STORE_URI"] = "nosuchdb://x"
+    failed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert failed.returncode != 0 and "nosuchdb" in failed.stderr
