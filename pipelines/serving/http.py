@@ -4,7 +4,7 @@ uvicorn times out idle keep-alive connections, but not a connection that opens a
 headers slowly, or never: each such connection counts against ``limit_concurrency``, so a few
 hundred of them (slowloris) made every other client's request a 503. Here the headers of every
 request must arrive within ``MLOPS_SERVING_HEADER_TIMEOUT_SECONDS`` (10) of the connection opening,
-or of the request's first byte on a kept-alive connection; past it the connection is closed.
+or of the first byte after the previous answer on a kept-alive connection; past it the connection is closed.
 The body has its own deadline in the app (``MLOPS_SERVING_BODY_TIMEOUT_SECONDS``), and a request
 answered before its body was read (a missing token, a full server) has its connection closed.
 """
@@ -33,6 +33,14 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        if self.timeout_keep_alive_task is not None and self._header_deadline is None:
+            # Bytes on an idle kept-alive connection cancel uvicorn's keep-alive timer; the parser
+            # skips line breaks before a request line, so a bare CRLF began no request and no
+            # deadline ran at all. Any byte between requests starts the header clock instead.
+            self._arm()
+        super().data_received(data)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()

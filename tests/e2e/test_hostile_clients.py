@@ -257,6 +257,39 @@ def test_a_request_refused_before_its_body_is_read_gives_up_its_connection(serve
             sock.close()
 
 
+@pytest.mark.parametrize("filler", [b"\r\n", b"\r\n" * 50], ids=["one-crlf", "crlf-every-byte"])
+def test_line_breaks_between_requests_do_not_hold_a_connection(server, filler):
+    """Review 5, H-1: after a complete request, a bare CRLF cancelled uvicorn's keep-alive timer and
+    never began a request (the parser skips line breaks before a request line), so no header
+    deadline ran either: clients without a token held every slot with two bytes each."""
+    head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+    held = [raw_request(server.port, head) for _ in range(LIMIT_CONCURRENCY - 4)]
+    try:
+        for sock in held:
+            assert read_status(sock)[0] == 401
+        for chunk in [filler[i : i + 2] for i in range(0, len(filler), 2)]:  # one line break at a time
+            for sock in held:
+                with contextlib.suppress(OSError):
+                    sock.sendall(chunk)
+            time.sleep(0.02)
+        deadline = time.monotonic() + HEADER_TIMEOUT + 3  # past the header deadline, and keep-alive's 5 s
+        still_open = 0
+        for sock in held:
+            sock.settimeout(max(0.1, deadline - time.monotonic()))
+            try:
+                while sock.recv(65536):
+                    pass
+            except ConnectionResetError:
+                pass
+            except TimeoutError:
+                still_open += 1
+        assert still_open == 0, f"{still_open} of {len(held)} connections still held"
+        assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
+    finally:
+        for sock in held:
+            sock.close()
+
+
 def test_bodies_held_at_once_stay_under_the_memory_cap(server):
     """Regression (review): the pending cap alone let 24 clients hold 24 bodies of 8 MiB (and their
     parsed objects) at once, past the pod's memory limit. The bytes held are capped: beyond
