@@ -79,6 +79,59 @@ def check_size(path: Path) -> None:
         )
 
 
+# Model-version tag with the SHA-256 of the model's files, set by the pipeline at registration.
+# The servers may hold credentials that write the artifact store (the chart's S3 keys, the shared
+# volume): the registry, where only the pipeline writes, says which bytes are the model.
+DIGEST_TAG = "mlops.model_sha256"
+# Written by MLflow's client into a folder downloaded from ``models:/name/version`` (its name and
+# version), not read from the store: not part of the digest, and nothing here reads it.
+CLIENT_FILE = Path("registered_model_meta")
+
+
+def folder_digest(model_dir: str | Path) -> str:
+    """SHA-256 over every file of a model folder: each relative path and its own SHA-256, sorted."""
+    import hashlib
+
+    root = Path(model_dir)
+    outer = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.relative_to(root) != CLIENT_FILE):
+        inner = hashlib.sha256()
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                inner.update(block)
+        outer.update(f"{path.relative_to(root).as_posix()}\0{inner.hexdigest()}\n".encode())
+    return outer.hexdigest()
+
+
+def check_digest(model_dir: str | Path, expected: str | None, what: str) -> None:
+    """Refuse a model folder whose files are not the ones the pipeline registered.
+
+    ``expected`` None is a version registered before digests were recorded: loaded, with a warning.
+    """
+    if expected is None:
+        import logging
+
+        logging.getLogger(__name__).warning("%s has no %s tag: its files are not checked", what, DIGEST_TAG)
+        return
+    found = folder_digest(model_dir)
+    if found != expected:
+        raise UntrustedModel(
+            f"the files of {what} are not the ones the pipeline registered (SHA-256 {found[:12]}…, "
+            f"registered {expected[:12]}…): the artifact store was written after registration"
+        )
+
+
+def uri_digest(settings: Any, model_uri: str) -> str:
+    """:func:`folder_digest` of the model at an MLflow URI, as a loader downloads it."""
+    import mlflow.artifacts
+
+    from pipelines import tracking
+
+    tracking.client(settings)
+    with tempfile.TemporaryDirectory(prefix="mlops-digest-") as tmp:
+        return folder_digest(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
+
+
 def save_options(model: Any) -> dict[str, Any]:
     """``mlflow.sklearn.log_model`` arguments that save ``model`` as skops, its types checked."""
     import skops.io
@@ -114,12 +167,24 @@ def load_pipeline(model_dir: str | Path) -> Any:
     return skops.io.load(path, trusted=check_types(types, f"the model file {path}"))
 
 
-def load_uri(settings: Any, model_uri: str) -> Any:
-    """The model at an MLflow URI (``models:/name/3``, ``runs:/...``), through :func:`load_pipeline`."""
+def load_uri(settings: Any, model_uri: str, digest: str | None = None) -> Any:
+    """The model at an MLflow URI (``models:/name/3``, ``models:/m-...``), through :func:`load_pipeline`.
+
+    A registered version (``models:/name/3``) is checked against its :data:`DIGEST_TAG`; any other
+    URI against ``digest`` when given (the train step's result for the candidate it logged).
+    """
     import mlflow.artifacts
 
     from pipelines import tracking
 
-    tracking.client(settings)
+    client = tracking.client(settings)
+    what = model_uri
+    name, _, version = model_uri.removeprefix("models:/").partition("/")
+    if model_uri.startswith("models:/") and version.isdigit():
+        digest = (client.get_model_version(name, version).tags or {}).get(DIGEST_TAG)
+        what = f"{name} v{version}"
     with tempfile.TemporaryDirectory(prefix="mlops-model-") as tmp:
-        return load_pipeline(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
+        path = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)
+        if digest is not None or what != model_uri:
+            check_digest(path, digest, what)
+        return load_pipeline(path)

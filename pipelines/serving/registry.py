@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines import privacy, storage, tracking
+from pipelines import model_format, privacy, storage, tracking
 from pipelines.errors import UntrustedModel
 from pipelines.serving.model import LoadedModel, load_model_dir
 from pipelines.serving.policy import POLICY_TAG, Policy
@@ -69,8 +69,10 @@ def load_version(settings: Settings, name: str, version: str, cache: Path) -> Lo
     """Download and load one registered version with its threshold and training profile."""
     meta = tracking.client(settings).get_model_version(name, str(version))
     threshold = meta.tags.get("threshold")
+    model_dir = download_version(settings, name, str(version), cache)
+    model_format.check_digest(model_dir, meta.tags.get(model_format.DIGEST_TAG), f"{name} v{version}")
     model = load_model_dir(
-        download_version(settings, name, str(version), cache),
+        model_dir,
         name=name,
         version=str(meta.version),
         threshold=float(threshold) if threshold else None,

@@ -77,7 +77,7 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
     test = storage.read_parquet(trained["test_uri"])
     x_test, y_test = modeling.features_and_label(test, dataset)
 
-    candidate = model_format.load_uri(ctx.settings, trained["model_uri"])
+    candidate = model_format.load_uri(ctx.settings, trained["model_uri"], trained.get("model_sha256"))
     scores = {"candidate": candidate.predict_proba(x_test)[:, 1]}
     candidate_metrics = modeling.classification_metrics(y_test, scores["candidate"], trained["threshold"])
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from pipelines import audit, model_card, privacy, storage, tracking
+from pipelines import audit, model_card, model_format, privacy, storage, tracking
 from pipelines.context import StepContext
 from pipelines.pipeline import skipped
 
@@ -41,6 +41,8 @@ def lineage_tags(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, str]:
         "reference_uri": trained["reference_uri"],
         "training.mode": trained["training_mode"]["mode"],
     }
+    if trained.get("model_sha256"):  # the loaders refuse other files under this version
+        tags[model_format.DIGEST_TAG] = trained["model_sha256"]
     tags.update({f"test.{k}": f"{v:.6f}" for k, v in evaluation["metrics"].items() if v is not None})
     if privacy.kept_columns(ctx.config.dataset):  # its features are pseudonyms made with this key
         tags[privacy.FINGERPRINT_TAG] = privacy.key_fingerprint()

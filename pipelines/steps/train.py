@@ -140,6 +140,8 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
         if trials:
             mlflow.log_dict({"trials": trials, "best": params}, "search.json")
         model_uri = tracking.log_model(model, x_train.head(5))
+        # what the loaders will get, as they get it; register records it where only the pipeline writes
+        model_digest = model_format.uri_digest(ctx.settings, model_uri)
     log.info(
         "trained %s on %d rows in %.1fs; validation ROC AUC %.4f",
         training.estimator,
@@ -150,6 +152,7 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
     result = {
         "mlflow_run_id": run.info.run_id,
         "model_uri": model_uri,
+        "model_sha256": model_digest,
         "estimator": training.estimator,
         "best_params": params,
         "threshold": threshold,

@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from pipelines import tracking
+from pipelines import model_format, tracking
 from pipelines.context import StepContext
-from pipelines.errors import InfraValidationFailed
+from pipelines.errors import InfraValidationFailed, UntrustedModel
 from pipelines.pipeline import skipped
 from pipelines.settings import Settings
 
@@ -62,7 +62,6 @@ def reference_rows(path: Path) -> tuple[list[dict[str, Any]], np.ndarray]:
     """
     from mlflow.models import Model
 
-    from pipelines import model_format
     from pipelines.serving.model import FeatureSchema, input_example, parity_rows
 
     meta = Model.load(path / "MLmodel")
@@ -235,12 +234,17 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
     from pipelines.serving.registry import download_version
 
     client_ = tracking.client(ctx.settings)
-    threshold = client_.get_model_version(name, version).tags.get("threshold")
+    tags = client_.get_model_version(name, version).tags or {}
+    threshold = tags.get("threshold")
     _not_dumpable()  # before any process that handles the candidate starts
     try:
         with tempfile.TemporaryDirectory(prefix="mlops-infra-") as tmp, httpx.Client() as http:
             workdir = Path(tmp)
             model_dir = download_version(ctx.settings, name, version, workdir / "models")  # files only
+            try:  # files written into the artifact store after registration never reach a process
+                model_format.check_digest(model_dir, tags.get(model_format.DIGEST_TAG), f"{name} v{version}")
+            except UntrustedModel as exc:
+                raise InfraValidationFailed(f"v{version} cannot be served: {exc}") from None
             sandbox = Sandbox(version, name, workdir, ctx.settings, model_dir, threshold and float(threshold))
             try:
                 ready = sandbox.wait_ready(http, READY_TIMEOUT_S)

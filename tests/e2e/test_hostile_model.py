@@ -160,7 +160,12 @@ def test_the_infra_validation_sandbox_holds_no_secret(serving_home, tmp_path, mo
     model_dir = download_version(settings, SERVING_MODEL, "1", tmp_path / "models")
     sandbox = Sandbox("1", SERVING_MODEL, tmp_path, settings, model_dir, 0.2)
     try:
-        environ = Path(f"/proc/{sandbox.proc.pid}/environ").read_bytes()
+        # Until the child has exec'd, it is a copy of a worker that made itself non-dumpable (an
+        # earlier validate_serving in this process): its environ then reads empty.
+        deadline = time.monotonic() + 10
+        while not (environ := Path(f"/proc/{sandbox.proc.pid}/environ").read_bytes()):
+            assert time.monotonic() < deadline, "the sandbox never exec'd"
+            time.sleep(0.05)
         for value in secrets.values():
             assert value.encode() not in environ
         assert b"MLFLOW_TRACKING_URI=sqlite:" in environ  # no registry to reach either
@@ -257,3 +262,63 @@ time.sleep(600)
     while Path(f"/proc/{child}").exists() and Path(f"/proc/{child}/stat").read_text().split()[2] != "Z":
         assert time.time() < deadline, "the sandbox outlived its killed worker"
         time.sleep(0.2)
+
+
+def test_model_files_rewritten_after_registration_are_refused_everywhere(hostile, april_rows, tmp_path):
+    """Review 5, H-2: whoever can write the artifact store (the servers' S3 keys, the shared
+    volume) could swap a registered version's ``model.skops`` for another allow-listed model, and
+    every new server pod served it. The pipeline records the files' SHA-256 on the version, where
+    only it writes; the server, the steps' loader and infra validation refuse other files."""
+    import mlflow
+    import skops.io
+
+    from pipelines import model_format
+    from pipelines.errors import UntrustedModel
+    from pipelines.serving.registry import download_version
+
+    settings, client = hostile["settings"], tracking.client(hostile["settings"])
+    registered = client.get_model_version(SERVING_MODEL, "1").tags
+    assert len(registered[model_format.DIGEST_TAG]) == 64  # the register step recorded it
+    folder = download_version(settings, SERVING_MODEL, "1", tmp_path / "cache")
+    assert model_format.folder_digest(folder) == registered[model_format.DIGEST_TAG]
+    # a copy of v1 with v1's tags, in a run of its own: the same files give the same digest
+    with mlflow.start_run(experiment_id=tracking.experiment_id(settings, SERVING_MODEL)) as run:
+        mlflow.log_artifacts(str(folder), "model")
+    version = client.create_model_version(
+        HOSTILE, f"runs:/{run.info.run_id}/model", run.info.run_id, tags=dict(registered)
+    ).version
+    assert model_format.load_uri(settings, f"models:/{HOSTILE}/{version}") is not None
+
+    # the swap: v3's model (shuffled labels, types the project trusts) over this version's file
+    swapped = tmp_path / "swap" / "model.skops"
+    swapped.parent.mkdir()
+    skops.io.dump(model_format.load_uri(settings, f"models:/{SERVING_MODEL}/3"), swapped)
+    with mlflow.start_run(run_id=run.info.run_id):
+        mlflow.log_artifact(str(swapped), "model")
+    with pytest.raises(UntrustedModel, match="not the ones the pipeline registered"):
+        model_format.load_uri(settings, f"models:/{HOSTILE}/{version}")
+
+    server = ServerProcess(hostile["env"], hostile["work"] / "swap-server.log").start().wait_ready()
+    try:
+        client.set_registered_model_alias(HOSTILE, "champion", version)
+        deadline = time.time() + 60
+        while "not the ones the pipeline registered" not in str(_ready(server.url).get("registry_error")):
+            assert time.time() < deadline, _ready(server.url)
+            time.sleep(0.3)
+        assert _ready(server.url)["champion"]["version"] == "1"  # the registered files keep serving
+        answer = httpx.post(f"{server.url}/predict", json={"records": [april_rows[0][0]]}, timeout=10)
+        assert answer.status_code == 200 and answer.json()["model_version"] == "1"
+    finally:
+        server.stop()
+        client.set_registered_model_alias(HOSTILE, "champion", "1")
+
+    config = yaml.safe_load(Path(settings.config_path).read_text())
+    config["registry"] = {"model_name": HOSTILE, "experiment": SERVING_MODEL}
+    settings = dataclasses.replace(settings, config_path=str(tmp_path / "hostile.yaml"))
+    Path(settings.config_path).write_text(yaml.safe_dump(config))
+    ctx = StepContext.create(
+        dag_id="deploy", run_id="swapped", interval_end="2013-05-01", overrides={"version": version},
+        settings=settings,
+    )  # fmt: skip
+    with pytest.raises(InfraValidationFailed, match="not the ones the pipeline registered"):
+        execute_step("validate_serving", ctx, {})
