@@ -16,14 +16,18 @@ not here fails at ``train``, not later in production.
 
 from __future__ import annotations
 
+import logging
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from pipelines.errors import UntrustedModel
+
+log = logging.getLogger(__name__)
 
 SKOPS = "skops"
 # Beyond skops' own defaults (scikit-learn estimators and transformers, NumPy arrays and scalars):
@@ -109,9 +113,7 @@ def check_digest(model_dir: str | Path, expected: str | None, what: str) -> None
     ``expected`` None is a version registered before digests were recorded: loaded, with a warning.
     """
     if expected is None:
-        import logging
-
-        logging.getLogger(__name__).warning("%s has no %s tag: its files are not checked", what, DIGEST_TAG)
+        log.warning("%s has no %s tag: its files are not checked", what, DIGEST_TAG)
         return
     found = folder_digest(model_dir)
     if found != expected:
@@ -121,15 +123,22 @@ def check_digest(model_dir: str | Path, expected: str | None, what: str) -> None
         )
 
 
-def uri_digest(settings: Any, model_uri: str) -> str:
-    """:func:`folder_digest` of the model at an MLflow URI, as a loader downloads it."""
+@contextmanager
+def _downloaded(settings: Any, model_uri: str) -> Iterator[str]:
+    """The model at an MLflow URI in a temporary folder, gone on exit."""
     import mlflow.artifacts
 
     from pipelines import tracking
 
-    tracking.client(settings)
-    with tempfile.TemporaryDirectory(prefix="mlops-digest-") as tmp:
-        return folder_digest(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
+    tracking.client(settings)  # binds the tracking and registry URIs
+    with tempfile.TemporaryDirectory(prefix="mlops-model-") as tmp:
+        yield mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)
+
+
+def uri_digest(settings: Any, model_uri: str) -> str:
+    """:func:`folder_digest` of the model at an MLflow URI, as a loader downloads it."""
+    with _downloaded(settings, model_uri) as path:
+        return folder_digest(path)
 
 
 def save_options(model: Any) -> dict[str, Any]:
@@ -173,18 +182,14 @@ def load_uri(settings: Any, model_uri: str, digest: str | None = None) -> Any:
     A registered version (``models:/name/3``) is checked against its :data:`DIGEST_TAG`; any other
     URI against ``digest`` when given (the train step's result for the candidate it logged).
     """
-    import mlflow.artifacts
-
     from pipelines import tracking
 
-    client = tracking.client(settings)
-    what = model_uri
     name, _, version = model_uri.removeprefix("models:/").partition("/")
-    if model_uri.startswith("models:/") and version.isdigit():
-        digest = (client.get_model_version(name, version).tags or {}).get(DIGEST_TAG)
-        what = f"{name} v{version}"
-    with tempfile.TemporaryDirectory(prefix="mlops-model-") as tmp:
-        path = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)
-        if digest is not None or what != model_uri:
-            check_digest(path, digest, what)
+    registered = model_uri.startswith("models:/") and version.isdigit()
+    if registered:
+        tags = tracking.client(settings).get_model_version(name, version).tags or {}
+        digest = tags.get(DIGEST_TAG)
+    with _downloaded(settings, model_uri) as path:
+        if registered or digest is not None:
+            check_digest(path, digest, f"{name} v{version}" if registered else model_uri)
         return load_pipeline(path)

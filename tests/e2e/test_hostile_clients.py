@@ -121,6 +121,21 @@ def raw_request(port: int, head: bytes) -> socket.socket:
     return sock
 
 
+def still_open_at(held: list[socket.socket], deadline: float) -> int:
+    """How many of ``held`` the server has not closed by ``deadline`` (their answers read away)."""
+    still_open = 0
+    for sock in held:
+        sock.settimeout(max(0.1, deadline - time.monotonic()))
+        try:
+            while sock.recv(65536):
+                pass
+        except ConnectionResetError:
+            pass
+        except TimeoutError:
+            still_open += 1
+    return still_open
+
+
 def read_status(sock: socket.socket) -> tuple[int, bytes]:
     data = b""
     while b"\r\n\r\n" not in data:
@@ -240,16 +255,7 @@ def test_a_request_refused_before_its_body_is_read_gives_up_its_connection(serve
             with contextlib.suppress(OSError):  # the server may have closed it already
                 sock.sendall(b"{")
         deadline = time.monotonic() + 8  # longer than uvicorn's 5 s keep-alive timer
-        still_open = 0
-        for sock in held:
-            sock.settimeout(max(0.1, deadline - time.monotonic()))
-            try:
-                while sock.recv(65536):
-                    pass
-            except ConnectionResetError:
-                pass
-            except TimeoutError:
-                still_open += 1
+        still_open = still_open_at(held, deadline)
         assert still_open == 0, f"{still_open} of {len(held)} connections still held"
         assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
     finally:
@@ -273,16 +279,7 @@ def test_line_breaks_between_requests_do_not_hold_a_connection(server, filler):
                     sock.sendall(chunk)
             time.sleep(0.02)
         deadline = time.monotonic() + HEADER_TIMEOUT + 3  # past the header deadline, and keep-alive's 5 s
-        still_open = 0
-        for sock in held:
-            sock.settimeout(max(0.1, deadline - time.monotonic()))
-            try:
-                while sock.recv(65536):
-                    pass
-            except ConnectionResetError:
-                pass
-            except TimeoutError:
-                still_open += 1
+        still_open = still_open_at(held, deadline)
         assert still_open == 0, f"{still_open} of {len(held)} connections still held"
         assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
     finally:

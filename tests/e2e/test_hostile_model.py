@@ -94,6 +94,28 @@ def _ready(url: str) -> dict:
     return httpx.get(f"{url}/ready", timeout=10).json()
 
 
+def _refuses_champion(client, url: str, version: str, reason: str) -> None:
+    """Move ``champion`` to ``version`` and wait until the server says ``reason``; v1 still serves."""
+    client.set_registered_model_alias(HOSTILE, "champion", version)
+    deadline = time.time() + 60
+    while reason not in str(_ready(url).get("registry_error")):
+        assert time.time() < deadline, _ready(url)
+        time.sleep(0.3)
+    assert _ready(url)["champion"]["version"] == "1"  # the old model keeps serving
+
+
+def _deploy_context(settings, folder: Path, run_id: str, version: str) -> StepContext:
+    """A deploy step's context for ``HOSTILE`` (the serving config with its registry name)."""
+    config = yaml.safe_load(Path(settings.config_path).read_text())
+    config["registry"] = {"model_name": HOSTILE, "experiment": SERVING_MODEL}
+    settings = dataclasses.replace(settings, config_path=str(folder / "hostile.yaml"))
+    Path(settings.config_path).write_text(yaml.safe_dump(config))
+    return StepContext.create(
+        dag_id="deploy", run_id=run_id, interval_end="2013-05-01", overrides={"version": version},
+        settings=settings,
+    )  # fmt: skip
+
+
 def test_a_server_refuses_a_hostile_champion_names_why_and_keeps_serving(hostile, april_rows):
     client = tracking.client(hostile["settings"])
     server = ServerProcess(hostile["env"], hostile["work"] / "server.log").start().wait_ready()
@@ -103,13 +125,8 @@ def test_a_server_refuses_a_hostile_champion_names_why_and_keeps_serving(hostile
             (hostile["versions"]["pickle"], "asks to be loaded as 'pickle'; only 'skops' is loaded"),
             (hostile["versions"]["os.system"], "holds types this project does not trust: ['posix.system']"),
         ]:
-            client.set_registered_model_alias(HOSTILE, "champion", version)
-            deadline = time.time() + 60
-            while reason not in str(_ready(server.url).get("registry_error")):
-                assert time.time() < deadline, _ready(server.url)
-                time.sleep(0.3)
+            _refuses_champion(client, server.url, version, reason)
             ready = _ready(server.url)
-            assert ready["champion"]["version"] == "1", ready  # the old model keeps serving
             assert f"champion v{version} cannot be served" in ready["registry_error"]
             assert "still serving v1" in ready["registry_error"]
             answer = httpx.post(f"{server.url}/predict", json={"records": [record]}, timeout=10)
@@ -123,17 +140,10 @@ def test_a_server_refuses_a_hostile_champion_names_why_and_keeps_serving(hostile
 @pytest.mark.parametrize("kind", ["pickle", "os.system"])
 def test_infra_validation_refuses_a_hostile_candidate_without_loading_it(hostile, kind):
     version = hostile["versions"][kind]
-    settings = dataclasses.replace(hostile["settings"], config_path=str(hostile["work"] / "hostile.yaml"))
-    config = yaml.safe_load(Path(hostile["settings"].config_path).read_text())
-    config["registry"] = {"model_name": HOSTILE, "experiment": SERVING_MODEL}
-    Path(settings.config_path).write_text(yaml.safe_dump(config))
-    ctx = StepContext.create(
-        dag_id="deploy", run_id=f"hostile-{kind}", interval_end="2013-05-01", overrides={"version": version},
-        settings=settings,
-    )  # fmt: skip
+    ctx = _deploy_context(hostile["settings"], hostile["work"], f"hostile-{kind}", version)
     with pytest.raises(InfraValidationFailed, match="did not load"):
         execute_step("validate_serving", ctx, {})
-    tags = tracking.client(settings).get_model_version(HOSTILE, version).tags
+    tags = tracking.client(ctx.settings).get_model_version(HOSTILE, version).tags
     assert tags["infra_validation"].startswith("failed") and "cannot be served" in tags["infra_validation"]
     assert not hostile["marker"].exists()
 
@@ -200,12 +210,8 @@ def test_a_version_trained_under_another_pii_key_is_refused(hostile, tmp_path, a
     }
     server = ServerProcess(env, tmp_path / "server.log").start().wait_ready()
     try:
-        client.set_registered_model_alias(HOSTILE, "champion", mismatched)
+        _refuses_champion(client, server.url, mismatched, "another MLOPS_PII_KEY")
         deadline = time.time() + 60
-        while "another MLOPS_PII_KEY" not in str(_ready(server.url).get("registry_error")):
-            assert time.time() < deadline, _ready(server.url)
-            time.sleep(0.3)
-        assert _ready(server.url)["champion"]["version"] == "1"  # the old model keeps serving
         client.set_registered_model_alias(HOSTILE, "champion", matching)
         while _ready(server.url)["champion"]["version"] != matching:
             assert time.time() < deadline + 60, _ready(server.url)
@@ -300,25 +306,13 @@ def test_model_files_rewritten_after_registration_are_refused_everywhere(hostile
 
     server = ServerProcess(hostile["env"], hostile["work"] / "swap-server.log").start().wait_ready()
     try:
-        client.set_registered_model_alias(HOSTILE, "champion", version)
-        deadline = time.time() + 60
-        while "not the ones the pipeline registered" not in str(_ready(server.url).get("registry_error")):
-            assert time.time() < deadline, _ready(server.url)
-            time.sleep(0.3)
-        assert _ready(server.url)["champion"]["version"] == "1"  # the registered files keep serving
+        _refuses_champion(client, server.url, version, "not the ones the pipeline registered")
         answer = httpx.post(f"{server.url}/predict", json={"records": [april_rows[0][0]]}, timeout=10)
         assert answer.status_code == 200 and answer.json()["model_version"] == "1"
     finally:
         server.stop()
         client.set_registered_model_alias(HOSTILE, "champion", "1")
 
-    config = yaml.safe_load(Path(settings.config_path).read_text())
-    config["registry"] = {"model_name": HOSTILE, "experiment": SERVING_MODEL}
-    settings = dataclasses.replace(settings, config_path=str(tmp_path / "hostile.yaml"))
-    Path(settings.config_path).write_text(yaml.safe_dump(config))
-    ctx = StepContext.create(
-        dag_id="deploy", run_id="swapped", interval_end="2013-05-01", overrides={"version": version},
-        settings=settings,
-    )  # fmt: skip
+    ctx = _deploy_context(settings, tmp_path, "swapped", version)
     with pytest.raises(InfraValidationFailed, match="not the ones the pipeline registered"):
         execute_step("validate_serving", ctx, {})
