@@ -23,7 +23,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def scheduler(airflow_db, tmp_path_factory):
-    """Scheduler, DAG processor and API server (tasks report to its Execution API), one process group."""
+    """A backfill created with the CLI, then the scheduler, DAG processor and API server that run it.
+
+    The backfill is created before the scheduler starts: Airflow's metadata database here is SQLite,
+    which takes one writer at a time, and `airflow backfill create` inserting its runs while the
+    scheduler heartbeats failed once in CI with "database is locked" (SQLAlchemy's 5 s busy wait).
+    Production runs Airflow on PostgreSQL, where both write at once.
+    """
     home = tmp_path_factory.mktemp("scheduler-home")
     port = free_port()
     env = {
@@ -41,6 +47,12 @@ def scheduler(airflow_db, tmp_path_factory):
     }
     subprocess.run(["airflow", "dags", "reserialize"], env=env, check=True, capture_output=True)
     subprocess.run(["airflow", "dags", "unpause", "training"], env=env, check=True, capture_output=True)
+    created = subprocess.run(
+        ["airflow", "backfill", "create", "--dag-id", "training",
+         "--from-date", "2013-01-01", "--to-date", "2013-03-02", "--max-active-runs", "1"],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert created.returncode == 0, created.stdout[-2000:] + created.stderr[-3000:]
     log = open(home / "airflow.log", "wb")  # noqa: SIM115 - held open for the processes' lifetime
     group = subprocess.Popen(
         ["bash", "-c", STACK],
@@ -70,12 +82,6 @@ def _runs(env) -> list[dict]:
 
 def test_backfill_over_three_months_gives_one_model_per_month(scheduler):
     env, _ = scheduler
-    created = subprocess.run(
-        ["airflow", "backfill", "create", "--dag-id", "training",
-         "--from-date", "2013-01-01", "--to-date", "2013-03-02", "--max-active-runs", "1"],
-        env=env, capture_output=True, text=True,
-    )  # fmt: skip
-    assert created.returncode == 0, created.stdout[-2000:] + created.stderr[-3000:]
     deadline = time.time() + 900
     backfill = []
     while time.time() < deadline:
