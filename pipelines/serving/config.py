@@ -72,6 +72,8 @@ class ServingSettings:
     body_timeout_seconds: float = 10.0
     # ...and its headers within this of the connection (or the request's first byte): serving/http.py
     header_timeout_seconds: float = 10.0
+    # ...and a client must read its answers: a write buffer not drained within this drops it.
+    send_timeout_seconds: float = 10.0
     # uvicorn's limit on open connections and tasks (a 503 beyond it, before any body is read).
     limit_concurrency: int = 1024
     # Bodies above this are parsed and checked in a worker thread, not on the event loop.
@@ -135,6 +137,7 @@ class ServingSettings:
             header_timeout_seconds=_env_number(
                 env, "MLOPS_SERVING_HEADER_TIMEOUT_SECONDS", 10.0, minimum=0.1
             ),
+            send_timeout_seconds=_env_number(env, "MLOPS_SERVING_SEND_TIMEOUT_SECONDS", 10.0, minimum=0.1),
             limit_concurrency=_env_number(env, "MLOPS_SERVING_LIMIT_CONCURRENCY", 1024, int, 1),
             max_rows=_env_number(env, "MLOPS_SERVING_MAX_ROWS", 10_000, int, 1),
             max_body_bytes=body,

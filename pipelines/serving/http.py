@@ -1,4 +1,4 @@
-"""uvicorn's httptools protocol with a deadline on a request's headers.
+"""uvicorn's httptools protocol with deadlines on a request's headers and on reading its answers.
 
 uvicorn times out idle keep-alive connections, but not a connection that opens and sends its
 headers slowly, or never: each such connection counts against ``limit_concurrency``, so a few
@@ -7,17 +7,31 @@ request must arrive within ``MLOPS_SERVING_HEADER_TIMEOUT_SECONDS`` (10) of the 
 or of the first byte after the previous answer on a kept-alive connection; past it the connection is closed.
 The body has its own deadline in the app (``MLOPS_SERVING_BODY_TIMEOUT_SECONDS``), and a request
 answered before its body was read (a missing token, a full server) has its connection closed.
+
+A client must also read its answers: once the transport's buffer is over its high-water mark,
+uvicorn waits for it to drain with no deadline, and no other timer runs on such a connection (no
+answer completes, every request arrived whole), so pipelined requests whose answers were never
+read held a slot each for ever. A buffer that has not drained within
+``MLOPS_SERVING_SEND_TIMEOUT_SECONDS`` (10) drops the connection, as nginx's ``send_timeout`` does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import socket
+import struct
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 HEADER_TIMEOUT_ENV = "MLOPS_SERVING_HEADER_TIMEOUT_SECONDS"
 DEFAULT_HEADER_TIMEOUT_SECONDS = 10.0
+# Pipelined requests queued on one connection: uvicorn read on as long as answers completed, so one
+# client without a token queued hundreds of thousands of parsed requests (memory). Browsers do not
+# pipeline; clients that do send a few at a time. Beyond this the connection is reset.
+MAX_PIPELINED = 64
+SEND_TIMEOUT_ENV = "MLOPS_SERVING_SEND_TIMEOUT_SECONDS"
+DEFAULT_SEND_TIMEOUT_SECONDS = 10.0
 
 
 def header_timeout_seconds() -> float:
@@ -25,10 +39,18 @@ def header_timeout_seconds() -> float:
     return float(os.environ.get(HEADER_TIMEOUT_ENV) or DEFAULT_HEADER_TIMEOUT_SECONDS)
 
 
+def send_timeout_seconds() -> float:
+    """How long answers may wait unread (``ServingSettings.from_env`` has checked the value)."""
+    return float(os.environ.get(SEND_TIMEOUT_ENV) or DEFAULT_SEND_TIMEOUT_SECONDS)
+
+
 class HeaderDeadlineProtocol(HttpToolsProtocol):
-    """``HttpToolsProtocol`` that closes a connection whose request headers do not arrive in time."""
+    """``HttpToolsProtocol`` that drops a connection whose request headers do not arrive in time,
+    or whose answers are not read in time."""
 
     _header_deadline: asyncio.TimerHandle | None = None
+    _send_deadline: asyncio.TimerHandle | None = None
+    _running = None  # the request being answered; with pipelining, self.cycle is the last one read
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -50,6 +72,8 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm()
         super().on_headers_complete()
+        if len(self.pipeline) > MAX_PIPELINED and not self.transport.is_closing():
+            self._reset()
 
     def on_response_complete(self) -> None:
         cycle = self.cycle
@@ -62,8 +86,28 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
             return
         super().on_response_complete()
 
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._send_deadline is None:
+            self._send_deadline = self.loop.call_later(send_timeout_seconds(), self._answers_not_read)
+
+    def resume_writing(self) -> None:
+        self._cancel_send_deadline()
+        super().resume_writing()
+
+    def _start_asgi_task(self, cycle, app) -> None:  # type: ignore[no-untyped-def]
+        self._running = cycle
+        super()._start_asgi_task(cycle, app)
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._cancel_send_deadline()
+        running = self._running
+        if running is not None and not running.response_complete:
+            # uvicorn marks only self.cycle disconnected: the pipelined request being answered
+            # would write to the closed transport and log "Exception in ASGI application".
+            running.disconnected = True
+            running.message_event.set()
         super().connection_lost(exc)
 
     def _arm(self) -> None:
@@ -74,7 +118,27 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
             self._header_deadline.cancel()
             self._header_deadline = None
 
+    def _cancel_send_deadline(self) -> None:
+        if self._send_deadline is not None:
+            self._send_deadline.cancel()
+            self._send_deadline = None
+
+    def _answers_not_read(self) -> None:
+        self._send_deadline = None
+        self._reset()
+
+    def _reset(self) -> None:
+        """Drop the connection with a reset. close() would wait for the very buffer nobody reads,
+        and even abort() leaves the kernel trying to deliver its queue (megabytes) before a FIN:
+        with SO_LINGER 0 the queue is discarded and the peer learns at once."""
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.transport.abort()
+
     def _headers_too_late(self) -> None:
         self._header_deadline = None
-        if not self.transport.is_closing():
+        if self.transport.get_write_buffer_size():
+            self._reset()  # answers to earlier requests still unread: close() would wait
+        elif not self.transport.is_closing():
             self.transport.close()

@@ -35,6 +35,7 @@ MAX_PENDING = 8
 MAX_BUFFERED = 2 * MAX_BODY
 BODY_TIMEOUT = 3
 HEADER_TIMEOUT = 3
+SEND_TIMEOUT = 3
 LIMIT_CONCURRENCY = 48
 
 
@@ -90,6 +91,7 @@ def server(serving_home, log_db, tmp_path_factory):
         MLOPS_SERVING_MAX_WAIT_MS="100",  # concurrent requests share one micro-batch
         MLOPS_SERVING_LIMIT_CONCURRENCY=str(LIMIT_CONCURRENCY),
         MLOPS_SERVING_HEADER_TIMEOUT_SECONDS=str(HEADER_TIMEOUT),
+        MLOPS_SERVING_SEND_TIMEOUT_SECONDS=str(SEND_TIMEOUT),
     )
     proc.env["MLOPS_HOME"] = str(home / "mlops")
     proc.start()
@@ -285,6 +287,61 @@ def test_line_breaks_between_requests_do_not_hold_a_connection(server, filler):
     finally:
         for sock in held:
             sock.close()
+
+
+def established(sock: socket.socket) -> bool:
+    """Whether the kernel still has ``sock`` connected (state 1 of ``TCP_INFO``), read or not."""
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == 1
+
+
+def test_a_client_that_never_reads_its_answers_loses_its_connection(server, record):
+    """Review 6: once answers waited unread (pipelined requests, a tiny receive window), uvicorn
+    waited for its buffer to drain with no deadline, and no other timer ran on the connection (no
+    answer completed, every request had arrived whole): it held its slot for as long as the client
+    liked. Now a connection whose answers are not read within MLOPS_SERVING_SEND_TIMEOUT_SECONDS
+    is reset."""
+    body = json.dumps({"records": [record] * 3000}).encode()  # ~160 kB of answer each
+    request = (
+        f"POST /predict HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKENS['predict']}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)  # before connect: a small window
+    sock.connect(("127.0.0.1", server.port))
+    sock.settimeout(30)
+    try:
+        sock.sendall(request * 16)  # 2.5 MB of answers: more than the kernel and uvloop buffer
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and established(sock):
+            time.sleep(0.2)
+        assert not established(sock), "a connection whose answers nobody reads is still held"
+        assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
+    finally:
+        sock.close()
+
+
+def test_a_client_pipelining_without_end_is_reset(server):
+    """Review 6: uvicorn read on while answers completed, queueing every pipelined request it had
+    parsed: one client without a token sending megabytes of `GET /health` made the server hold
+    hundreds of thousands of requests. Beyond MAX_PIPELINED queued requests the connection is reset."""
+    pipelined = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" * 2000
+    before = peak_rss_kib(server.proc.pid)
+    answered = []
+    for _ in range(4):
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        with contextlib.suppress(OSError):  # reset while sending
+            for _ in range(100):  # 6.6 MB
+                sock.sendall(pipelined)
+        data = b""
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(65536):
+                data += chunk
+        answered.append(data.count(b"HTTP/1.1 200"))
+        sock.close()
+    grown_mib = (peak_rss_kib(server.proc.pid) - before) / 1024
+    assert max(answered) < 1000, answered  # reset early (MAX_PIPELINED is 64), not answered to the end
+    assert grown_mib < 64, f"the server grew {grown_mib:.0f} MiB"
+    assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
 
 
 def test_bodies_held_at_once_stay_under_the_memory_cap(server):
