@@ -13,11 +13,15 @@ uvicorn waits for it to drain with no deadline, and no other timer runs on such 
 answer completes, every request arrived whole), so pipelined requests whose answers were never
 read held a slot each for ever. A buffer that has not drained within
 ``MLOPS_SERVING_SEND_TIMEOUT_SECONDS`` (10) drops the connection, as nginx's ``send_timeout`` does.
+Answers owed under that mark never pause writing; then the keep-alive timer's close() waited for
+the buffer instead, and the slot is freed only when the connection is lost. So a connection still
+there ``MLOPS_SERVING_SEND_TIMEOUT_SECONDS`` after it was closed is reset too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import struct
@@ -50,6 +54,7 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
 
     _header_deadline: asyncio.TimerHandle | None = None
     _send_deadline: asyncio.TimerHandle | None = None
+    _close_deadline: asyncio.TimerHandle | None = None
     _running = None  # the request being answered; with pipelining, self.cycle is the last one read
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -82,9 +87,14 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
             # Answered before its body was read (401, 403, 413, 503, 408): the rest of the body
             # would be parsed as the next request, and one byte of it cancelled the keep-alive
             # timer for good (an unauthenticated client held a connection slot for ever).
-            self.transport.close()
+            self._close()
             return
         super().on_response_complete()
+        self._watch_close()  # closed by the answer (Connection: close, HTTP/1.0)
+
+    def timeout_keep_alive_handler(self) -> None:
+        super().timeout_keep_alive_handler()
+        self._watch_close()
 
     def pause_writing(self) -> None:
         super().pause_writing()
@@ -102,6 +112,9 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         self._cancel_send_deadline()
+        if self._close_deadline is not None:
+            self._close_deadline.cancel()
+            self._close_deadline = None
         running = self._running
         if running is not None and not running.response_complete:
             # uvicorn marks only self.cycle disconnected: the pipelined request being answered
@@ -123,6 +136,15 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
             self._send_deadline.cancel()
             self._send_deadline = None
 
+    def _close(self) -> None:
+        self.transport.close()
+        self._watch_close()
+
+    def _watch_close(self) -> None:
+        """A closed transport that still holds answers waits for them to be read: not for ever."""
+        if self.transport.is_closing() and self._close_deadline is None:
+            self._close_deadline = self.loop.call_later(send_timeout_seconds(), self._reset)
+
     def _answers_not_read(self) -> None:
         self._send_deadline = None
         self._reset()
@@ -133,7 +155,8 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         with SO_LINGER 0 the queue is discarded and the peer learns at once."""
         sock = self.transport.get_extra_info("socket")
         if sock is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            with contextlib.suppress(OSError):  # already gone
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.transport.abort()
 
     def _headers_too_late(self) -> None:
@@ -141,4 +164,4 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         if self.transport.get_write_buffer_size():
             self._reset()  # answers to earlier requests still unread: close() would wait
         elif not self.transport.is_closing():
-            self.transport.close()
+            self._close()

@@ -320,6 +320,29 @@ def test_a_client_that_never_reads_its_answers_loses_its_connection(server, reco
         sock.close()
 
 
+def test_answers_left_unread_under_the_buffer_mark_do_not_hold_a_connection(server):
+    """Review 6, the send deadline's bypass: answers owed but under uvloop's 64 KiB high-water mark
+    never pause writing, so no send deadline ran; every answer completed, uvicorn's keep-alive timer
+    fired and called close(), which waits for a buffer nobody reads: the slot was never given back.
+    Now a connection that has not gone within MLOPS_SERVING_SEND_TIMEOUT_SECONDS of being closed
+    is reset."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)  # before connect: a tiny window,
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 536)  # small segments, a small buffer
+    sock.connect(("127.0.0.1", server.port))
+    sock.settimeout(10)
+    try:
+        for _ in range(30):  # 600 answers owed (~85 kB), a few queued at a time
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" * 20)
+            time.sleep(0.1)
+        deadline = time.monotonic() + 5 + SEND_TIMEOUT + 10  # keep-alive's 5 s, the deadline, slack
+        while time.monotonic() < deadline and established(sock):
+            time.sleep(0.2)
+        assert not established(sock), "a connection whose answers nobody reads is still held"
+    finally:
+        sock.close()
+
+
 def test_a_client_pipelining_without_end_is_reset(server):
     """Review 6: uvicorn read on while answers completed, queueing every pipelined request it had
     parsed: one client without a token sending megabytes of `GET /health` made the server hold
