@@ -155,6 +155,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         loop="uvloop",
         http=HeaderDeadlineProtocol,  # httptools, with a deadline on the headers (slowloris)
+        ws="none",  # no WebSocket route: an upgrade would leave every deadline of the HTTP protocol
         access_log=args.access_log,
         log_level="info" if args.verbose else "warning",
         timeout_graceful_shutdown=10,

@@ -55,6 +55,7 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
     _header_deadline: asyncio.TimerHandle | None = None
     _send_deadline: asyncio.TimerHandle | None = None
     _close_deadline: asyncio.TimerHandle | None = None
+    _lost = False
     _running = None  # the request being answered; with pipelining, self.cycle is the last one read
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -105,11 +106,17 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         self._cancel_send_deadline()
         super().resume_writing()
 
+    def _should_upgrade(self) -> bool:
+        # The app serves no WebSocket: an upgrade handed the connection to uvicorn's WebSocket
+        # protocol, outside every deadline here (its 403 close then waited on unread answers).
+        return False
+
     def _start_asgi_task(self, cycle, app) -> None:  # type: ignore[no-untyped-def]
         self._running = cycle
         super()._start_asgi_task(cycle, app)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
         self._disarm()
         self._cancel_send_deadline()
         if self._close_deadline is not None:
@@ -142,6 +149,8 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
 
     def _watch_close(self) -> None:
         """A closed transport that still holds answers waits for them to be read: not for ever."""
+        if self._lost:
+            return  # uvicorn's keep-alive timer outlives a connection reset by its client
         if self.transport.is_closing() and self._close_deadline is None:
             self._close_deadline = self.loop.call_later(send_timeout_seconds(), self._reset)
 

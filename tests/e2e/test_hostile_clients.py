@@ -343,6 +343,33 @@ def test_answers_left_unread_under_the_buffer_mark_do_not_hold_a_connection(serv
         sock.close()
 
 
+def test_a_websocket_upgrade_does_not_escape_the_deadlines(server):
+    """Review 7: answers owed under the buffer mark, then `Upgrade: websocket`: uvicorn handed the
+    connection to its WebSocket protocol (websockets is installed), outside every deadline here; the
+    app has no WebSocket route, the handshake's 403 closed it, and that close waited for the unread
+    buffer for ever. The server speaks no WebSocket now: the upgrade is a plain request."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 536)
+    sock.connect(("127.0.0.1", server.port))
+    sock.settimeout(10)
+    try:
+        for _ in range(30):  # 600 answers owed, under uvloop's 64 KiB mark
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" * 20)
+            time.sleep(0.1)
+        time.sleep(0.5)
+        sock.sendall(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        deadline = time.monotonic() + 5 + SEND_TIMEOUT + 10  # keep-alive's 5 s, the deadline, slack
+        while time.monotonic() < deadline and established(sock):
+            time.sleep(0.2)
+        assert not established(sock), "an upgraded connection whose answers nobody reads is still held"
+    finally:
+        sock.close()
+
+
 def test_a_client_pipelining_without_end_is_reset(server):
     """Review 6: uvicorn read on while answers completed, queueing every pipelined request it had
     parsed: one client without a token sending megabytes of `GET /health` made the server hold
