@@ -708,7 +708,9 @@ class SqlPredictionLog:
             query = query.where(when < end.to_pydatetime())
         with self.engine.begin() as conn:
             conn.execute(sa.text(f"SET LOCAL statement_timeout = {READ_TIMEOUT_SECONDS * 1000}"))
-            rows = [dict(r._mapping) for r in conn.execute(query.order_by(self.predictions.c.ts))]
+            # the key breaks ties: a request's rows share one ts, and an upsert moves rows on disk
+            ordered = query.order_by(table.ts, table.request_id, table.row)
+            rows = [dict(r._mapping) for r in conn.execute(ordered)]
         if not rows:
             return pd.DataFrame(columns=COLUMNS)
         frame = pd.DataFrame(rows)
