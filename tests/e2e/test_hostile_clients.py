@@ -294,6 +294,28 @@ def established(sock: socket.socket) -> bool:
     return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == 1
 
 
+def gone_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether the server drops ``sock`` within ``seconds`` (keep-alive's 5 s, deadlines, slack)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and established(sock):
+        time.sleep(0.2)
+    return not established(sock)
+
+
+def owing_unread_answers(port: int) -> socket.socket:
+    """A connection owed 600 answers (~85 kB, under uvloop's 64 KiB mark once the kernel holds its
+    share) that it never reads: a tiny window and small segments, a few requests queued at a time."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)  # before connect
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 536)
+    sock.connect(("127.0.0.1", port))
+    sock.settimeout(10)
+    for _ in range(30):
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" * 20)
+        time.sleep(0.1)
+    return sock
+
+
 def test_a_client_that_never_reads_its_answers_loses_its_connection(server, record):
     """Review 6: once answers waited unread (pipelined requests, a tiny receive window), uvicorn
     waited for its buffer to drain with no deadline, and no other timer ran on the connection (no
@@ -311,10 +333,7 @@ def test_a_client_that_never_reads_its_answers_loses_its_connection(server, reco
     sock.settimeout(30)
     try:
         sock.sendall(request * 16)  # 2.5 MB of answers: more than the kernel and uvloop buffer
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and established(sock):
-            time.sleep(0.2)
-        assert not established(sock), "a connection whose answers nobody reads is still held"
+        assert gone_within(sock, 60), "a connection whose answers nobody reads is still held"
         assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
     finally:
         sock.close()
@@ -326,19 +345,11 @@ def test_answers_left_unread_under_the_buffer_mark_do_not_hold_a_connection(serv
     fired and called close(), which waits for a buffer nobody reads: the slot was never given back.
     Now a connection that has not gone within MLOPS_SERVING_SEND_TIMEOUT_SECONDS of being closed
     is reset."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)  # before connect: a tiny window,
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 536)  # small segments, a small buffer
-    sock.connect(("127.0.0.1", server.port))
-    sock.settimeout(10)
+    sock = owing_unread_answers(server.port)
     try:
-        for _ in range(30):  # 600 answers owed (~85 kB), a few queued at a time
-            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" * 20)
-            time.sleep(0.1)
-        deadline = time.monotonic() + 5 + SEND_TIMEOUT + 10  # keep-alive's 5 s, the deadline, slack
-        while time.monotonic() < deadline and established(sock):
-            time.sleep(0.2)
-        assert not established(sock), "a connection whose answers nobody reads is still held"
+        assert gone_within(sock, 5 + SEND_TIMEOUT + 10), (
+            "a connection whose answers nobody reads is still held"
+        )
     finally:
         sock.close()
 
@@ -348,24 +359,16 @@ def test_a_websocket_upgrade_does_not_escape_the_deadlines(server):
     connection to its WebSocket protocol (websockets is installed), outside every deadline here; the
     app has no WebSocket route, the handshake's 403 closed it, and that close waited for the unread
     buffer for ever. The server speaks no WebSocket now: the upgrade is a plain request."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 536)
-    sock.connect(("127.0.0.1", server.port))
-    sock.settimeout(10)
+    sock = owing_unread_answers(server.port)
     try:
-        for _ in range(30):  # 600 answers owed, under uvloop's 64 KiB mark
-            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" * 20)
-            time.sleep(0.1)
         time.sleep(0.5)
         sock.sendall(
             b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
         )
-        deadline = time.monotonic() + 5 + SEND_TIMEOUT + 10  # keep-alive's 5 s, the deadline, slack
-        while time.monotonic() < deadline and established(sock):
-            time.sleep(0.2)
-        assert not established(sock), "an upgraded connection whose answers nobody reads is still held"
+        assert gone_within(sock, 5 + SEND_TIMEOUT + 10), (
+            "an upgraded connection whose answers nobody reads is still held"
+        )
     finally:
         sock.close()
 
