@@ -48,6 +48,12 @@ def send_timeout_seconds() -> float:
     return float(os.environ.get(SEND_TIMEOUT_ENV) or DEFAULT_SEND_TIMEOUT_SECONDS)
 
 
+def _cancel(timer: asyncio.TimerHandle | None) -> None:
+    """Cancel ``timer`` if set; returns None, to assign back."""
+    if timer is not None:
+        timer.cancel()
+
+
 class HeaderDeadlineProtocol(HttpToolsProtocol):
     """``HttpToolsProtocol`` that drops a connection whose request headers do not arrive in time,
     or whose answers are not read in time."""
@@ -103,7 +109,7 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
             self._send_deadline = self.loop.call_later(send_timeout_seconds(), self._answers_not_read)
 
     def resume_writing(self) -> None:
-        self._cancel_send_deadline()
+        self._send_deadline = _cancel(self._send_deadline)
         super().resume_writing()
 
     def _should_upgrade(self) -> bool:
@@ -118,10 +124,8 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         self._disarm()
-        self._cancel_send_deadline()
-        if self._close_deadline is not None:
-            self._close_deadline.cancel()
-            self._close_deadline = None
+        self._send_deadline = _cancel(self._send_deadline)
+        self._close_deadline = _cancel(self._close_deadline)
         running = self._running
         if running is not None and not running.response_complete:
             # uvicorn marks only self.cycle disconnected: the pipelined request being answered
@@ -134,14 +138,7 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         self._header_deadline = self.loop.call_later(header_timeout_seconds(), self._headers_too_late)
 
     def _disarm(self) -> None:
-        if self._header_deadline is not None:
-            self._header_deadline.cancel()
-            self._header_deadline = None
-
-    def _cancel_send_deadline(self) -> None:
-        if self._send_deadline is not None:
-            self._send_deadline.cancel()
-            self._send_deadline = None
+        self._header_deadline = _cancel(self._header_deadline)
 
     def _close(self) -> None:
         self.transport.close()
