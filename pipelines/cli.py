@@ -176,6 +176,26 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_backtest(args: argparse.Namespace) -> int:
+    from pipelines import backtest, reports, storage
+    from pipelines.config import load_config
+    from pipelines.settings import Settings
+
+    settings = Settings.from_env()
+    config = load_config(args.config or settings.config_path)
+    windows = [None if w == "all" else int(w) for w in args.windows.split(",")]
+    result = backtest.run(
+        config, first=args.first, last=args.last, windows=windows,
+        progress=lambda m: print(f"[backtest] {m}", file=sys.stderr, flush=True),
+    )  # fmt: skip
+    out = args.out or storage.join(settings.artifact_root, "backtest", config.dataset.name)
+    json_uri = storage.write_json(storage.join(out, "backtest.json"), result)
+    html_uri = storage.write_text(storage.join(out, "backtest.html"), reports.backtest_html(result))
+    print(backtest.table_text(result))
+    print(f"\nreport: {html_uri}\ndata:   {json_uri}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlops", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -202,6 +222,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--version", help="serve this registered version only (no registry polling)")
     serve.add_argument("--access-log", action="store_true")
     serve.set_defaults(func=_cmd_serve)
+
+    backtest = sub.add_parser(
+        "backtest", help="replay months under retraining policies and compare them (no Airflow, no server)"
+    )
+    backtest.add_argument("--config", help="dataset config (default: MLOPS_CONFIG or the bundled flights)")
+    backtest.add_argument("--first", default="2013-04", help="first month served (YYYY-MM)")
+    backtest.add_argument("--last", default="2013-12", help="last month served (YYYY-MM)")
+    backtest.add_argument("--windows", default="3,6,12", help="training windows to compare (months, or all)")
+    backtest.add_argument("--out", help="folder or URL for backtest.json and backtest.html")
+    backtest.set_defaults(func=_cmd_backtest)
 
     from pipelines import audit
 

@@ -356,8 +356,11 @@ class Drift(_Strict):
     columns: dict[str, ColumnDrift] = Field(default_factory=dict)
     # Fewer rows than this in the window (or the reference): "insufficient data", never an alarm.
     min_rows: int = Field(500, ge=1)
-    # The window drifted when at least this share of the judged features drifted.
+    # The window drifted when at least this share of the judged features drifted. With
+    # ``weighting: importance`` each feature counts by the model's permutation importance (stored
+    # with the model at training), so a shift in a feature the model ignores counts for nothing.
     share: float = Field(0.3, gt=0, le=1)
+    weighting: Literal["none", "importance"] = "importance"
     psi_bins: int = Field(10, ge=2, le=100)
     # Rows kept from the training data as the reference sample (seeded, stored with the model).
     reference_rows: int = Field(50_000, ge=1_000)
@@ -373,19 +376,34 @@ class Drift(_Strict):
 
 
 class Performance(_Strict):
-    """Live performance (prediction log joined with feedback) against the model's test score."""
+    """Live performance (prediction log joined with feedback) against a fair baseline.
+
+    ``baseline: first_window``: the champion's own live score in the first window it served
+    (stored on its model version); ``test``: its score on the in-window test split, which is
+    almost always above next month's (the test rows are the window's last weeks). Decay is a
+    drop larger than ``max_drop`` that is also significant at ``alpha`` (one-sided z-test on the
+    two areas, Hanley-McNeil errors), so a month of noise does not count.
+
+    Before labels come, the live score is estimated from the champion's calibrated
+    probabilities (CBPE); ``max_estimated_drop`` makes an estimated drop a trigger of its own.
+    """
 
     metric: Literal["roc_auc"] = "roc_auc"
-    # Decay: the live metric fell more than this below the one recorded at training time.
-    max_drop: float = Field(0.05, ge=0)
+    baseline: Literal["first_window", "test"] = "first_window"
+    max_drop: float = Field(0.02, ge=0)
+    alpha: float = Field(0.05, gt=0, lt=0.5)
     min_labelled_rows: int = Field(500, ge=1)
+    max_estimated_drop: float = Field(0.03, gt=0)
 
 
 class Retrain(_Strict):
     """When monitoring asks for a retrain, and how often at most."""
 
+    # retrain: a trigger asks for a retrain; notify: reports and notifications only, never a retrain.
+    mode: Literal["retrain", "notify"] = "retrain"
     on_drift: bool = True
     on_decay: bool = True
+    on_estimated_decay: bool = False
     # After a retrain request for the serving model, no second one for this long (window time),
     # unless a new champion started serving meanwhile: one drift episode gives one retrain.
     cooldown_hours: float = Field(24 * 7, ge=0)

@@ -221,6 +221,15 @@ def compare(
     return [compare_column(c, reference.columns[c], current[c], rules[c], min_rows) for c in names]
 
 
+def weighted_share(results: Iterable[dict[str, Any]], weights: Mapping[str, float]) -> float | None:
+    """Share of the judged columns' total weight that drifted (None: nothing judged or no weight)."""
+    judged = [r for r in results if r["status"] != INSUFFICIENT]
+    total = sum(max(weights.get(r["column"], 0.0), 0.0) for r in judged)
+    if not judged or total <= 0:
+        return None
+    return sum(max(weights.get(r["column"], 0.0), 0.0) for r in judged if r["drifted"]) / total
+
+
 def drift_share(results: Iterable[dict[str, Any]]) -> tuple[float | None, int, int]:
     """(share of judged columns that drifted, drifted, judged); share is None when none was judged."""
     judged = [r for r in results if r["status"] != INSUFFICIENT]

@@ -1,12 +1,17 @@
 """Monitoring: a window of traffic against the champion's training reference, and the decision.
 
 ``detect`` turns a reference sample and a current window into a report:
-covariate drift per feature, prediction drift, label drift (once labels
-exist) and live performance against the score recorded at training time.
-``retrain_decision`` applies the policy: drift or decay asks for a retrain,
-at most once per episode (cooldown, keyed by the serving champion). The
-statistics are in ``pipelines.drift``; the steps ``detect_drift`` and
-``decide_retrain`` call these functions.
+covariate drift per feature (and its share weighted by the champion's
+permutation importances), prediction drift, label drift (once labels exist),
+live performance against a fair baseline (the champion's first judged window)
+with a significance test, and the performance estimated before labels from
+the calibrated probabilities (CBPE, ``pipelines.estimation``).
+``retrain_decision`` applies the policy: each enabled trigger may ask for a
+retrain, at most once per episode (cooldown, keyed by the serving champion),
+or only notify. ``training_profile`` is what training stores for all this.
+The statistics are in ``pipelines.drift``; the steps ``detect_drift`` and
+``decide_retrain`` call these functions, and ``pipelines.backtest`` replays
+them month by month to choose the policy.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines import drift, modeling, prediction_log
+from pipelines import drift, estimation, modeling, prediction_log
 from pipelines.config import Dataset, Drift, Monitoring, Performance, Retrain
 
 log = logging.getLogger(__name__)
@@ -28,6 +33,45 @@ RETRAIN_TAG = "mlops.monitoring.last_retrain"
 DRIFT = "drift"
 DECAY = "decay"
 OK = "ok"
+
+
+# Rows of the test split used for permutation importance: enough for stable ranks, fast to score.
+IMPORTANCE_ROWS = 5_000
+IMPORTANCE_REPEATS = 3
+
+
+def training_profile(
+    model: Any, test: pd.DataFrame, dataset: Dataset, threshold: float, seed: int
+) -> dict[str, Any]:
+    """What monitoring needs from training, computed on the held-out test split.
+
+    - ``importances``: permutation importance of each feature (drop in ROC AUC when it is
+      shuffled, clipped at 0), so drift is weighted by what the model uses;
+    - ``calibration``: the isotonic map from the model's probability to the observed rate, for
+      estimating live performance before labels come (CBPE);
+    - ``estimated_test_roc_auc``: that estimate on the test split itself, the reference of the
+      estimated drop until the champion has a live baseline.
+    """
+    from sklearn.inspection import permutation_importance
+
+    x, y = modeling.features_and_label(test, dataset)
+    proba = model.predict_proba(x)[:, 1]
+    calibration = estimation.Calibration.fit(proba, y)
+    rows = np.random.default_rng(seed).permutation(len(x))[:IMPORTANCE_ROWS]
+    importances: dict[str, float] = {}
+    if len(np.unique(y[rows])) == 2:
+        found = permutation_importance(
+            model, x.iloc[rows], y[rows], scoring="roc_auc", n_repeats=IMPORTANCE_REPEATS,
+            random_state=seed, n_jobs=1,
+        )  # fmt: skip
+        importances = {c: max(float(v), 0.0) for c, v in zip(x.columns, found.importances_mean, strict=True)}
+    return {
+        "importances": importances,
+        "calibration": calibration.to_dict(),
+        "estimated_test_roc_auc": estimation.expected_roc_auc(calibration(proba)),
+        "threshold": threshold,
+        "test_rows": len(x),
+    }
 
 
 def column_rules(dataset: Dataset, config: Drift) -> dict[str, drift.ColumnRule]:
@@ -67,26 +111,84 @@ def window_frame(log_frame: pd.DataFrame, dataset: Dataset) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
+def _counts(y: np.ndarray) -> tuple[int, int]:
+    positives = int(y.sum())
+    return positives, len(y) - positives
+
+
 def _performance(
-    current: pd.DataFrame, dataset: Dataset, config: Performance, training_score: float | None
+    current: pd.DataFrame,
+    dataset: Dataset,
+    config: Performance,
+    training: dict[str, Any] | None,
+    baseline: dict[str, Any] | None,
 ) -> dict[str, Any]:
+    """Realised live performance against the baseline: a drop that is large and significant is decay.
+
+    ``training``: the champion's test score and its (positives, negatives); ``baseline``: its
+    live score in the first window it served (None until that window has been judged).
+    """
     labelled = current.dropna(subset=[dataset.target.name, modeling.PREDICTION_COLUMN])
     y = labelled[dataset.target.name].astype(int).to_numpy()
+    training_score = (training or {}).get("value")
     result: dict[str, Any] = {
         "metric": config.metric,
         "labelled_rows": len(labelled),
         "training": training_score,
+        "baseline_kind": config.baseline,
         "max_drop": config.max_drop,
+        "alpha": config.alpha,
         "min_labelled_rows": config.min_labelled_rows,
     }
     if len(labelled) < config.min_labelled_rows or len(np.unique(y)) < 2:
         reason = f"{len(labelled)} labelled rows (both classes needed); at least {config.min_labelled_rows}"
         return {**result, "status": drift.INSUFFICIENT, "live": None, "drop": None, "reason": reason}
     metrics = modeling.classification_metrics(y, labelled[modeling.PREDICTION_COLUMN].to_numpy(), 0.5)
-    live = metrics[config.metric]
-    drop = None if training_score is None else training_score - live
-    decayed = drop is not None and drop > config.max_drop
-    return {**result, "status": DECAY if decayed else OK, "live": live, "drop": drop}
+    live, counts = metrics[config.metric], _counts(y)
+    result |= {"live": live, "counts": list(counts)}
+    against = training if config.baseline == "test" else baseline
+    if not against or against.get("value") is None:
+        # the first judged window of this champion becomes its baseline; nothing to compare yet
+        return {
+            **result, "status": OK, "drop": None, "baseline": None,
+            "new_baseline": {"value": live, "counts": list(counts)},
+            "reason": f"first judged window: live {config.metric} {live:.4f} becomes the baseline",
+        }  # fmt: skip
+    test = estimation.auc_drop(against["value"], tuple(against["counts"]), live, counts)
+    decayed = test["drop"] > config.max_drop and test["p_value"] < config.alpha
+    return {**result, "status": DECAY if decayed else OK, "baseline": against["value"], **test}
+
+
+def _estimated(
+    served: pd.DataFrame, profile: dict[str, Any] | None, config: Performance, baseline: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The live ROC AUC and error rate expected from the champion's calibrated probabilities (CBPE).
+
+    Needs no label. Compared with the estimate of the baseline window (or, before one exists,
+    of the champion's test split) to say whether the inputs moved where the model is weaker.
+    """
+    if not profile or not profile.get("calibration"):
+        return {
+            "status": "unavailable",
+            "reason": "the champion has no calibration map (trained before CBPE)",
+        }
+    proba = pd.to_numeric(served[modeling.PREDICTION_COLUMN], errors="coerce").dropna().to_numpy()
+    if len(proba) < config.min_labelled_rows:
+        reason = f"{len(proba)} answered rows; at least {config.min_labelled_rows}"
+        return {"status": drift.INSUFFICIENT, "roc_auc": None, "reason": reason}
+    calibrated = estimation.Calibration.from_dict(profile["calibration"])(proba)
+    value = estimation.expected_roc_auc(calibrated)
+    reference = (baseline or {}).get("estimated", profile.get("estimated_test_roc_auc"))
+    drop = None if value is None or reference is None else reference - value
+    decayed = drop is not None and drop > config.max_estimated_drop
+    return {
+        "status": DECAY if decayed else OK,
+        "roc_auc": value,
+        "error_rate": estimation.expected_error_rate(calibrated, profile.get("threshold", 0.5)),
+        "reference": reference,
+        "drop": drop,
+        "max_drop": config.max_estimated_drop,
+    }
 
 
 def detect(
@@ -96,12 +198,16 @@ def detect(
     dataset: Dataset,
     config: Monitoring,
     champion_version: str | None,
-    training_score: float | None,
+    training: dict[str, Any] | None,
+    profile: dict[str, Any] | None = None,
+    baseline: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The monitoring report of one window (JSON-ready).
 
     Inputs are judged on every row of the window; the prediction and performance only on the
-    rows the champion answered (its reference is the one compared).
+    rows the champion answered (its reference is the one compared). ``profile`` is what training
+    stored for monitoring (feature importances, calibration map); ``baseline`` the champion's
+    first judged window.
     """
     rules = column_rules(dataset, config.drift)
     if isinstance(reference, pd.DataFrame):
@@ -121,15 +227,29 @@ def detect(
         reference, labelled, rules, min_rows=min_rows, columns=[dataset.target.name]
     ) or [None]
     share, drifted, judged = drift.drift_share(features)
-    status = drift.INSUFFICIENT if share is None else DRIFT if share >= config.drift.share else OK
+    importances = (profile or {}).get("importances") or {}
+    weighted = drift.weighted_share(features, importances) if importances else None
+    by_importance = config.drift.weighting == "importance" and weighted is not None
+    for f in features:
+        f["importance"] = importances.get(f["column"])
+    decisive = weighted if by_importance else share
+    status = drift.INSUFFICIENT if decisive is None else DRIFT if decisive >= config.drift.share else OK
     drifted_features = [f["column"] for f in features if f["drifted"]]
-    performance = _performance(served, dataset, config.performance, training_score)
+    performance = _performance(served, dataset, config.performance, training, baseline)
+    estimated = _estimated(served, profile, config.performance, baseline)
+    if performance.get("new_baseline") and estimated.get("roc_auc") is not None:
+        performance["new_baseline"]["estimated"] = estimated["roc_auc"]
+    if estimated.get("roc_auc") is not None and performance.get("live") is not None:
+        estimated["realised"] = performance["live"]
+        estimated["error"] = estimated["roc_auc"] - performance["live"]
     return {
         "champion_version": champion_version,
         "rows": {"window": len(current), "champion": len(served), "labelled": len(labelled)},
         "drift": {
             "status": status,
             "share": share,
+            "weighted_share": weighted,
+            "weighting": "importance" if by_importance else "none",
             "drifted": drifted,
             "judged": judged,
             "threshold_share": config.drift.share,
@@ -139,7 +259,56 @@ def detect(
         "prediction": prediction,
         "label": label,
         "performance": performance,
+        "estimated": estimated,
     }
+
+
+def _drift_reason(d: dict[str, Any]) -> str:
+    names = ", ".join(d["drifted_features"]) or "none"
+    if d.get("weighting") == "importance":
+        return (
+            f"importance-weighted drift {d['weighted_share']:.2f} {'>=' if d['status'] == DRIFT else '<'}"
+            f" {d['threshold_share']:.2f} ({d['drifted']}/{d['judged']} features drifted: {names})"
+        )
+    return (
+        f"drift in {d['drifted']}/{d['judged']} features ({d['share']:.0%}"
+        f" {'>=' if d['status'] == DRIFT else '<'} {d['threshold_share']:.0%}): {names}"
+    )
+
+
+def _decay_reason(p: dict[str, Any]) -> str:
+    if p.get("live") is None:
+        return f"performance: {p.get('reason', p['status'])}"
+    if p.get("baseline") is None:
+        return p.get("reason", "no baseline")
+    verdict = "decay" if p["status"] == DECAY else "no decay"
+    return (
+        f"{verdict}: live {p['metric']} {p['live']:.4f} vs baseline {p['baseline']:.4f}"
+        f" ({p['baseline_kind']}), drop {p['drop']:+.4f} (allowed {p['max_drop']}), p={p['p_value']:.3f}"
+        f" (alpha {p['alpha']})"
+    )
+
+
+def _estimate_reason(e: dict[str, Any]) -> str:
+    if e.get("roc_auc") is None:
+        return f"estimate: {e.get('reason', e['status'])}"
+    if e.get("drop") is None:
+        return f"estimated {e['roc_auc']:.4f}"
+    return (
+        f"estimated ROC AUC {e['roc_auc']:.4f} vs {e['reference']:.4f}, drop {e['drop']:+.4f}"
+        f" ({'>' if e['status'] == DECAY else '<='} {e['max_drop']})"
+    )
+
+
+def explain(report: dict[str, Any]) -> list[str]:
+    """One line per trigger: what it saw and whether that fires (the reasons a person reads)."""
+    lines = []
+    d = report["drift"]
+    lines.append(_drift_reason(d) if d["status"] != drift.INSUFFICIENT else "drift: insufficient data")
+    lines.append(_decay_reason(report["performance"]))
+    if "estimated" in report:
+        lines.append(_estimate_reason(report["estimated"]))
+    return lines
 
 
 def retrain_decision(
@@ -155,25 +324,28 @@ def retrain_decision(
     An episode belongs to the serving champion: after a request, the same champion gets no
     second one until ``cooldown_hours`` of window time have passed (a retrain may still be
     running, or was rejected by the gate); a new champion starts a new episode. A retry of the
-    same monitoring run repeats its own request.
+    same monitoring run repeats its own request. In ``notify`` mode the reasons are reported
+    and nothing is requested.
     """
     reasons = []
     d, p = report["drift"], report["performance"]
+    e = report.get("estimated") or {}
     if config.on_drift and d["status"] == DRIFT:
-        reasons.append(
-            f"drift in {d['drifted']}/{d['judged']} features ({d['share']:.0%} >="
-            f" {d['threshold_share']:.0%}): {', '.join(d['drifted_features'])}"
-        )
+        reasons.append(_drift_reason(d))
     if config.on_decay and p["status"] == DECAY:
-        reasons.append(
-            f"live {p['metric']} {p['live']:.4f} is {p['drop']:.4f} below the {p['training']:.4f} at"
-            f" training (allowed drop {p.get('max_drop')})"
-        )
+        reasons.append(_decay_reason(p))
+    if config.on_estimated_decay and e.get("status") == DECAY:
+        reasons.append(_estimate_reason(e))
+    seen = "; ".join(explain(report))
     if not reasons:
-        why = []
-        for name, part in (("drift", d), ("performance", p)):
-            why.append(f"{name}: {part['status']}")
-        return {"retrain": False, "reason": "no drift or decay to act on (" + "; ".join(why) + ")"}
+        return {"retrain": False, "reason": f"no trigger fired ({seen})", "reasons": []}
+    if config.mode == "notify":
+        return {
+            "retrain": False,
+            "notify": True,
+            "reason": "notify only (monitoring.retrain.mode): " + "; ".join(reasons),
+            "reasons": reasons,
+        }
     champion = report["champion_version"]
     if last_request and last_request.get("run_id") != run_id:
         same_champion = str(last_request.get("champion_version")) == str(champion)
@@ -189,6 +361,32 @@ def retrain_decision(
                 "reasons": reasons,
             }
     return {"retrain": True, "reason": "; ".join(reasons), "reasons": reasons}
+
+
+BASELINE_TAG = "monitoring.baseline"
+
+
+def training_score(tags: dict[str, str], metric: str) -> dict[str, Any] | None:
+    """The champion's test score and its test split's (positives, negatives), from its tags."""
+    value, rows, rate = (tags.get(f"test.{k}") for k in (metric, "rows", "positive_rate"))
+    if value is None:
+        return None
+    counts = None
+    if rows and rate:
+        positives = round(float(rows) * float(rate))
+        counts = [positives, round(float(rows)) - positives]
+    return {"value": float(value), "counts": counts or [0, 0]}
+
+
+def baseline(tags: dict[str, str]) -> dict[str, Any] | None:
+    """The champion's first judged live window (value, counts, estimate), from its version's tag."""
+    raw = tags.get(BASELINE_TAG)
+    try:
+        found = json.loads(raw) if raw else None
+    except json.JSONDecodeError:
+        log.warning("ignoring an unreadable %s tag: %r", BASELINE_TAG, raw[:200])
+        return None
+    return found if isinstance(found, dict) and "value" in found else None
 
 
 def last_request(tags: dict[str, str]) -> dict[str, Any] | None:

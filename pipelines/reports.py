@@ -344,3 +344,82 @@ th{{background:#f6f8fa}}img{{max-width:100%}}</style></head><body>
 <img alt="live ROC AUC and drift by month" src="data:image/png;base64,{png}">
 {_table(table, columns)}
 </body></html>"""
+
+
+def backtest_html(result: dict[str, Any]) -> str:
+    """The policy backtest: live ROC AUC by month per policy with the oracle, and each trigger's trade-off."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    months = result["replay"]["months"]
+    x = np.arange(len(months))
+    fig, (top, bottom) = plt.subplots(1, 2, figsize=(14, 5), layout="constrained")
+    top.plot(x, list(result["oracle"].values()), color="#1f2328", lw=3, alpha=0.3, label="oracle")
+    for name, rows in result["months"].items():
+        line = top.plot(x, [r["live_auc"] for r in rows], marker="o", ms=3, label=name)[0]
+        retrained = [i for i, r in enumerate(rows) if r.get("retrain")]
+        top.plot(retrained, [rows[i]["live_auc"] for i in retrained], "v", color=line.get_color(), ms=8)
+    top.set_xticks(x, months, rotation=45)
+    top.set(
+        ylabel="live ROC AUC", title=f"{result['dataset']}: live ROC AUC by policy (▼: retrain at month end)"
+    )
+    top.legend(fontsize=7)
+    for name, curve in result["tradeoff"]["curves"].items():
+        pts = [p for p in curve["points"] if p["precision"] is not None and p["recall"] is not None]
+        bottom.plot([p["recall"] for p in pts], [p["precision"] for p in pts], marker=".", label=name)
+    bottom.axhline(0.8, color="#8c959f", ls=":")
+    bottom.axvline(0.8, color="#8c959f", ls=":")
+    bottom.set(xlabel="recall of realised harm", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02),
+               title="each trigger over its threshold")  # fmt: skip
+    bottom.legend(fontsize=7)
+    png = _figure_png(fig)
+    plt.close(fig)
+    policy_columns = ["policy", "description", "mean_live_auc", "mean_log_loss", "retrains", "fit_seconds",
+                      "months_below_best", "alarms", "alarm_precision", "alarm_recall"]  # fmt: skip
+    strategy_columns = ["strategy", "policy", "mean_live_auc", "retrains", "fit_seconds", "months_below_best"]
+    trade = [
+        {"trigger": name, **(curve["best"] or {})} for name, curve in result["tradeoff"]["curves"].items()
+    ]
+    estimate = result["estimation"]
+    months_table = [{"policy": name, **r} for name, rows in result["months"].items() for r in rows]
+    name = html.escape(result["dataset"])
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Policy backtest: {name}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;color:#1f2328}}
+table{{border-collapse:collapse;margin:.5em 0 1.5em}}td,th{{border:1px solid #d0d7de;padding:.3em .6em}}
+th{{background:#f6f8fa}}img{{max-width:100%}}</style></head><body>
+<h1>Policy backtest: {name}</h1>
+<p>Months {html.escape(months[0])} to {html.escape(months[-1])}, retraining {html.escape(result["strategy"])}.
+Harm: the serving model's live ROC AUC next month more than {
+        result["harm_margin"]
+    } below a fresh retrain's.</p>
+<img alt="live ROC AUC by policy and trigger trade-offs" src="data:image/png;base64,{png}">
+<h2>Policies</h2>{_table(result["policies"], policy_columns)}
+<h2>Training strategies</h2>{_table(result["strategies"], strategy_columns)}
+<h2>Triggers against realised harm ({result["tradeoff"]["situations"]} situations,
+{result["tradeoff"]["harmful"]} harmful)</h2>
+{_table(trade, ["trigger", "threshold", "alarms", "precision", "recall", "meets_target"])}
+<h2>Estimated before labels (CBPE) vs realised, configured policy</h2>
+<p>Mean absolute error: {estimate["mean_absolute_error"]}</p>
+{_table(estimate["months"], ["month", "estimated_auc", "live_auc"])}
+<h2>Month by month</h2>
+{
+        _table(
+            months_table,
+            [
+                "policy",
+                "month",
+                "serving",
+                "live_auc",
+                "oracle_auc",
+                "estimated_auc",
+                "weighted_drift",
+                "alarm",
+                "reason",
+                "retrain",
+                "rollout",
+            ],
+        )
+    }
+</body></html>"""

@@ -149,6 +149,8 @@ def serving_config(tmp_path: Path) -> Path:
     data["registry"] = {"model_name": SERVING_MODEL, "experiment": SERVING_MODEL}
     data["dataset"]["expectations"] = str(DEFAULT_CONFIG.parent / data["dataset"]["expectations"])
     data["deploy"]["rollout"]["poke_seconds"] = 1
+    # the fixture's versions are the documented windows (v2 on Feb-Apr), whatever the default window
+    data["ingest"]["window_months"] = 3
     # v3 is registered on purpose though far worse: no swing band, so its rollouts need no person
     data["gate"]["swing_band"] = None
     path = tmp_path / "serving.yaml"

@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from pipelines import audit, monitoring, tracking
+from pipelines import audit, monitoring, notify, tracking
 from pipelines.context import StepContext
 from pipelines.pipeline import skipped
 
@@ -29,12 +29,20 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
     client = tracking.client(ctx.settings)
     last = monitoring.last_request(client.get_registered_model(name).tags)
     window_end = pd.Timestamp(found["window"]["end"])
+    new_baseline = (found.get("performance") or {}).get("new_baseline")
+    if new_baseline:  # the champion's first judged window: what later windows are compared with
+        baseline = {**new_baseline, "window_end": window_end.isoformat(), "run_id": ctx.run_id}
+        client.set_model_version_tag(
+            name, found["champion_version"], monitoring.BASELINE_TAG, json.dumps(baseline)
+        )
     decision = monitoring.retrain_decision(
         found, last, ctx.config.monitoring.retrain, window_end=window_end, run_id=ctx.run_id
     )
+    if decision.get("notify"):  # notify mode: people hear it, nothing is requested
+        notify.post(notify.retrain_message({**found, **decision}))
     if not decision["retrain"]:
         log.info("no retrain: %s", decision["reason"])
-        return skipped(decision["reason"], retrain=False)
+        return skipped(decision["reason"], retrain=False, notify=bool(decision.get("notify")))
     request = {
         "requested_at": window_end.isoformat(),
         "champion_version": found["champion_version"],

@@ -64,6 +64,12 @@ def _batch(ctx: StepContext, model, version: str) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
+def _profile(tags: dict[str, str]) -> dict[str, Any] | None:
+    """Importances and calibration stored at training (None for a model trained before they were)."""
+    uri = tags.get("monitoring_profile_uri")
+    return storage.read_json(uri) if uri else None
+
+
 def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
     """Compare the window with the reference; write drift.json and drift.html; log to MLflow."""
     import mlflow
@@ -93,14 +99,15 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
         name, version, len(current), ctx.interval_start, ctx.interval_end, config.source, config.clock,
         len(reference),
     )  # fmt: skip
-    training_score = champion.tags.get(f"test.{config.performance.metric}")
     report = monitoring.detect(
         reference,
         current,
         dataset=dataset,
         config=config,
         champion_version=version,
-        training_score=float(training_score) if training_score else None,
+        training=monitoring.training_score(champion.tags, config.performance.metric),
+        profile=_profile(champion.tags),
+        baseline=monitoring.baseline(champion.tags),
     )
     report = {
         "model_name": name,
@@ -127,6 +134,10 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
             metrics |= {"drift_share": d["share"], "drifted_features": d["drifted"]}
         if p["live"] is not None:
             metrics[f"live_{p['metric']}"] = p["live"]
+        if report["estimated"].get("roc_auc") is not None:
+            metrics["estimated_roc_auc"] = report["estimated"]["roc_auc"]
+        if d.get("weighted_share") is not None:
+            metrics["drift_weighted_share"] = d["weighted_share"]
         for f in report["features"]:
             if f["score"] is not None:
                 metrics[f"drift.{f['column']}.{f['method']}"] = f["score"]
@@ -155,6 +166,8 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
         "rows": report["rows"],
         "drift": d,
         "performance": p,
+        "estimated": report["estimated"],
+        "explanation": monitoring.explain(report),
         "prediction_drift": (report["prediction"] or {}).get("status"),
         "label_drift": (report["label"] or {}).get("status"),
     }

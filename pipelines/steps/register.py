@@ -41,6 +41,8 @@ def lineage_tags(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, str]:
         "reference_uri": trained["reference_uri"],
         "training.mode": trained["training_mode"]["mode"],
     }
+    if trained.get("monitoring_profile_uri"):  # importances and calibration for monitoring
+        tags["monitoring_profile_uri"] = trained["monitoring_profile_uri"]
     if trained.get("model_sha256"):  # the loaders refuse other files under this version
         tags[model_format.DIGEST_TAG] = trained["model_sha256"]
     tags.update({f"test.{k}": f"{v:.6f}" for k, v in evaluation["metrics"].items() if v is not None})

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import ParameterSampler
 
-from pipelines import model_format, modeling, storage, tracking
+from pipelines import model_format, modeling, monitoring, storage, tracking
 from pipelines.context import StepContext
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,13 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
             frame, dataset, model, ctx.config.monitoring.drift.reference_rows, training.random_state
         )
 
+        monitoring_profile = monitoring.training_profile(
+            model, splits.test, dataset, threshold, training.random_state
+        )
         test_uri = storage.write_parquet(storage.join(out_dir, "test.parquet"), splits.test)
+        monitoring_uri = storage.write_json(
+            storage.join(out_dir, "monitoring_profile.json"), monitoring_profile
+        )
         profile_uri = storage.write_json(storage.join(out_dir, "reference_profile.json"), profile)
         reference_uri = storage.write_parquet(storage.join(out_dir, "reference.parquet"), reference)
 
@@ -137,6 +143,8 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
             }
         )
         mlflow.log_dict(profile, "reference_profile.json")
+        mlflow.log_dict(monitoring_profile, "monitoring_profile.json")
+        mlflow.log_metrics({f"importance.{k}": v for k, v in monitoring_profile["importances"].items()})
         if trials:
             mlflow.log_dict({"trials": trials, "best": params}, "search.json")
         model_uri = tracking.log_model(model, x_train.head(5))
@@ -161,6 +169,7 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
         "test_uri": test_uri,
         "reference_profile_uri": profile_uri,
         "reference_uri": reference_uri,
+        "monitoring_profile_uri": monitoring_uri,
         "training_mode": mode,
         "data_hash": snapshot_info["data_hash"],
     }

@@ -461,7 +461,9 @@ def _loop(args: argparse.Namespace, home: Path, env: dict[str, str], ports: dict
     failures = []
 
     first_end = next_month(args.train_last)
-    say(f"1. training the first champion on the {config.ingest.window_months} months before {first_end} ...")
+    say(
+        f"1. training the first champion on up to {config.ingest.window_months} months before {first_end} ..."
+    )
     run_id = api.trigger("training", {"interval_end": first_end})
     known["training"].add(run_id)
     trained = api.wait("training", run_id, 900)
@@ -510,8 +512,11 @@ def _loop(args: argparse.Namespace, home: Path, env: dict[str, str], ports: dict
         row.update(
             {
                 "drift_share": drift.get("share"),
+                "weighted_drift": drift.get("weighted_share"),
                 "drifted": ", ".join(drift.get("drifted_features") or []),
                 "monitored_auc": perf.get("live"),
+                "estimated_auc": (found.get("estimated") or {}).get("roc_auc"),
+                "reasons": "; ".join(found.get("explanation") or []),
                 "retrain": "no",
             }
         )
@@ -544,10 +549,26 @@ def _loop(args: argparse.Namespace, home: Path, env: dict[str, str], ports: dict
             row["retrain_reason"] = monitored["tasks"].get("decide_retrain")
         table.append(row)
         say(f"  {month}: {_row_text(row)}")
+        say(f"  policy: {row['reasons'] or 'no report'}")
+    _add_monthly_cron(config, table, args.first, args.last)
     _finish(home, settings, config, table, api.approvals)
     for failure in failures:
         say(f"problem: {failure}")
     return 1 if failures else 0
+
+
+def _add_monthly_cron(config, table: list[dict[str, Any]], first: str, last: str) -> None:
+    """What a monthly cron would have served each month: the policy backtest, in process, on the
+    same months, with the same training, gate and rollout (it takes a minute)."""
+    from pipelines import backtest
+
+    say("3. the monthly cron on the same months (pipelines.backtest, in process) ...")
+    replay = backtest.Replay(config, first=first, last=last)
+    policy = next(p for p in backtest.standard_policies(config) if p.name == "monthly")
+    oracle = [float("nan")] * len(replay.periods)
+    cron = backtest.simulate(replay, policy, backtest.configured_strategy(config), oracle)
+    for row, month in zip(table, cron.months, strict=True):
+        row["monthly_cron_auc"] = month["live_auc"]
 
 
 def _baseline_model(settings, config):
@@ -564,35 +585,45 @@ def _fmt(value: Any, spec: str = ".3f") -> str:
 
 def _row_text(row: dict[str, Any]) -> str:
     return (
-        f"drift {_fmt(row.get('drift_share'), '.0%')}, live ROC AUC {_fmt(row.get('live_auc'))}"
-        f" (never retrain {_fmt(row.get('never_retrain_auc'))}), {row.get('verdict', 'no verdict')},"
+        f"drift {_fmt(row.get('drift_share'), '.0%')}"
+        f" (weighted {_fmt(row.get('weighted_drift'), '.2f')}), live ROC AUC {_fmt(row.get('live_auc'))}"
+        f" (estimated before labels {_fmt(row.get('estimated_auc'))},"
+        f" never retrain {_fmt(row.get('never_retrain_auc'))}), {row.get('verdict', 'no verdict')},"
         f" retrain {row.get('retrain')}"
         f" {row.get('new_version', '')} {row.get('rollout', '')}".rstrip()
     )
 
 
 def table_text(table: list[dict[str, Any]]) -> str:
-    """The month-by-month table the command prints."""
+    """The month-by-month table the command prints, then each month's reasons."""
     head = (
-        f"{'month':8} {'flights':>7} {'drift':>6} {'live AUC':>8} {'never':>6} {'verdict':11} {'retrain':8}"
-        f" {'new':10} {'rollout':15} serving"
+        f"{'month':8} {'flights':>7} {'w.drift':>7} {'est.AUC':>7} {'live AUC':>8} {'never':>6}"
+        f" {'monthly':>7} {'verdict':11} {'retrain':8} {'new':10} {'rollout':15} serving"
     )
     lines = [head, "-" * len(head)]
     for r in table:
         lines.append(
-            f"{r['month']:8} {r['flights']:>7} {_fmt(r.get('drift_share'), '.0%'):>6}"
-            f" {_fmt(r.get('live_auc')):>8} {_fmt(r.get('never_retrain_auc')):>6} {r.get('verdict', ''):11}"
-            f" {r.get('retrain', ''):8} {r.get('new_version', '')!s:10.10} {r.get('rollout', '')!s:15.15}"
-            f" {r.get('serving', '')}"
+            f"{r['month']:8} {r['flights']:>7} {_fmt(r.get('weighted_drift'), '.2f'):>7}"
+            f" {_fmt(r.get('estimated_auc')):>7} {_fmt(r.get('live_auc')):>8}"
+            f" {_fmt(r.get('never_retrain_auc')):>6} {_fmt(r.get('monthly_cron_auc')):>7}"
+            f" {r.get('verdict', ''):11} {r.get('retrain', ''):8}"
+            f" {r.get('new_version', '')!s:10.10} {r.get('rollout', '')!s:15.15} {r.get('serving', '')}"
         )
-    live = [r["live_auc"] for r in table if r.get("live_auc") is not None]
-    never = [r["never_retrain_auc"] for r in table if r.get("never_retrain_auc") is not None]
-    if live and never:
+
+    def mean(key: str) -> float | None:
+        values = [r[key] for r in table if r.get(key) is not None]
+        return sum(values) / len(values) if values else None
+
+    live, never, cron = mean("live_auc"), mean("never_retrain_auc"), mean("monthly_cron_auc")
+    if live is not None and never is not None:
         lines.append(
-            f"mean ROC AUC: with the loop {sum(live) / len(live):.3f},"
-            f" never retraining {sum(never) / len(never):.3f}"
-            f" ({sum(1 for r in table if r.get('retrain') == 'yes')} retrains in {len(table)} months)"
+            f"mean ROC AUC: with the loop {live:.3f}, never retraining {never:.3f},"
+            f" a monthly cron {_fmt(cron)}"
+            f" ({sum(1 for r in table if r.get('retrain') == 'yes')} retrains in {len(table)} months;"
+            f" the cron retrains every month)"
         )
+    lines.append("")
+    lines += [f"{r['month']}: {r.get('reasons') or '-'}" for r in table]
     return "\n".join(lines)
 
 

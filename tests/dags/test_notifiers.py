@@ -47,7 +47,7 @@ def hook():
 
 def test_the_notification_arrives_and_the_log_hides_the_secret(hook, caplog):
     base, received = hook
-    caplog.set_level(logging.INFO, logger="mlops_airflow.notifiers")
+    caplog.set_level(logging.INFO, logger="pipelines.notify")
     RetrainNotifier(webhook_url=base + SECRET_PATH + "?token=abc").notify({"ti": _Ti()})
     ((path, body),) = received
     assert path.startswith(SECRET_PATH) and "drift in 4/10 features" in body["text"]

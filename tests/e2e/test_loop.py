@@ -43,11 +43,26 @@ def webhook():
     server.shutdown()
 
 
+def _config(folder: Path) -> Path:
+    """The bundled config with a lower importance-weighted drift share (0.2, not 0.3), so that
+    April (0.28 of the first champion's importance drifted) asks for a retrain and two months
+    exercise the whole path: event, training, gate, approval, canary, notification."""
+    import yaml
+
+    data = yaml.safe_load((ROOT / "pipelines" / "datasets" / "flights.yaml").read_text())
+    data["dataset"]["expectations"] = str(ROOT / "pipelines" / "datasets" / data["dataset"]["expectations"])
+    data["monitoring"]["drift"]["share"] = 0.2
+    path = folder / "flights-loop-test.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
 @pytest.fixture(scope="module")
 def loop(tmp_path_factory, webhook):
     home = tmp_path_factory.mktemp("loop") / "home"
+    config = _config(tmp_path_factory.mktemp("loop-config"))
     cmd = [
-        sys.executable, "-m", "mlops_airflow.loop", "--home", str(home), "--fresh",
+        sys.executable, "-m", "mlops_airflow.loop", "--home", str(home), "--fresh", "--config", str(config),
         "--first", "2013-04", "--last", "2013-05",
         "--airflow-port", str(free_port()), "--mlflow-port", str(free_port()),
         "--serving-port", str(free_port()),
@@ -69,13 +84,18 @@ def _runs(home: Path, dag_id: str) -> list[tuple[str, str, str]]:
 def test_the_loop_runs_and_prints_the_month_by_month_table(loop):
     done, home = loop
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    assert "month    flights  drift live AUC" in done.stdout
-    assert "mean ROC AUC: with the loop" in done.stdout
+    assert "month    flights w.drift est.AUC live AUC  never monthly" in done.stdout
+    assert "mean ROC AUC: with the loop" in done.stdout and "a monthly cron 0." in done.stdout
+    assert "2013-04: importance-weighted drift 0." in done.stdout  # each month's reasons
     table = json.loads((home / "artifacts" / "loop" / "loop.json").read_text())
     assert [row["month"] for row in table] == ["2013-04", "2013-05"]
     for row in table:
         assert row["flights"] > 20_000 and row["unanswered"] == 0  # every flight got an answer
         assert 0.55 < row["live_auc"] < 0.9 and 0.55 < row["never_retrain_auc"] < 0.9
+        assert 0.55 < row["monthly_cron_auc"] < 0.9
+        # estimated from the calibrated probabilities before the labels, then checked against them
+        assert 0.55 < row["estimated_auc"] < 0.9 and abs(row["estimated_auc"] - row["monitored_auc"]) < 0.1
+        assert "importance-weighted drift" in row["reasons"] and "estimated ROC AUC" in row["reasons"]
     html = (home / "artifacts" / "loop" / "loop.html").read_text()
     assert "data:image/png;base64," in html
 
@@ -83,8 +103,9 @@ def test_the_loop_runs_and_prints_the_month_by_month_table(loop):
 def test_april_drift_is_detected_and_its_event_starts_training_through_the_scheduler(loop):
     _done, home = loop
     april = json.loads((home / "artifacts" / "loop" / "loop.json").read_text())[0]
-    # spring weather against a winter reference: temperature and dew point move by whole stds
-    assert april["drift_share"] >= 0.3 and "temp" in april["drifted"]
+    # spring weather against a winter reference: temperature and dew point move by whole stds,
+    # and the features that drifted hold more than the 0.2 share of the model's importance
+    assert april["weighted_drift"] >= 0.2 and "temp" in april["drifted"]
     assert april["retrain"] == "yes"
     training = _runs(home, "training")
     assert training[0][1] == "manual"  # the first champion

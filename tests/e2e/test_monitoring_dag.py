@@ -4,6 +4,7 @@ stateful retraining through the plain runner, both against the real MLflow serve
 from __future__ import annotations
 
 import contextlib
+import json
 
 import pendulum
 import pytest
@@ -32,6 +33,8 @@ def _events(run) -> list[dict]:
 def _clear_request(settings) -> None:
     with contextlib.suppress(Exception):  # not set
         tracking.client(settings).delete_registered_model_tag(SERVING_MODEL, monitoring.RETRAIN_TAG)
+    with contextlib.suppress(Exception):
+        tracking.client(settings).delete_model_version_tag(SERVING_MODEL, "1", monitoring.BASELINE_TAG)
 
 
 def test_a_summer_batch_drifts_and_emits_one_retrain_event(dag, serving_home):
@@ -48,6 +51,13 @@ def test_a_summer_batch_drifts_and_emits_one_retrain_event(dag, serving_home):
     assert found["rows"]["labelled"] > 25_000  # the batch carries its outcomes
     assert found["label_drift"] in {"ok", "drift"} and found["prediction_drift"] in {"ok", "drift"}
     assert found["performance"]["status"] in {"ok", "decay"} and 0.5 < found["performance"]["live"] < 0.9
+    # judged by what the model uses, with the estimate before labels next to the realised value
+    assert found["drift"]["weighting"] == "importance" and found["drift"]["weighted_share"] >= 0.3
+    assert 0.5 < found["estimated"]["roc_auc"] < 0.9 and abs(found["estimated"]["error"]) < 0.1
+    assert any(line.startswith("importance-weighted drift") for line in found["explanation"])
+    # v1's first judged window is now its baseline, on its model version
+    tags = tracking.client(settings).get_model_version(SERVING_MODEL, "1").tags
+    assert json.loads(tags[monitoring.BASELINE_TAG])["value"] == found["performance"]["live"]
     report = storage.read_json(found["report_uri"])
     temp = next(f for f in report["features"] if f["column"] == "temp")
     assert (temp["method"], temp["threshold"], temp["drifted"]) == ("wasserstein", 0.1, True)

@@ -167,7 +167,7 @@ def test_the_report_names_drifted_features_and_the_performance(config):
     reference = _window(config, 20_000, seed=1)
     report = monitoring.detect(
         reference, _window(config, 3_000, temp_shift=15, seed=2), dataset=config.dataset,
-        config=config.monitoring, champion_version="3", training_score=0.75,
+        config=config.monitoring, champion_version="3", training={"value": 0.75, "counts": [500, 1500]},
     )  # fmt: skip
     assert report["drift"]["status"] == "drift"
     assert set(report["drift"]["drifted_features"]) == set(SHIFTED)
@@ -181,14 +181,14 @@ def test_a_small_window_is_insufficient_and_asks_for_nothing(config):
     reference = _window(config, 20_000, seed=1)
     report = monitoring.detect(
         reference, _window(config, 200, temp_shift=40, seed=2), dataset=config.dataset,
-        config=config.monitoring, champion_version="3", training_score=0.99,
+        config=config.monitoring, champion_version="3", training={"value": 0.99, "counts": [500, 1500]},
     )  # fmt: skip
     assert report["drift"]["status"] == drift.INSUFFICIENT
     assert report["performance"]["status"] == drift.INSUFFICIENT
     decision = monitoring.retrain_decision(
         report, None, Retrain(), window_end=pd.Timestamp("2013-05-01", tz="UTC"), run_id="r1"
     )
-    assert decision["retrain"] is False and "insufficient_data" in decision["reason"]
+    assert decision["retrain"] is False and "drift: insufficient data" in decision["reason"]
 
 
 def _drifted(champion: str = "3") -> dict:
@@ -197,7 +197,8 @@ def _drifted(champion: str = "3") -> dict:
         "drift": {"status": "drift", "share": 0.5, "drifted": 8, "judged": 16, "threshold_share": 0.3,
                   "drifted_features": ["temp", "dewp"]},
         "performance": {"status": "ok", "metric": "roc_auc", "live": 0.7, "training": 0.72, "drop": 0.02,
-                        "max_drop": 0.05},
+                        "max_drop": 0.05, "baseline": 0.72, "baseline_kind": "first_window",
+                        "p_value": 0.2, "alpha": 0.05},
     }  # fmt: skip
 
 
@@ -229,10 +230,16 @@ def test_one_drift_episode_gives_one_retrain():
 def test_decay_alone_asks_for_a_retrain_and_triggers_can_be_turned_off():
     report = _drifted()
     report["drift"] = {**report["drift"], "status": "ok", "drifted_features": []}
-    report["performance"] = {**report["performance"], "status": "decay", "live": 0.6, "drop": 0.12}
+    report["performance"] = {
+        **report["performance"],
+        "status": "decay",
+        "live": 0.6,
+        "drop": 0.12,
+        "p_value": 0.001,
+    }
     end = pd.Timestamp("2013-05-01", tz="UTC")
     decision = monitoring.retrain_decision(report, None, Retrain(), window_end=end, run_id="r")
-    assert decision["retrain"] is True and "0.1200 below" in decision["reason"]
+    assert decision["retrain"] is True and "drop +0.1200" in decision["reason"]
     off = monitoring.retrain_decision(report, None, Retrain(on_decay=False), window_end=end, run_id="r")
     assert off["retrain"] is False
 
