@@ -15,7 +15,7 @@ import pandas as pd
 
 from pipelines import feature_store, sources, storage
 from pipelines.config import Dataset
-from pipelines.context import StepContext
+from pipelines.context import StepContext, parse_time
 from pipelines.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -25,11 +25,15 @@ def training_window(ctx: StepContext) -> tuple[pd.Timestamp, pd.Timestamp]:
     """The window this run trains on: ``window_months`` back from the interval's end.
 
     Counted in the dataset's timezone, so a window that crosses a DST change
-    still starts at local midnight.
+    still starts at local midnight. It starts no earlier than the dataset's data
+    (``schedule.start_date``): a 12-month window in March 2013 is January to March,
+    and the model's tags say so.
     """
-    end = pd.Timestamp(ctx.interval_end).tz_convert(ctx.config.schedule.timezone)
+    schedule = ctx.config.schedule
+    end = pd.Timestamp(ctx.interval_end).tz_convert(schedule.timezone)
     start = end - pd.DateOffset(months=ctx.config.ingest.window_months)
-    return start.tz_convert("UTC"), end.tz_convert("UTC")
+    first = pd.Timestamp(parse_time(schedule.start_date, "schedule.start_date", schedule.timezone))
+    return max(start, first).tz_convert("UTC"), end.tz_convert("UTC")
 
 
 def add_label(frame: pd.DataFrame, ctx: StepContext) -> tuple[pd.DataFrame, int]:

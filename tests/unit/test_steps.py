@@ -61,7 +61,7 @@ def test_ingest_window_follows_config_and_empty_window_is_named(sliced):
     assert snapshot["time_hour"].min() >= pd.Timestamp("2013-03-01T05:00", tz="UTC")
     # inside the dataset's span, but the source (a slice of Jan-Mar) has no rows there
     with pytest.raises(DataError, match="no rows in the source"):
-        execute_step("ingest", make_ctx(end="2013-09-01"), {})
+        execute_step("ingest", make_ctx(end="2013-09-01", window_months=3), {})
 
 
 FEATURES_CONFIG = Path(__file__).resolve().parents[2] / "pipelines" / "datasets" / "flights_features.yaml"
