@@ -167,7 +167,7 @@ def test_each_retrain_request_is_posted_to_the_webhook(loop, webhook):
     assert len(received) == len(requests) >= 1
     content_type, body = received[0]
     assert content_type == "application/json"
-    assert body["text"].startswith("Retrain requested for flights-delay v1: drift in")
+    assert body["text"].startswith("Retrain requested for flights-delay v1: importance-weighted drift 0.")
     assert "drift.html" in body["text"] and "Runbook:" in body["text"]
 
 
