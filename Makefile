@@ -14,7 +14,10 @@ export DOCKER_HOST := unix:///run/podman/podman.sock
 endif
 endif
 
-.PHONY: demo train-demo install monitoring-tools browser nannyml container-engine lock images test lint serve up down bench bench-serving bench-drift bench-policy clean
+help:  ## This list: each target and what it does
+	@awk 'BEGIN {FS = ":[^#]*## "} /^[a-z][a-z-]*:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: help demo train-demo test-fast install monitoring-tools browser nannyml container-engine lock images test lint serve up down bench bench-serving bench-drift bench-policy clean
 
 demo: install  ## The closed loop: train on Jan-Mar 2013, replay Apr-Dec through the scheduler, print the table
 	$(PY) -m mlops_airflow.loop --fresh
@@ -82,9 +85,13 @@ images: install container-engine  ## Build the step and serving images through t
 test: install lint container-engine browser nannyml  ## Lint, then the whole test suite (unit, DAG integrity, containers, helm, end-to-end, scheduler, the UI in a browser)
 	$(VENV)/bin/pytest
 
-lint: install
+test-fast: install nannyml  ## Only the quick tests (unit, DAG integrity, data, model; a few minutes): the loop of a change
+	$(VENV)/bin/pytest tests/unit tests/dags tests/data tests/model
+
+lint: install  ## ruff, and the layering contracts of pyproject.toml (import-linter)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
 
 serve: install  ## Serve the demo's champion on http://127.0.0.1:8000 (follows the registry; Ctrl-C stops)
 	$(PY) -m pipelines.cli serve --port $${MLOPS_SERVING_PORT:-8000}
@@ -92,7 +99,7 @@ serve: install  ## Serve the demo's champion on http://127.0.0.1:8000 (follows t
 up: install  ## Airflow UI :8080, MLflow UI :5000 and the model server :8000 over the demo's stores
 	$(PY) -m mlops_airflow.stack up
 
-down:
+down:  ## Stop what `make up` started
 	$(PY) -m mlops_airflow.stack down
 
 bench: install  ## Airflow vs plain-Python wall time of the training pipeline (benchmarks/README.md)
@@ -107,5 +114,5 @@ bench-policy: install  ## The retraining-policy backtest on flights and on the c
 bench-drift: install  ## This project's drift statistics vs Evidently's DataDriftPreset (benchmarks/README.md)
 	$(PY) benchmarks/drift/run.py
 
-clean:
+clean:  ## Remove the demo's stores (.mlops); the virtualenvs stay
 	rm -rf .mlops

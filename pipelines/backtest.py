@@ -103,7 +103,7 @@ class Replay:
         ends = [*starts[1:], starts[-1] + pd.DateOffset(months=1)]
         begin = pd.Timestamp(history_start or config.schedule.start_date, tz=tz)
         raw = sources.read_window(self.dataset, begin.tz_convert("UTC"), ends[-1].tz_convert("UTC"))
-        from pipelines.steps.ingest import label_frame
+        from pipelines.dataset import label_frame
 
         labelled, _ = label_frame(raw, self.dataset)
         time_col = self.dataset.time_column

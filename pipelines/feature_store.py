@@ -239,7 +239,7 @@ def _store(dataset: Dataset) -> FeatureStoreConfig:
 
 def label_rows(frame: pd.DataFrame, dataset: Dataset) -> pd.Series:
     """The label of each row that has one (rows missing a required column are dropped), as ingest labels."""
-    from pipelines.steps.ingest import label_frame
+    from pipelines.dataset import label_frame
 
     labelled, _ = label_frame(frame.copy(), dataset)
     return labelled[dataset.target.name]

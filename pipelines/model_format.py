@@ -27,6 +27,9 @@ import yaml
 
 from pipelines.errors import UntrustedModel
 
+# What a served model needs, pinned to what trained it; inferring it costs ~10 s per model.
+MODEL_REQUIREMENTS = ("mlflow", "scikit-learn", "skops", "pandas", "numpy", "scipy", "pyarrow")
+
 log = logging.getLogger(__name__)
 
 SKOPS = "skops"
@@ -193,3 +196,36 @@ def load_uri(settings: Any, model_uri: str, digest: str | None = None) -> Any:
         if registered or digest is not None:
             check_digest(path, digest, f"{name} v{version}" if registered else model_uri)
         return load_pipeline(path)
+
+
+def _pinned_requirements() -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = []
+    for name in MODEL_REQUIREMENTS:
+        try:
+            pins.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            pins.append(name)
+    return pins
+
+
+def log_model(model: Any, example: Any) -> str:
+    """Log a fitted Pipeline to the active run with skops, a predict_proba signature and an example.
+
+    skops (not pickle) is the format, with only the types ``pipelines.model_format`` trusts: the
+    loaders refuse anything else, whatever the model's MLmodel file asks for.
+    """
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+
+    info = mlflow.sklearn.log_model(
+        model,
+        name="model",
+        signature=infer_signature(example, model.predict_proba(example)),
+        input_example=example,
+        pip_requirements=_pinned_requirements(),
+        pyfunc_predict_fn="predict_proba",
+        **save_options(model),
+    )
+    return info.model_uri

@@ -44,9 +44,6 @@ for _name, _value in {
 # Airflow's deprecation shims, which warn on every access (1,000+ lines per run).
 warnings.filterwarnings("ignore", module=r"skops\.io\._utils")
 
-# What a served model needs, pinned to what trained it; inferring it costs ~10 s per model.
-MODEL_REQUIREMENTS = ("mlflow", "scikit-learn", "skops", "pandas", "numpy", "scipy", "pyarrow")
-
 
 def client(settings: Settings):
     """An MlflowClient bound to the settings' tracking and registry URI."""
@@ -150,41 +147,6 @@ def champion_version(settings: Settings, model_name: str):
         ):
             return None
         raise
-
-
-def _pinned_requirements() -> list[str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    pins = []
-    for name in MODEL_REQUIREMENTS:
-        try:
-            pins.append(f"{name}=={version(name)}")
-        except PackageNotFoundError:
-            pins.append(name)
-    return pins
-
-
-def log_model(model, example) -> str:
-    """Log a fitted Pipeline to the active run with skops, a predict_proba signature and an example.
-
-    skops (not pickle) is the format, with only the types ``pipelines.model_format`` trusts: the
-    loaders refuse anything else, whatever the model's MLmodel file asks for.
-    """
-    import mlflow.sklearn
-    from mlflow.models import infer_signature
-
-    from pipelines import model_format
-
-    info = mlflow.sklearn.log_model(
-        model,
-        name="model",
-        signature=infer_signature(example, model.predict_proba(example)),
-        input_example=example,
-        pip_requirements=_pinned_requirements(),
-        pyfunc_predict_fn="predict_proba",
-        **model_format.save_options(model),
-    )
-    return info.model_uri
 
 
 def register_version(settings: Settings, name: str, model_uri: str, run_id: str, tags: dict[str, str]):

@@ -49,7 +49,7 @@ def _traffic(ctx: StepContext) -> pd.DataFrame:
 
 def _batch(ctx: StepContext, model, version: str) -> pd.DataFrame:
     """The interval's source rows scored by the champion; the label where the source has it."""
-    from pipelines.steps.ingest import add_label
+    from pipelines.dataset import label_frame
 
     dataset = ctx.config.dataset
     raw = sources.read_window(dataset, ctx.interval_start, ctx.interval_end)
@@ -58,7 +58,7 @@ def _batch(ctx: StepContext, model, version: str) -> pd.DataFrame:
     out[modeling.PREDICTION_COLUMN] = model.predict_proba(out)[:, 1] if len(out) else []
     out[dataset.target.name] = float("nan")
     if len(raw) and all(c in raw for c in dataset.target.required):
-        labelled, _ = add_label(raw.copy(), ctx)
+        labelled, _ = label_frame(raw.copy(), ctx.config.dataset)
         out.loc[labelled.index, dataset.target.name] = labelled[dataset.target.name].astype(float)
     out["model_version"], out["route"] = version, "batch"
     return out.reset_index(drop=True)

@@ -14,8 +14,8 @@ import pandas as pd
 
 from pipelines import feature_store, sources, storage
 from pipelines.context import StepContext
+from pipelines.dataset import check_source_columns
 from pipelines.errors import DataError
-from pipelines.steps.ingest import check_source_columns
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
     raw = sources.read_window(dataset, ctx.interval_start, ctx.interval_end)
     if raw.empty:
         raise DataError(f"no rows to score in the source between {start} and {end}")
-    check_source_columns(raw, ctx)
+    check_source_columns(raw, ctx.config.dataset)
     raw = feature_store.with_store_features(ctx.settings, dataset, raw, ctx.interval_end)
     wanted = list(dict.fromkeys([*dataset.key, dataset.time_column, *dataset.features.all, *dataset.slices]))
     absent = [c for c in wanted if c not in raw.columns]

@@ -147,7 +147,7 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
         mlflow.log_metrics({f"importance.{k}": v for k, v in monitoring_profile["importances"].items()})
         if trials:
             mlflow.log_dict({"trials": trials, "best": params}, "search.json")
-        model_uri = tracking.log_model(model, x_train.head(5))
+        model_uri = model_format.log_model(model, x_train.head(5))
         # what the loaders will get, as they get it; register records it where only the pipeline writes
         model_digest = model_format.uri_digest(ctx.settings, model_uri)
     log.info(

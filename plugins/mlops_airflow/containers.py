@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from mlops_airflow.execution import STEP_UID, Execution, load_execution, step_arguments
+from mlops_airflow.task_context import finish, last_error, run_context
 
 XCOM_PATH = "/airflow/xcom/return.json"
 
@@ -102,7 +103,6 @@ def run_step_in_container(step: str, inputs: dict[str, Any], **context: Any) -> 
     from airflow.sdk.exceptions import AirflowFailException
     from docker.errors import ImageNotFound
 
-    from mlops_airflow.step_tasks import _finish, _last_error, run_context
     from pipelines.cli import EXIT_NOT_RETRYABLE, EXIT_SKIPPED
     from pipelines.settings import Settings
 
@@ -141,11 +141,11 @@ def run_step_in_container(step: str, inputs: dict[str, Any], **context: Any) -> 
         if pending:
             tail.append(pending.decode(errors="replace"))
         code = container.wait()["StatusCode"]
-        message = _last_error("\n".join(tail))
+        message = last_error("\n".join(tail))
         if code == EXIT_NOT_RETRYABLE:
             raise AirflowFailException(message or f"mlops step {step} stopped on bad input or config")
         if code not in (0, EXIT_SKIPPED):
             raise RuntimeError(f"mlops step {step} exited {code} in its container: {message}")
-        return _finish(read_result(container), context)
+        return finish(read_result(container), context)
     finally:
         container.remove(force=True)

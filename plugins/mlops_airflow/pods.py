@@ -21,6 +21,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from kubernetes.client import models as k8s
 
 from mlops_airflow.execution import STEP_UID, Execution, load_execution, step_arguments
+from mlops_airflow.task_context import finish, run_context
 
 XCOM_PATH = "/airflow/xcom/return.json"
 POD_SECURITY_CONTEXT = {
@@ -73,15 +74,13 @@ class StepPodOperator(KubernetesPodOperator):
 
     def set_step_arguments(self, context: dict[str, Any]) -> None:
         """Fill in the arguments of ``mlops step`` from the Airflow context and the resolved inputs."""
-        from mlops_airflow.step_tasks import run_context
 
         self.arguments = step_arguments(self.step, run_context(context), self.step_inputs, XCOM_PATH)
 
     def execute(self, context: Any) -> Any:
-        from mlops_airflow.step_tasks import _finish
 
         self.set_step_arguments(context)
-        return _finish(super().execute(context) or {}, context)
+        return finish(super().execute(context) or {}, context)
 
     def cleanup(self, pod: k8s.V1Pod, remote_pod: k8s.V1Pod) -> None:
         try:

@@ -28,91 +28,15 @@ from typing import Any
 
 from airflow.providers.standard.operators.python import PythonOperator
 from airflow.sdk import PokeReturnValue, task
-from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException
 
 from mlops_airflow.containers import run_step_in_container
 from mlops_airflow.execution import load_execution
+from mlops_airflow.task_context import finish, last_error, run_context, skip_if_skipped
 from pipelines.cli import EXIT_NOT_RETRYABLE, EXIT_SKIPPED
-from pipelines.config import RUN_PARAMETERS
-from pipelines.pipeline import POLLED_STEPS, StepSpec, is_skipped
+from pipelines.pipeline import POLLED_STEPS, StepSpec
 
 DEFAULT_ARGS = {"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True}
-
-
-def _trigger(context: dict[str, Any]) -> dict[str, Any]:
-    """Who or what started the run, as plain JSON: the audit trail records it."""
-    dag_run = context["dag_run"]
-    events = []
-    for group in (context.get("triggering_asset_events") or {}).values():
-        for event in group:
-            events.append(
-                {
-                    "uri": getattr(getattr(event, "asset", None), "uri", None),
-                    "extra": dict(event.extra or {}),
-                    "source_dag_id": getattr(event, "source_dag_id", None),
-                    "source_run_id": getattr(event, "source_run_id", None),
-                }
-            )
-    return {"user": getattr(dag_run, "triggering_user_name", None), "asset_events": events}
-
-
-def run_context(context: dict[str, Any]) -> dict[str, Any]:
-    """The step's run context from the Airflow task context.
-
-    The window ends at, in order: the ``interval_end`` the run was triggered with
-    (params form, conf), the run's data interval, the ``interval_end`` of the
-    asset event that triggered it, or the time the run was due. Only parameters
-    the run's conf sets override the config: a form default never masks it.
-    """
-    dag_run = context["dag_run"]
-    conf = dag_run.conf or {}
-    params = context.get("params") or {}
-    trigger = _trigger(context)
-    start, end, origin = None, conf.get("interval_end"), "the interval_end in the run's conf (the form)"
-    if not end and context.get("data_interval_end"):
-        start, end = context.get("data_interval_start"), context["data_interval_end"]
-        origin = f"the run's data interval (its logical date is {_day(context)})"
-        if start == end:  # asset-triggered or unscheduled runs have a point, not an interval
-            start = None
-    if not end:  # ``interval_end`` in the extra of an asset event that triggered this run, if any
-        events = trigger["asset_events"]
-        end = next((e["extra"]["interval_end"] for e in events if e["extra"].get("interval_end")), None)
-        origin = "the interval_end of the asset event that triggered the run"
-    if not end:
-        end, origin = dag_run.run_after, "the time the run was triggered (no interval_end, no data interval)"
-    return {
-        "dag_id": dag_run.dag_id,
-        "run_id": dag_run.run_id,
-        "interval_start": str(start) if start else None,
-        "interval_end": str(end),
-        "interval_origin": origin,
-        "try_number": context["ti"].try_number,
-        "run_type": str(getattr(dag_run.run_type, "value", dag_run.run_type)),
-        "overrides": {k: params.get(k, conf[k]) for k in RUN_PARAMETERS if k in conf},
-        "trigger": trigger,
-    }
-
-
-def _day(context: dict[str, Any]) -> str:
-    logical = context.get("logical_date") or getattr(context["dag_run"], "logical_date", None)
-    return f"{logical:%Y-%m-%d %H:%M %Z}" if logical else "(none)"
-
-
-def _skip_if_skipped(result: dict[str, Any]) -> dict[str, Any]:
-    if is_skipped(result):
-        raise AirflowSkipException(result.get("reason", "the step decided to skip"))
-    return result
-
-
-def _finish(result: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
-    """Skip, or succeed; a result's ``event_extra`` goes onto the Asset events the task emits."""
-    result = _skip_if_skipped(result)
-    extra = result.get("event_extra")
-    task = context.get("task")
-    if extra and task is not None and context.get("outlet_events") is not None:
-        for outlet in task.outlets:
-            context["outlet_events"][outlet].extra = extra
-    return result
 
 
 def run_step_in_process(step: str, inputs: dict[str, Any], **context: Any) -> dict[str, Any]:
@@ -123,7 +47,7 @@ def run_step_in_process(step: str, inputs: dict[str, Any], **context: Any) -> di
 
     try:
         ctx = StepContext.create(**run_context(context))
-        return _finish(execute_step(step, ctx, inputs), context)
+        return finish(execute_step(step, ctx, inputs), context)
     except PipelineError as exc:
         if not exc.retryable:  # bad data or config: a retry cannot help
             raise AirflowFailException(str(exc)) from exc
@@ -145,19 +69,13 @@ def run_step_in_subprocess(step: str, inputs: dict[str, Any], **context: Any) ->
         proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         sys.stderr.write(proc.stderr)
         if proc.returncode == EXIT_SKIPPED:
-            return _skip_if_skipped(json.loads(open(result_file).read()))
+            return skip_if_skipped(json.loads(open(result_file).read()))
         if proc.returncode == EXIT_NOT_RETRYABLE:
-            raise AirflowFailException(_last_error(proc.stderr) or f"mlops step {step} failed")
+            raise AirflowFailException(last_error(proc.stderr) or f"mlops step {step} failed")
         if proc.returncode != 0:
-            raise RuntimeError(_last_error(proc.stderr) or f"mlops step {step} exited {proc.returncode}")
+            raise RuntimeError(last_error(proc.stderr) or f"mlops step {step} exited {proc.returncode}")
         with open(result_file) as fh:
-            return _finish(json.load(fh), context)
-
-
-def _last_error(stderr: str) -> str:
-    lines = stderr.strip().splitlines()
-    start = max((i for i, line in enumerate(lines) if line.startswith("error:")), default=len(lines) - 1)
-    return "\n".join(lines[start:]).removeprefix("error: ")
+            return finish(json.load(fh), context)
 
 
 def with_connections(callable_: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:

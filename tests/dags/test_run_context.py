@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pendulum
 
-from mlops_airflow.step_tasks import run_context
+from mlops_airflow.task_context import run_context
 from pipelines.context import StepContext
 
 NY = "America/New_York"

@@ -16,6 +16,7 @@ from sklearn.metrics import roc_auc_score
 from pipelines import modeling, storage, validation
 from pipelines.config import load_expectations
 from pipelines.context import StepContext
+from pipelines.dataset import label_frame
 from pipelines.settings import DEFAULT_CONFIG, Settings
 from pipelines.steps import ingest
 
@@ -142,7 +143,7 @@ def test_no_single_feature_predicts_the_label_on_its_own(ingested, flights_frame
     # each carries some signal (weakest: wind_dir 0.514); a constant or scrambled column scores 0.5
     assert min(scores.values()) > 0.505
     # the same measure on the raw source flags the leak it is meant to catch
-    labelled, _ = ingest.add_label(flights_frame.copy(), ctx)
+    labelled, _ = label_frame(flights_frame.copy(), dataset)
     y_raw = labelled[dataset.target.name].astype(int).to_numpy()
     assert single_column_auc(labelled["dep_delay"], y_raw) > MAX_SINGLE_COLUMN_AUC
 

@@ -18,7 +18,7 @@ import pytest
 from sklearn.inspection import permutation_importance
 from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 
-from pipelines import modeling
+from pipelines import dataset, modeling
 from pipelines.config import load_config
 from pipelines.context import StepContext
 from pipelines.serving.model import (
@@ -30,7 +30,6 @@ from pipelines.serving.model import (
     parse_records,
 )
 from pipelines.settings import DEFAULT_CONFIG, Settings
-from pipelines.steps import ingest
 
 CONFIG = load_config(DEFAULT_CONFIG)
 DATASET = CONFIG.dataset
@@ -61,9 +60,9 @@ def data(flights_frame) -> Data:
         config=CONFIG,
         settings=Settings.from_env(),
     )
-    ingest.check_source_columns(flights_frame, ctx)
-    labelled, _ = ingest.add_label(flights_frame.copy(), ctx)
-    snapshot = ingest.select_columns(labelled, ctx)
+    dataset.check_source_columns(flights_frame, ctx.config.dataset)
+    labelled, _ = dataset.label_frame(flights_frame.copy(), ctx.config.dataset)
+    snapshot = dataset.select_columns(labelled, ctx.config.dataset)
     training = CONFIG.training
     splits = modeling.time_split(
         snapshot, DATASET.time_column, training.validation_fraction, training.test_fraction

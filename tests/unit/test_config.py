@@ -101,12 +101,12 @@ def test_a_numeric_target_expression_is_refused(store):
     import pandas as pd
 
     from pipelines.context import StepContext
+    from pipelines.dataset import label_frame
     from pipelines.errors import DataError
-    from pipelines.steps.ingest import add_label
 
     ctx = StepContext.create(dag_id="d", run_id="r", interval_start=None, interval_end="2013-04-01")
     target = ctx.config.dataset.target.model_copy(update={"expression": "arr_delay * 2"})
     dataset = ctx.config.dataset.model_copy(update={"target": target})
     ctx = StepContext(**{**ctx.__dict__, "config": ctx.config.model_copy(update={"dataset": dataset})})
     with pytest.raises(DataError, match="must give true/false"):
-        add_label(pd.DataFrame({"arr_delay": [1.0, 20.0]}), ctx)
+        label_frame(pd.DataFrame({"arr_delay": [1.0, 20.0]}), ctx.config.dataset)
