@@ -45,6 +45,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pipelines.settings import Settings
+from pipelines.util import field, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +98,7 @@ _URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*):[^/\s
 _EVENT_NAME = re.compile(r"^(?P<stamp>\d{8}T\d{12}Z)-(?P<kind>[a-z_]+)-(?P<id>[0-9a-f]+)\.json$")
 
 
-def _now() -> datetime:
-    """The wall clock (a seam for tests)."""
-    return datetime.now(UTC)
+_now = utc_now  # the wall clock (a seam for tests)
 
 
 def scrub(value: Any) -> Any:
@@ -205,22 +204,18 @@ def record(
     return event
 
 
-def _field(event: Any, name: str) -> Any:
-    return event.get(name) if isinstance(event, Mapping) else getattr(event, name, None)
-
-
 def _primary(asset_events: list[Any]) -> Any:
     """The event that best explains the run: an alert, then a monitoring request, then the first."""
     for source in ("alertmanager", "monitoring"):
         for event in asset_events:
-            if (_field(event, "extra") or {}).get("source") == source:
+            if (field(event, "extra") or {}).get("source") == source:
                 return event
     return asset_events[0]
 
 
 def _source(event: Any) -> dict[str, Any] | None:
-    extra = _field(event, "extra") or {}
-    dag_id, run_id = _field(event, "source_dag_id"), _field(event, "source_run_id")
+    extra = field(event, "extra") or {}
+    dag_id, run_id = field(event, "source_dag_id"), field(event, "source_run_id")
     if extra.get("source") == "alertmanager":
         return {
             "system": "alertmanager",
@@ -265,7 +260,7 @@ def trigger_info(
         if events:
             primary = _primary(events)
             source = _source(primary)
-            info.update(asset=_field(primary, "uri"), by=_field(primary, "uri") or user, source=source)
+            info.update(asset=field(primary, "uri"), by=field(primary, "uri") or user, source=source)
             if source and source["system"] == "alertmanager":
                 info["type"] = "alert"
     return scrub(info)

@@ -12,16 +12,13 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from pipelines.errors import ConfigError
+from pipelines.util import Strict
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Join(_Strict):
+class Join(Strict):
     """A lookup table joined onto every ingested row (e.g. weather by origin and hour)."""
 
     uri: str
@@ -30,7 +27,7 @@ class Join(_Strict):
     format: Literal["csv", "parquet"] | None = None
 
 
-class Source(_Strict):
+class Source(Strict):
     """Where raw rows come from: a file (local path, ``package://`` or any fsspec URL) or SQL."""
 
     kind: Literal["file", "sql"]
@@ -49,7 +46,7 @@ class Source(_Strict):
         return self
 
 
-class Target(_Strict):
+class Target(Strict):
     """The label: a boolean pandas expression over raw columns."""
 
     name: str
@@ -58,7 +55,7 @@ class Target(_Strict):
     required: list[str] = Field(default_factory=list)
 
 
-class Features(_Strict):
+class Features(Strict):
     numeric: list[str] = Field(default_factory=list)
     categorical: list[str] = Field(default_factory=list)
 
@@ -67,7 +64,7 @@ class Features(_Strict):
         return [*self.numeric, *self.categorical]
 
 
-class Provenance(_Strict):
+class Provenance(Strict):
     """Where a dataset comes from and on what terms: shown on every model card."""
 
     source: str
@@ -76,7 +73,7 @@ class Provenance(_Strict):
     license: str | None = None
 
 
-class PersonalData(_Strict):
+class PersonalData(Strict):
     """Columns that identify or describe a person (or a person's property).
 
     They are dropped at ingest unless listed in ``allowed_as_features``, and masked wherever
@@ -96,7 +93,7 @@ class PersonalData(_Strict):
         return self
 
 
-class FeatureView(_Strict):
+class FeatureView(Strict):
     """One feature view of the feature store (Feast), defined by configuration.
 
     - ``table``: columns of a timestamped table (``uri``: a CSV/Parquet file, or empty for the
@@ -128,7 +125,7 @@ class FeatureView(_Strict):
         return self
 
 
-class FeatureStoreConfig(_Strict):
+class FeatureStoreConfig(Strict):
     """Features served from a feature store: point-in-time joins for training, online lookups for serving."""
 
     project: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
@@ -143,7 +140,7 @@ class FeatureStoreConfig(_Strict):
         return list(dict.fromkeys(e for v in self.views for e in v.entities))
 
 
-class Dataset(_Strict):
+class Dataset(Strict):
     name: str
     description: str = ""
     # Provenance is required: a model card must say where its data came from and on what terms.
@@ -212,7 +209,7 @@ class Dataset(_Strict):
         return list(dict.fromkeys(ordered))
 
 
-class Schedule(_Strict):
+class Schedule(Strict):
     cron: str = "@monthly"
     # The span the dataset has data for: scheduled intervals lie inside it, and a run whose interval
     # lies wholly outside fails at its first step, saying so (StepContext.check_window).
@@ -230,17 +227,17 @@ class Schedule(_Strict):
         return value
 
 
-class Ingest(_Strict):
+class Ingest(Strict):
     window_months: int = Field(3, ge=1, le=120)
 
 
-class Search(_Strict):
+class Search(Strict):
     enabled: bool = False
     n_iter: int = Field(6, ge=1, le=200)
     space: dict[str, list[Any]] = Field(default_factory=dict)
 
 
-class Training(_Strict):
+class Training(Strict):
     estimator: Literal["hist_gradient_boosting", "logistic_regression"] = "hist_gradient_boosting"
     params: dict[str, Any] = Field(default_factory=dict)
     validation_fraction: float = Field(0.15, gt=0, lt=0.5)
@@ -265,7 +262,7 @@ class Training(_Strict):
         return self
 
 
-class SliceGate(_Strict):
+class SliceGate(Strict):
     """Fairness-style check: the candidate's metric per value of each slice column (carrier, origin).
 
     The gap is best slice minus worst slice among slices with at least ``min_rows`` rows and both
@@ -278,7 +275,7 @@ class SliceGate(_Strict):
     min_rows: int = Field(100, ge=10)
 
 
-class Gate(_Strict):
+class Gate(Strict):
     metric: Literal["roc_auc", "pr_auc", "f1", "neg_log_loss"] = "roc_auc"
     min_value: float = 0.55
     # The candidate may be at most this much worse than the champion on the same test set.
@@ -290,7 +287,7 @@ class Gate(_Strict):
     swing_band: float | None = Field(None, gt=0)
 
 
-class Rollout(_Strict):
+class Rollout(Strict):
     """How a challenger reaches traffic, and the test, fixed in advance, that decides its fate."""
 
     strategy: Literal["direct", "canary", "shadow", "ab"] = "canary"
@@ -313,7 +310,7 @@ class Rollout(_Strict):
         return 0.5 if self.strategy == "ab" else 0.1
 
 
-class Deploy(_Strict):
+class Deploy(Strict):
     # Which registered version to deploy; empty: the one behind the ``challenger`` alias.
     version: str | None = None
     rollout: Rollout = Field(default_factory=Rollout)
@@ -330,18 +327,18 @@ class Deploy(_Strict):
     infra_queries: int = Field(50, ge=1, le=10_000)
 
 
-class Batch(_Strict):
+class Batch(Strict):
     chunk_rows: int = Field(20_000, ge=1)
 
 
-class ColumnDrift(_Strict):
+class ColumnDrift(Strict):
     """A per-column override of the drift method and/or threshold."""
 
     method: Literal["ks", "wasserstein", "psi", "chi2", "jensenshannon", "linf"] | None = None
     threshold: float | None = Field(None, gt=0)
 
 
-class Drift(_Strict):
+class Drift(Strict):
     """Which statistic decides whether a column drifted, and when the data set as a whole did.
 
     Defaults follow common practice: on samples of thousands of rows a p-value flags even
@@ -375,7 +372,7 @@ class Drift(_Strict):
         return value
 
 
-class Performance(_Strict):
+class Performance(Strict):
     """Live performance (prediction log joined with feedback) against a fair baseline.
 
     ``baseline: first_window``: the champion's own live score in the first window it served
@@ -396,7 +393,7 @@ class Performance(_Strict):
     max_estimated_drop: float = Field(0.03, gt=0)
 
 
-class Retrain(_Strict):
+class Retrain(Strict):
     """When monitoring asks for a retrain, and how often at most."""
 
     # retrain: a trigger asks for a retrain; notify: reports and notifications only, never a retrain.
@@ -409,7 +406,7 @@ class Retrain(_Strict):
     cooldown_hours: float = Field(24 * 7, ge=0)
 
 
-class Monitoring(_Strict):
+class Monitoring(Strict):
     """The monitoring DAG judges one window, the run's data interval, against the champion's
     training reference: by cron (each interval) or by hand (the month before ``interval_end``)."""
 
@@ -425,12 +422,12 @@ class Monitoring(_Strict):
     retrain: Retrain = Field(default_factory=Retrain)
 
 
-class Registry(_Strict):
+class Registry(Strict):
     model_name: str
     experiment: str
 
 
-class PipelineConfig(_Strict):
+class PipelineConfig(Strict):
     dataset: Dataset
     schedule: Schedule = Field(default_factory=Schedule)
     ingest: Ingest = Field(default_factory=Ingest)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 from pipelines import audit, rollout, tracking
@@ -20,14 +19,11 @@ from pipelines.config import Rollout
 from pipelines.errors import ConfigError
 from pipelines.serving.policy import POLICY_TAG, Policy
 from pipelines.settings import Settings
+from pipelines.util import utc_now_iso
 
 log = logging.getLogger(__name__)
 PREVIOUS = "previous"
 HISTORY_TAG = "mlops.deployment.history"
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def current_policy(settings: Settings, name: str) -> Policy:
@@ -77,7 +73,7 @@ def _record(
         history = json.loads((registered.tags or {}).get(HISTORY_TAG) or "[]")
     except json.JSONDecodeError:
         history = []
-    history = [*history, {"at": _now(), **event}][-20:]
+    history = [*history, {"at": utc_now_iso(), **event}][-20:]
     client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
 
 
@@ -107,7 +103,7 @@ def start_rollout(
         challenger_version=str(version),
         share=share if config.strategy != "shadow" else 0.0,
         rollout_id=uuid.uuid4().hex[:12],
-        started_at=_now(),
+        started_at=utc_now_iso(),
         sample_size=n,
         test={
             "alpha": config.alpha,
@@ -146,7 +142,7 @@ def promote(
     if current.get(tracking.CHALLENGER) == str(version):
         client.delete_registered_model_alias(name, tracking.CHALLENGER)
     client.set_model_version_tag(name, str(version), "deploy.decision", f"promoted: {reason}"[:500])
-    client.set_model_version_tag(name, str(version), "deploy.promoted_at", _now())
+    client.set_model_version_tag(name, str(version), "deploy.promoted_at", utc_now_iso())
     event = {"event": "promoted", "version": str(version), "previous": old, "reason": reason}
     _record(settings, name, event, origin)
     log.info("%s v%s is champion (previous: %s): %s", name, version, old, reason)

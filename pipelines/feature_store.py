@@ -40,6 +40,7 @@ from pipelines import storage
 from pipelines.config import Dataset, FeatureStoreConfig, FeatureView
 from pipelines.errors import ConfigError, DataError, PipelineError
 from pipelines.settings import Settings
+from pipelines.util import plain
 
 log = logging.getLogger(__name__)
 EVENT_TIMESTAMP = "event_timestamp"
@@ -432,7 +433,7 @@ class OnlineFeatures:
                     entity_rows=[{e: str(r[e]) for e in view.entities} for r in rows],
                 ).to_dict()
                 for i, record in enumerate(rows):
-                    values = {f: _plain(found[f][i]) for f in wanted if f not in record}
+                    values = {f: plain(found[f][i]) for f in wanted if f not in record}
                     if values and all(v is None for v in values.values()):
                         unknown.append(
                             {"row": index[id(record)], "view": view.name,
@@ -441,14 +442,6 @@ class OnlineFeatures:
                         continue  # left absent: the model's schema decides if the row can score
                     record.update(values)
         return unknown
-
-
-def _plain(value: Any) -> Any:
-    if value is None:
-        return None
-    if isinstance(value, float) and value != value:
-        return None
-    return value
 
 
 def with_store_features(

@@ -17,10 +17,11 @@ the full card is always in the run's artifacts.
 from __future__ import annotations
 
 import html
-import json
 import math
 from datetime import UTC, datetime
 from typing import Any
+
+from pipelines.util import field, plain
 
 SCHEMA_VERSION = 1
 # VARCHAR(5000) of model_versions.description in MLflow's SQL store (see the module docstring).
@@ -117,25 +118,25 @@ def build(
         "gate": _gate(evaluation.get("decision") or {}),
     }
     card["known_limits"] = _known_limits(config, card)
-    return _plain(card)
+    return plain(card)
 
 
 def _training_data(config, ingest: dict[str, Any], train: dict[str, Any]) -> dict[str, Any]:
     dataset = config.dataset
     provenance = getattr(dataset, "provenance", None)
     personal = getattr(dataset, "personal_data", None)
-    columns = list(_field(personal, "columns") or [])
-    allowed = list(_field(personal, "allowed_as_features") or [])
+    columns = list(field(personal, "columns") or [])
+    allowed = list(field(personal, "allowed_as_features") or [])
     features = set(dataset.features.all)
     snapshot = set(ingest.get("columns") or dataset.columns)
     return {
         "dataset": dataset.name,
         "description": dataset.description,
         "provenance": {
-            "source": _field(provenance, "source"),
-            "owner": _field(provenance, "owner"),
-            "terms_of_use": _field(provenance, "terms_of_use"),
-            "license": _field(provenance, "license"),
+            "source": field(provenance, "source"),
+            "owner": field(provenance, "owner"),
+            "terms_of_use": field(provenance, "terms_of_use"),
+            "license": field(provenance, "license"),
         },
         "source_kind": dataset.source.kind,
         "window": dict(ingest.get("window") or {}),
@@ -168,10 +169,10 @@ def _slice_config(config, fairness: dict[str, Any] | None) -> dict[str, Any]:
     check = getattr(config.gate, "slices", None)
     recorded = fairness or {}
     return {
-        "metric": recorded.get("metric") or _field(check, "metric") or "roc_auc",
-        "max_gap": recorded.get("max_gap", _field(check, "max_gap")),
-        "gating": bool(recorded.get("gating", _field(check, "gating") or False)),
-        "min_rows": recorded.get("min_rows", _field(check, "min_rows")),
+        "metric": recorded.get("metric") or field(check, "metric") or "roc_auc",
+        "max_gap": recorded.get("max_gap", field(check, "max_gap")),
+        "gating": bool(recorded.get("gating", field(check, "gating") or False)),
+        "min_rows": recorded.get("min_rows", field(check, "min_rows")),
     }
 
 
@@ -805,27 +806,6 @@ def publish(
 
 
 # -- formatting helpers -----------------------------------------------------------------------------
-def _plain(value: Any) -> Any:
-    """JSON-able copy: numpy scalars to Python, NaN and infinities to None, tuples to lists."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set):
-        return [_plain(v) for v in value]
-    if hasattr(value, "item") and not isinstance(value, str | bytes):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return json.loads(json.dumps(value, default=str))
-
-
-def _field(obj: Any, name: str) -> Any:
-    if obj is None:
-        return None
-    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
 
 
 def _timestamp(value: datetime | str | int | float | None) -> str:

@@ -15,17 +15,7 @@ from pipelines import privacy
 from pipelines.errors import ConfigError
 from pipelines.serving import security
 from pipelines.settings import Settings
-
-
-def _env_bool(env: dict[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    if raw.lower() in {"1", "true", "yes", "on"}:
-        return True
-    if raw.lower() in {"0", "false", "no", "off"}:
-        return False
-    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+from pipelines.util import env_bool
 
 
 def _env_number(env: dict[str, str], name: str, default: float, kind=float, minimum: float = 0) -> Any:
@@ -147,8 +137,8 @@ class ServingSettings:
             ),
             max_batch_rows=_env_number(env, "MLOPS_SERVING_MAX_BATCH_ROWS", 4096, int, 1),
             shadow_queue=_env_number(env, "MLOPS_SERVING_SHADOW_QUEUE", 64, int, 1),
-            fsync=_env_bool(env, "MLOPS_PREDICTION_LOG_FSYNC", False),
-            log_predictions=_env_bool(env, "MLOPS_SERVING_LOG_PREDICTIONS", True),
+            fsync=env_bool(env, "MLOPS_PREDICTION_LOG_FSYNC", False),
+            log_predictions=env_bool(env, "MLOPS_SERVING_LOG_PREDICTIONS", True),
             model_cache=Path(env.get("MLOPS_SERVING_MODEL_CACHE") or settings.home / "serving" / "models"),
             features=(tuple(config.dataset.features.numeric), tuple(config.dataset.features.categorical)),
             personal=tuple(config.dataset.personal_data.allowed_as_features),

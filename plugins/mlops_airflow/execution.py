@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
+
+from pipelines.util import Strict
 
 CONFIG_ENV = "MLOPS_EXECUTION_CONFIG"
 MODE_ENV = "MLOPS_EXECUTION_MODE"
@@ -63,25 +65,21 @@ DEFAULT_RESOURCES: dict[str, dict[str, dict[str, str]]] = {
 DEFAULT_TIMEOUT_MINUTES: dict[str, float] = {"default": 60, "train": 360, "backfill": 360}
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Resources(_Strict):
+class Resources(Strict):
     """Kubernetes requests and limits of one step's container."""
 
     requests: dict[Literal["cpu", "memory", "ephemeral-storage"], str] = Field(default_factory=dict)
     limits: dict[Literal["cpu", "memory", "ephemeral-storage"], str] = Field(default_factory=dict)
 
 
-class SecretKey(_Strict):
+class SecretKey(Strict):
     """One key of a Kubernetes Secret (an environment variable's ``valueFrom.secretKeyRef``)."""
 
     name: str
     key: str
 
 
-class KubernetesOptions(_Strict):
+class KubernetesOptions(Strict):
     """Pod settings of the ``kubernetes`` mode (lists of dicts are Kubernetes objects, camelCase)."""
 
     namespace: str = "default"
@@ -104,7 +102,7 @@ class KubernetesOptions(_Strict):
     startup_timeout_seconds: int = Field(600, gt=0)
 
 
-class DockerOptions(_Strict):
+class DockerOptions(Strict):
     """Container settings of the ``docker`` mode (one host, Docker API at ``DOCKER_HOST``)."""
 
     host: str | None = None  # default: DOCKER_HOST, then the local socket
@@ -116,7 +114,7 @@ class DockerOptions(_Strict):
     pass_env: list[str] = Field(default_factory=lambda: ["MLOPS_*", "MLFLOW_*", "AWS_*"])
 
 
-class Execution(_Strict):
+class Execution(Strict):
     """The execution config: mode, step image and the container/pod settings."""
 
     mode: Literal["local", "subprocess", "docker", "kubernetes"] = "local"

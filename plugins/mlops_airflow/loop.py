@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from mlops_airflow import stack
-from pipelines import registry_auth
+from pipelines import registry_auth, util
 
 DAGS = ("training", "deploy", "monitoring")
 MARKER = ".mlops-home"  # a folder --fresh may wipe: only one this module created
@@ -386,16 +386,6 @@ def _auc(label, proba) -> float | None:
 # -- the loop -------------------------------------------------------------------------------------
 
 
-def months_between(first: str, last: str) -> list[str]:
-    return stack._months(first, last)
-
-
-def next_month(month: str) -> str:
-    import pandas as pd
-
-    return (pd.Timestamp(f"{month}-01") + pd.DateOffset(months=1)).strftime("%Y-%m-%d")
-
-
 COLLECTING = {"running", "up_for_reschedule"}  # the rollout sensor waits for labelled traffic
 
 
@@ -460,7 +450,7 @@ def _loop(args: argparse.Namespace, home: Path, env: dict[str, str], ports: dict
     known = {dag: {r["dag_run_id"] for r in api.runs(dag)} for dag in DAGS}
     failures = []
 
-    first_end = next_month(args.train_last)
+    first_end = util.next_month(args.train_last)
     say(
         f"1. training the first champion on up to {config.ingest.window_months} months before {first_end} ..."
     )
@@ -478,7 +468,7 @@ def _loop(args: argparse.Namespace, home: Path, env: dict[str, str], ports: dict
         return 1
     baseline = _baseline_model(settings, config)
     table = []
-    months = months_between(args.first, args.last)
+    months = util.months(args.first, args.last)
     for i, month in enumerate(months, 1):
         say(f"2.{i} {month}: replaying the month as traffic ...")
         raw, x, label = month_rows(config, month)
@@ -504,7 +494,7 @@ def _loop(args: argparse.Namespace, home: Path, env: dict[str, str], ports: dict
             verdict = api.result("deploy", deploy_id, "conclude_rollout") or {}
             row["verdict"] = f"{verdict.get('decision', done['state'])} v{verdict.get('version', '?')}"
         say(f"  monitoring {month} (the monitoring DAG, through the scheduler) ...")
-        monitor_id = api.trigger("monitoring", {"interval_end": next_month(month)})
+        monitor_id = api.trigger("monitoring", {"interval_end": util.next_month(month)})
         known["monitoring"].add(monitor_id)
         monitored = api.wait("monitoring", monitor_id, 600)
         found = api.result("monitoring", monitor_id, "detect_drift") or {}

@@ -21,7 +21,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from pipelines import registry_auth
+from pipelines import registry_auth, util
 
 ROOT = Path(__file__).resolve().parents[2]
 AIRFLOW_PORT = int(os.environ.get("MLOPS_AIRFLOW_PORT", "8080"))
@@ -87,17 +87,6 @@ def _apply_env(home: Path | None = None) -> dict[str, str]:
 def migrate() -> None:
     """Create or upgrade Airflow's metadata database (idempotent, ~5 s)."""
     subprocess.run(["airflow", "db", "migrate"], check=True, stdout=subprocess.DEVNULL)
-
-
-def _months(first: str, last: str) -> list[str]:
-    import pendulum
-
-    start, end = pendulum.parse(first), pendulum.parse(last)
-    months = []
-    while start <= end:
-        months.append(start.format("YYYY-MM"))
-        start = start.add(months=1)
-    return months
 
 
 def run_training(months: list[str], conf: dict | None = None) -> list:
@@ -197,7 +186,7 @@ def demo(args: argparse.Namespace) -> int:
     os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
     print(f"MLOPS_HOME={os.environ['MLOPS_HOME']}; preparing Airflow's metadata database ...", flush=True)
     migrate()
-    runs = run_training(_months(args.first, args.last))
+    runs = run_training(util.months(args.first, args.last))
     batch = run_batch(args.score) if args.score else None
     print(summary(runs))
     if batch is not None:

@@ -1,0 +1,31 @@
+"""The shared small helpers: month arithmetic across a year's end, strict booleans, plain JSON."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+
+from pipelines.errors import ConfigError
+from pipelines.util import env_bool, field, months, next_month, plain
+
+
+def test_months_cross_the_year_and_take_full_dates():
+    assert months("2013-11", "2014-02") == ["2013-11", "2013-12", "2014-01", "2014-02"]
+    assert months("2013-04-01", "2013-04-30") == ["2013-04"]
+    assert months("2013-05", "2013-04") == []
+    assert next_month("2013-12") == "2014-01-01" and next_month("2013-04") == "2013-05-01"
+
+
+def test_a_boolean_variable_is_strict():
+    assert env_bool({"X": "On"}, "X", False) is True and env_bool({"X": "0"}, "X", True) is False
+    assert env_bool({}, "X", True) is True and env_bool({"X": ""}, "X", False) is False
+    with pytest.raises(ConfigError, match="X must be true or false, got 'maybe'"):
+        env_bool({"X": "maybe"}, "X", False)
+
+
+def test_plain_makes_json_values():
+    value = {"a": np.float64(0.5), 1: (np.int64(2), float("nan")), "t": datetime(2013, 1, 1, tzinfo=UTC)}
+    assert plain(value) == {"a": 0.5, "1": [2, None], "t": "2013-01-01T00:00:00+00:00"}
+    assert field({"k": 1}, "k") == 1 and field(None, "k") is None and field(object(), "k") is None
