@@ -199,7 +199,7 @@ def test_a_torn_write_does_not_swallow_the_next_acknowledged_rows(tmp_path, monk
     glued onto it, and both readers dropped the merged line: a request that got 200 was gone."""
     import errno
 
-    import pipelines.prediction_log as module
+    import pipelines.prediction_log.parquet as module
 
     log = ParquetPredictionLog(str(tmp_path / "store"), tmp_path / "spool")
     log.append(rows("before"))
@@ -241,7 +241,7 @@ def test_a_segment_is_locked_before_anyone_can_see_it(tmp_path, monkeypatch):
     recovery in between found it unlocked and renamed it away under the writer."""
     import fcntl
 
-    import pipelines.prediction_log as module
+    import pipelines.prediction_log.parquet as module
 
     spool = tmp_path / "spool"
     seen = []
@@ -284,7 +284,7 @@ def test_the_rotation_thread_survives_an_error(tmp_path, monkeypatch):
 def test_compactions_use_a_bounded_number_of_threads(tmp_path, monkeypatch):
     import threading
 
-    import pipelines.prediction_log as module
+    import pipelines.prediction_log.parquet as module
 
     release = threading.Event()
     real_write = module.storage.write_parquet
@@ -319,7 +319,7 @@ def test_a_hung_postgresql_fails_an_append_in_seconds(pg_log, monkeypatch):
     (and the model thread behind it) for as long as the lock lasted."""
     import sqlalchemy as sa
 
-    import pipelines.prediction_log as module
+    import pipelines.prediction_log.postgres as module
 
     monkeypatch.setattr(module, "STATEMENT_TIMEOUT_SECONDS", 2)
     log = SqlPredictionLog(PG_URL, pg_log.model_name)  # a fresh engine with the short deadline
@@ -441,7 +441,7 @@ def test_finished_days_of_feedback_are_merged_into_one_file(tmp_path):
 def test_a_segment_sealed_between_listing_and_reading_is_still_read(tmp_path, monkeypatch):
     """Regression (review): a segment renamed from .open.jsonl to .jsonl after the reader listed it
     was skipped as if compacted, and its rows were missing from that read."""
-    import pipelines.prediction_log as module
+    import pipelines.prediction_log.parquet as module
 
     log = ParquetPredictionLog(str(tmp_path / "store"), tmp_path / "spool")
     log.append(rows("sealed-meanwhile"))
@@ -462,7 +462,7 @@ def test_a_segment_sealed_between_listing_and_reading_is_still_read(tmp_path, mo
 
 def test_a_feedback_part_merged_while_it_is_read_is_found_in_the_days_file(tmp_path, monkeypatch):
     """Regression (review): a reader that met a part compact_feedback had just removed failed."""
-    import pipelines.prediction_log as module
+    import pipelines.prediction_log.parquet as module
 
     log = ParquetPredictionLog(str(tmp_path / "store"), tmp_path / "spool", writer=False)
     day = pd.Timestamp("2026-11-02T10:00:00Z").timestamp() * 1000
