@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "plugins"))
 
 from mlops_airflow.stack import mlflow_server_cmd, stack_env  # noqa: E402
+from pipelines.processes import start_group, stop_group  # noqa: E402
 
 SESSION_HOME = Path(tempfile.mkdtemp(prefix="mlops-tests-"))
 os.environ.update(stack_env(SESSION_HOME, ROOT))
@@ -75,27 +76,16 @@ def mlflow_server(tmp_path_factory) -> str:
     port = free_port()
     # the tests' own server: open, whatever profile a module set in this process's environment
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLOPS_MLFLOW_AUTH": ""}
-    with open(home / "server.log", "wb") as log:  # the child keeps its own copy of the descriptor
-        proc = subprocess.Popen(
-            mlflow_server_cmd(home, port, env),
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc = start_group(mlflow_server_cmd(home, port, env), env, home / "server.log")
     url = f"http://127.0.0.1:{port}"
     MLFLOW_SERVER_HOMES[url] = home
     try:
         wait_http(f"{url}/health", 90)
     except TimeoutError:
-        os.killpg(proc.pid, signal.SIGKILL)
+        stop_group(proc, first=signal.SIGKILL)
         raise
     yield url
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+    stop_group(proc, first=signal.SIGTERM)
 
 
 @pytest.fixture
@@ -238,14 +228,8 @@ class ServerProcess:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 90) -> ServerProcess:
-        with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pipelines.cli", "serve", "--port", str(self.port)],
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        cmd = [sys.executable, "-m", "pipelines.cli", "serve", "--port", str(self.port)]
+        self.proc = start_group(cmd, self.env, self.log_path)
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -271,12 +255,7 @@ class ServerProcess:
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+            stop_group(self.proc, first=sig, grace=20)
 
     def stop(self) -> None:
         self.kill(signal.SIGTERM)

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines import model_format, tracking
+from pipelines import model_format, processes, tracking
 from pipelines.context import StepContext
 from pipelines.errors import InfraValidationFailed, UntrustedModel
 from pipelines.pipeline import skipped
@@ -145,13 +145,9 @@ class Sandbox:
             env["MLOPS_SERVING_THRESHOLD"] = str(threshold)
         self.env = env
         self.output = workdir / "server.log"
-        with open(self.output, "wb") as out:
-            fd = self.socket.fileno()
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pipelines.cli", "serve", "--fd", str(fd)],
-                env=env, cwd=workdir, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                pass_fds=(fd,),
-            )  # fmt: skip
+        fd = self.socket.fileno()
+        cmd = [sys.executable, "-m", "pipelines.cli", "serve", "--fd", str(fd)]
+        self.proc = processes.start_group(cmd, env, self.output, cwd=workdir, pass_fds=(fd,))
 
     def tail(self, lines: int = 15) -> str:
         text = self.output.read_text(errors="replace") if self.output.exists() else ""
@@ -180,13 +176,7 @@ class Sandbox:
 
     def stop(self) -> None:
         self.socket.close()
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        processes.stop_group(self.proc, first=signal.SIGTERM)
 
 
 def check_served(ctx: StepContext, version: str, url: str, client, records, expected) -> dict[str, Any]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import shutil
@@ -30,12 +29,11 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mlops_airflow import stack
-from pipelines import registry_auth, util
+from pipelines import processes, registry_auth, util
 
 DAGS = ("training", "deploy", "monitoring")
 MARKER = ".mlops-home"  # a folder --fresh may wipe: only one this module created
@@ -74,43 +72,7 @@ AIRFLOW = (
 )
 
 
-@dataclass
-class Stack:
-    """The loop's processes, each in its own process group, stopped together."""
-
-    home: Path
-    env: dict[str, str]
-    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
-
-    def start(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> None:
-        log_path = self.home / "logs" / f"{name}.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab") as log:
-            self.procs[name] = subprocess.Popen(
-                cmd, env=env or self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        say(f"started {name} (log {log_path})")
-
-    def stop(self) -> None:
-        for name, proc in reversed(list(self.procs.items())):
-            for sig, wait in ((signal.SIGINT, 15), (signal.SIGKILL, 5)):
-                try:
-                    os.killpg(proc.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    proc.wait(wait)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-            # LocalExecutor workers can outlive their scheduler: make sure the group is gone
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            say(f"stopped {name}")
-        self.procs.clear()
-
-
-def start_stack(home: Path, ports: dict[str, int]) -> tuple[Stack, dict[str, str]]:
+def start_stack(home: Path, ports: dict[str, int]) -> tuple[processes.Supervisor, dict[str, str]]:
     env = {
         **os.environ,
         **stack.stack_env(home),
@@ -133,7 +95,7 @@ def start_stack(home: Path, ports: dict[str, int]) -> tuple[Stack, dict[str, str
             MLOPS_ARTIFACT_ROOT=str(home / "artifacts"),
             MLOPS_PREDICTION_LOG="",
         )
-    run = Stack(home, env)
+    run = processes.Supervisor(logs=home / "logs", env=env, say=say)
     say("preparing Airflow's metadata database and DAGs ...")
     subprocess.run(["airflow", "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
     subprocess.run(["airflow", "dags", "reserialize"], env=env, check=True, stdout=subprocess.DEVNULL)
@@ -159,7 +121,7 @@ def start_stack(home: Path, ports: dict[str, int]) -> tuple[Stack, dict[str, str
         ("Airflow", f"http://127.0.0.1:{ports['airflow']}/api/v2/monitor/health"),
         ("model server", f"http://127.0.0.1:{ports['server']}/health"),
     ):
-        if not stack._wait_http(url, 180):
+        if not processes.wait_http(url, 180):
             run.stop()
             raise SystemExit(f"{name} did not start: see the logs in {home / 'logs'}")
     say(
@@ -463,7 +425,7 @@ def _loop(args: argparse.Namespace, home: Path, env: dict[str, str], ports: dict
     deploy_id, _ = _wait_for_deploy(api, known["deploy"], 600)
     if deploy_id:
         api.wait("deploy", deploy_id, 600)
-    if not stack._wait_http(f"{url}/ready", 120):
+    if not processes.wait_http(f"{url}/ready", 120):
         say("the model server has no champion: see logs/server.log")
         return 1
     baseline = _baseline_model(settings, config)

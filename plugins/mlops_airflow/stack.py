@@ -18,10 +18,9 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
-from pipelines import registry_auth, util
+from pipelines import processes, registry_auth, util
 
 ROOT = Path(__file__).resolve().parents[2]
 AIRFLOW_PORT = int(os.environ.get("MLOPS_AIRFLOW_PORT", "8080"))
@@ -204,32 +203,8 @@ def demo(args: argparse.Namespace) -> int:
 # -- up / down: the UIs -------------------------------------------------------------------------
 
 
-def _pid_file(name: str) -> Path:
-    return Path(os.environ["MLOPS_HOME"]) / "run" / f"{name}.pid"
-
-
-def _wait_http(url: str, timeout: float) -> bool:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2):  # raises on error statuses too
-                return True
-        except OSError:
-            time.sleep(1)
-    return False
-
-
-def _start(name: str, cmd: list[str], env: dict[str, str]) -> None:
-    pid_file = _pid_file(name)
-    pid_file.parent.mkdir(parents=True, exist_ok=True)
-    log_path = pid_file.parent.parent / "logs" / f"{name}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log_file:
-        proc = subprocess.Popen(
-            cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    pid_file.write_text(str(proc.pid))
-    print(f"started {name} (pid {proc.pid}), log: {log_path}")
+def _run_dir() -> Path:
+    return Path(os.environ["MLOPS_HOME"]) / "run"
 
 
 def mlflow_server_cmd(home: Path, port: int, env: dict[str, str] | None = None) -> list[str]:
@@ -258,7 +233,7 @@ def mlflow_server_cmd(home: Path, port: int, env: dict[str, str] | None = None) 
 def start_registry(start, home: Path, port: int, env: dict[str, str]) -> bool:
     """Start the MLflow server with ``start(name, cmd, env)``; once it answers, its users exist."""
     start("mlflow", mlflow_server_cmd(home, port, env), registry_auth.server_env(home, env))
-    if not _wait_http(f"http://127.0.0.1:{port}/health", 120):
+    if not processes.wait_http(f"http://127.0.0.1:{port}/health", 120):
         return False
     registry_auth.ensure_users(f"http://127.0.0.1:{port}", env)
     registry_auth.claim(f"http://127.0.0.1:{port}", env, registry_auth.configured_names(env))
@@ -274,6 +249,9 @@ def up(args: argparse.Namespace) -> int:
     for dag_id in ("training", "deploy"):  # a registered challenger then flows on to deploy by itself
         subprocess.run(["airflow", "dags", "unpause", dag_id], env=env, stdout=subprocess.DEVNULL)
     # MLflow first: it creates or upgrades its database, which nobody else may touch meanwhile.
+    # ``make down`` stops them by the process-group ids left in the run folder
+    services = processes.Supervisor(logs=home / "logs", env=env, pid_dir=_run_dir())
+    _start = services.start
     ok_mlflow = start_registry(_start, home, MLFLOW_PORT, env)
     # Each process holds only its own credentials: the pipeline writes, the model server reads.
     _start("airflow", ["airflow", "standalone"], registry_auth.as_role(env, "pipeline"))
@@ -282,8 +260,8 @@ def up(args: argparse.Namespace) -> int:
     tracking_server = f"http://127.0.0.1:{MLFLOW_PORT}"
     server_env = registry_auth.as_role(env, "server")
     _start("server", serve, {**server_env, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": tracking_server})
-    ok_airflow = _wait_http(f"http://127.0.0.1:{AIRFLOW_PORT}/api/v2/monitor/health", 120)
-    ok_server = _wait_http(f"http://127.0.0.1:{SERVING_PORT}/health", 60)
+    ok_airflow = processes.wait_http(f"http://127.0.0.1:{AIRFLOW_PORT}/api/v2/monitor/health", 120)
+    ok_server = processes.wait_http(f"http://127.0.0.1:{SERVING_PORT}/health", 60)
     print(f"MLflow  UI:   http://127.0.0.1:{MLFLOW_PORT}  {'ready' if ok_mlflow else 'NOT READY (see log)'}")
     print(
         f"Airflow UI:   http://127.0.0.1:{AIRFLOW_PORT}  {'ready' if ok_airflow else 'NOT READY (see log)'}"
@@ -297,23 +275,11 @@ def up(args: argparse.Namespace) -> int:
 def down(args: argparse.Namespace) -> int:
     _apply_env()
     for name in ("server", "airflow", "mlflow"):
-        pid_file = _pid_file(name)
+        pid_file = _run_dir() / f"{name}.pid"
         if not pid_file.exists():
             continue
-        pgid = int(pid_file.read_text())
         # airflow standalone stops cleanly on SIGINT only; its workers may linger, hence SIGKILL after.
-        for sig, wait in ((signal.SIGINT, 20), (signal.SIGKILL, 5)):
-            try:
-                os.killpg(pgid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.time() + wait
-            while time.time() < deadline:
-                try:
-                    os.killpg(pgid, 0)
-                    time.sleep(0.5)
-                except ProcessLookupError:
-                    break
+        processes.stop_group(int(pid_file.read_text()), first=signal.SIGINT, grace=20)
         pid_file.unlink(missing_ok=True)
         print(f"stopped {name}")
     return 0
