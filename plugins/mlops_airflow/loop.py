@@ -21,28 +21,25 @@ replay of 2013 must not also start the cron runs of 2013.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from mlops_airflow import stack
+from mlops_airflow.airflow_api import Airflow
+from mlops_airflow.console import say
+from mlops_airflow.loop_report import row_text, write_results
+from mlops_airflow.traffic import month_rows, post_feedback, replay, score_auc
 from pipelines import processes, registry_auth, util
 
 DAGS = ("training", "deploy", "monitoring")
 MARKER = ".mlops-home"  # a folder --fresh may wipe: only one this module created
 # what the stack writes into MLOPS_HOME (a home from before the marker existed holds only these)
 KNOWN_ENTRIES = {MARKER, "airflow", "artifacts", "mlflow.db", "logs", "serving", "run", "loop-config.yaml"}
-
-
-def say(message: str) -> None:
-    print(f"[loop {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 # -- configuration --------------------------------------------------------------------------------
@@ -129,220 +126,6 @@ def start_stack(home: Path, ports: dict[str, int]) -> tuple[processes.Supervisor
         f" model server http://127.0.0.1:{ports['server']}"
     )
     return run, env
-
-
-# -- Airflow's REST API ---------------------------------------------------------------------------
-
-FINISHED = {"success", "failed"}
-# Airflow 3.3 shows a human-in-the-loop task waiting for its answer as "awaiting_input".
-WAITING_FOR_A_PERSON = {"awaiting_input", "deferred"}
-APPROVAL_DELAY_S = 4.0
-
-
-class Airflow:
-    """The few calls the loop needs (the simple auth manager lets a local admin in without a login)."""
-
-    def __init__(self, port: int, auto_approve: bool = True):
-        import httpx
-
-        self.http = httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v2", timeout=30)
-        # A rollout sent to a person (wide metric swing) waits in the UI; the replay stands in
-        # for that person, through the same API the UI uses, unless told not to.
-        self.auto_approve = auto_approve
-        self.approvals: list[dict[str, Any]] = []
-
-    def approve(self, dag_id: str, run_id: str) -> None:
-        """Answer a waiting human-in-the-loop approval with "Approve", as a person in the UI would."""
-        path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/approve/-1/hitlDetails"
-        detail = self._get(path)
-        if detail.get("response_received"):
-            return  # answered already; the task has not picked the answer up yet
-        say(f"  approval requested: {detail.get('subject')} {str(detail.get('body'))[:200]}")
-        response = self.http.patch(path, json={"chosen_options": ["Approve"]})
-        response.raise_for_status()
-        self.approvals.append({"dag_id": dag_id, "run_id": run_id, "body": detail.get("body")})
-        say("  approved by the replay (in production a person answers in the Airflow UI)")
-
-    def _get(self, path: str, **params: Any) -> Any:
-        response = self.http.get(path, params=params)
-        response.raise_for_status()
-        return response.json()
-
-    def trigger(self, dag_id: str, conf: dict[str, Any]) -> str:
-        response = self.http.post(f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf})
-        response.raise_for_status()
-        return response.json()["dag_run_id"]
-
-    def runs(self, dag_id: str) -> list[dict[str, Any]]:
-        return self._get(f"/dags/{dag_id}/dagRuns", order_by="run_after", limit=100)["dag_runs"]
-
-    def run(self, dag_id: str, run_id: str) -> dict[str, Any]:
-        return self._get(f"/dags/{dag_id}/dagRuns/{run_id}")
-
-    def tasks(self, dag_id: str, run_id: str) -> dict[str, str | None]:
-        found = self._get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
-        return {t["task_id"]: t["state"] for t in found}
-
-    def result(self, dag_id: str, run_id: str, task_id: str) -> Any:
-        path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/return_value"
-        try:
-            entry = self._get(path)
-        except Exception:  # no result: the task was skipped, failed or has not run
-            return None
-        value = entry.get("value")
-        return json.loads(value) if isinstance(value, str) and value[:1] in "{[" else value
-
-    def wait(self, dag_id: str, run_id: str, timeout: float, until=None) -> dict[str, Any]:
-        """Poll a run until it finishes (or ``until(tasks)`` says enough); show progress as it goes."""
-        deadline, shown, waiting_since = time.time() + timeout, None, None
-        while True:
-            run = self.run(dag_id, run_id)
-            tasks = self.tasks(dag_id, run_id)
-            progress = " ".join(f"{t}={s or '-'}" for t, s in tasks.items())
-            if progress != shown:
-                say(f"  {dag_id} {run['state']}: {progress}")
-                shown = progress
-            if run["state"] in FINISHED or (until and until(tasks)):
-                return {**run, "tasks": tasks}
-            waiting = tasks.get("approve") in WAITING_FOR_A_PERSON
-            waiting_since = (waiting_since or time.time()) if waiting else None
-            # Answer like a person: not within a second of the request. Airflow 3.3.2 fails the
-            # task (up_for_retry) when the answer re-queues it before the scheduler has taken
-            # the pausing worker's exit event; a retried task asks again and is answered again.
-            if waiting and self.auto_approve and time.time() - waiting_since >= APPROVAL_DELAY_S:
-                self.approve(dag_id, run_id)
-            if time.time() > deadline:
-                return {**run, "tasks": tasks, "timed_out": True}
-            time.sleep(2)
-
-    def new_run(self, dag_id: str, known: set[str], timeout: float) -> str | None:
-        """The id of a run of ``dag_id`` not in ``known`` (e.g. one an Asset event started)."""
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            fresh = [r["dag_run_id"] for r in self.runs(dag_id) if r["dag_run_id"] not in known]
-            if fresh:
-                return fresh[-1]
-            time.sleep(2)
-        return None
-
-
-# -- traffic --------------------------------------------------------------------------------------
-
-
-def month_rows(config, month: str):
-    """The month's flights (scheduled in the dataset's timezone), features and the true outcome."""
-    import pandas as pd
-
-    from pipelines import modeling, sources
-
-    tz = config.schedule.timezone
-    start = pd.Timestamp(f"{month}-01", tz=tz)
-    end = start + pd.DateOffset(months=1)
-    dataset = config.dataset
-    raw = sources.read_window(dataset, start.tz_convert("UTC"), end.tz_convert("UTC"))
-    raw = raw[raw[dataset.target.required].notna().all(axis=1)].reset_index(drop=True)
-    x = modeling.model_input(raw, dataset)
-    label = raw.eval(dataset.target.expression).astype(int).to_numpy()
-    return raw, x, label
-
-
-def requests_of(raw, x, config) -> list[dict[str, Any]]:
-    """One request per origin and scheduled hour, as a booking system scoring its departures would."""
-    import numpy as np
-
-    dataset = config.dataset
-    records = x.astype(object).where(x.notna(), None).to_dict("records")
-    out = []
-    groups = raw.groupby(["origin", dataset.time_column], sort=True).indices
-    for (origin, hour), index in groups.items():
-        index = np.sort(index)
-        out.append(
-            {
-                "index": index,
-                "body": {
-                    "records": [records[i] for i in index],
-                    "routing_key": f"{origin}:{hour}",
-                    "event_time": hour.isoformat(),
-                },
-            }
-        )
-    return out
-
-
-async def _send(url: str, requests: list[dict[str, Any]], concurrency: int) -> tuple[list[dict], int]:
-    import httpx
-
-    answers: list[dict[str, Any] | None] = [None] * len(requests)
-    retried = [0]
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(len(requests)):
-        queue.put_nowait(i)
-
-    async def worker(client: httpx.AsyncClient) -> None:
-        while not queue.empty():
-            i = queue.get_nowait()
-            for attempt in range(20):  # a swap or a restart must not lose traffic: retry on 503
-                response = await client.post(f"{url}/predict", json=requests[i]["body"])
-                if response.status_code == 200:
-                    answers[i] = response.json()
-                    break
-                if response.status_code != 503:
-                    raise RuntimeError(f"/predict answered {response.status_code}: {response.text[:300]}")
-                retried[0] += 1
-                await asyncio.sleep(0.5 * (attempt + 1))
-            else:
-                raise RuntimeError("/predict kept answering 503")
-
-    async with httpx.AsyncClient(timeout=60) as client:
-        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
-    return answers, retried[0]  # type: ignore[return-value]
-
-
-def replay(url: str, raw, x, label, config, concurrency: int = 8):
-    """Send the month as traffic; return one row per flight: what was answered, by whom, the truth."""
-    import numpy as np
-    import pandas as pd
-
-    requests = requests_of(raw, x, config)
-    started = time.time()
-    answers, retried = asyncio.run(_send(url, requests, concurrency))
-    rows = []
-    for request, answer in zip(requests, answers, strict=True):
-        for r, (i, p) in enumerate(zip(request["index"], answer["predictions"], strict=True)):
-            rows.append(
-                (answer["request_id"], r, int(i), p["probability"], answer["model_version"], answer["route"])
-            )
-    frame = pd.DataFrame(
-        rows, columns=["request_id", "row", "index", "probability", "model_version", "route"]
-    )
-    frame["label"] = np.asarray(label)[frame["index"].to_numpy()]
-    frame.attrs["retried_503"] = retried
-    seconds = time.time() - started
-    say(
-        f"  sent {len(frame)} flights in {len(requests)} requests in {seconds:.1f}s"
-        f" ({len(requests) / max(seconds, 1e-9):.0f} req/s)"
-    )
-    return frame
-
-
-def post_feedback(url: str, frame) -> int:
-    """The true outcomes, as the airline learns them, in chunks."""
-    import httpx
-
-    items = frame[["request_id", "row", "label"]].astype({"row": int, "label": int}).to_dict("records")
-    with httpx.Client(timeout=120) as client:
-        for lo in range(0, len(items), 20_000):
-            response = client.post(f"{url}/feedback", json={"feedback": items[lo : lo + 20_000]})
-            response.raise_for_status()
-    return len(items)
-
-
-def _auc(label, proba) -> float | None:
-    import numpy as np
-    from sklearn.metrics import roc_auc_score
-
-    label = np.asarray(label)
-    return float(roc_auc_score(label, proba)) if len(np.unique(label)) == 2 else None
 
 
 # -- the loop -------------------------------------------------------------------------------------
@@ -444,10 +227,10 @@ def _loop(args: argparse.Namespace, home: Path, env: dict[str, str], ports: dict
             "serving": ", ".join(
                 f"v{v}: {n}" for v, n in served["model_version"].value_counts().sort_index().items()
             ),
-            "live_auc": _auc(champion_rows["label"], champion_rows["probability"]),
+            "live_auc": score_auc(champion_rows["label"], champion_rows["probability"]),
             "unanswered": len(x) - len(served),
             "retried_503": served.attrs["retried_503"],
-            "never_retrain_auc": _auc(label, baseline.predict_proba(x)[:, 1]),
+            "never_retrain_auc": score_auc(label, baseline.predict_proba(x)[:, 1]),
         }
         # A rollout that this month's traffic completed decides now; then monitoring reads a settled champion.
         for deploy_id in [r["dag_run_id"] for r in api.runs("deploy") if r["state"] in ("running", "queued")]:
@@ -500,10 +283,10 @@ def _loop(args: argparse.Namespace, home: Path, env: dict[str, str], ports: dict
         else:
             row["retrain_reason"] = monitored["tasks"].get("decide_retrain")
         table.append(row)
-        say(f"  {month}: {_row_text(row)}")
+        say(f"  {month}: {row_text(row)}")
         say(f"  policy: {row['reasons'] or 'no report'}")
     _add_monthly_cron(config, table, args.first, args.last)
-    _finish(home, settings, config, table, api.approvals)
+    write_results(home, settings, config, table, api.approvals)
     for failure in failures:
         say(f"problem: {failure}")
     return 1 if failures else 0
@@ -529,73 +312,6 @@ def _baseline_model(settings, config):
 
     version = tracking.champion_version(settings, config.registry.model_name)
     return model_format.load_uri(settings, f"models:/{config.registry.model_name}/{version.version}")
-
-
-def _fmt(value: Any, spec: str = ".3f") -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def _row_text(row: dict[str, Any]) -> str:
-    return (
-        f"drift {_fmt(row.get('drift_share'), '.0%')}"
-        f" (weighted {_fmt(row.get('weighted_drift'), '.2f')}), live ROC AUC {_fmt(row.get('live_auc'))}"
-        f" (estimated before labels {_fmt(row.get('estimated_auc'))},"
-        f" never retrain {_fmt(row.get('never_retrain_auc'))}), {row.get('verdict', 'no verdict')},"
-        f" retrain {row.get('retrain')}"
-        f" {row.get('new_version', '')} {row.get('rollout', '')}".rstrip()
-    )
-
-
-def table_text(table: list[dict[str, Any]]) -> str:
-    """The month-by-month table the command prints, then each month's reasons."""
-    head = (
-        f"{'month':8} {'flights':>7} {'w.drift':>7} {'est.AUC':>7} {'live AUC':>8} {'never':>6}"
-        f" {'monthly':>7} {'verdict':11} {'retrain':8} {'new':10} {'rollout':15} serving"
-    )
-    lines = [head, "-" * len(head)]
-    for r in table:
-        lines.append(
-            f"{r['month']:8} {r['flights']:>7} {_fmt(r.get('weighted_drift'), '.2f'):>7}"
-            f" {_fmt(r.get('estimated_auc')):>7} {_fmt(r.get('live_auc')):>8}"
-            f" {_fmt(r.get('never_retrain_auc')):>6} {_fmt(r.get('monthly_cron_auc')):>7}"
-            f" {r.get('verdict', ''):11} {r.get('retrain', ''):8}"
-            f" {r.get('new_version', '')!s:10.10} {r.get('rollout', '')!s:15.15} {r.get('serving', '')}"
-        )
-
-    def mean(key: str) -> float | None:
-        values = [r[key] for r in table if r.get(key) is not None]
-        return sum(values) / len(values) if values else None
-
-    live, never, cron = mean("live_auc"), mean("never_retrain_auc"), mean("monthly_cron_auc")
-    if live is not None and never is not None:
-        lines.append(
-            f"mean ROC AUC: with the loop {live:.3f}, never retraining {never:.3f},"
-            f" a monthly cron {_fmt(cron)}"
-            f" ({sum(1 for r in table if r.get('retrain') == 'yes')} retrains in {len(table)} months;"
-            f" the cron retrains every month)"
-        )
-    lines.append("")
-    lines += [f"{r['month']}: {r.get('reasons') or '-'}" for r in table]
-    return "\n".join(lines)
-
-
-def _finish(
-    home: Path, settings, config, table: list[dict[str, Any]], approvals: list[dict[str, Any]]
-) -> None:
-    from pipelines import reports, storage
-
-    out = storage.join(settings.artifact_root, "loop")
-    storage.write_json(storage.join(out, "loop.json"), table)
-    storage.write_json(storage.join(out, "approvals.json"), approvals)
-    html_uri = storage.write_text(
-        storage.join(out, "loop.html"), reports.loop_html(config.registry.model_name, table)
-    )
-    print("\n" + table_text(table))
-    print(f"\nreport: {html_uri}")
-    print(
-        "The runs, the asset events and the models stay in the stores: `make up` opens the Airflow UI"
-        " (DAG runs, Assets) and MLflow (experiments flights-delay and flights-delay-monitoring)."
-    )
 
 
 def main(argv: list[str] | None = None) -> int:
