@@ -5,9 +5,8 @@ Monthly on the data interval, or by hand. See ``pipelines.pipeline.BATCH_INFEREN
 
 from airflow.sdk import dag
 
-from mlops_airflow.deployment import batch_dag_kwargs
+from mlops_airflow.dag_settings import every, form, pipeline_config, timing
 from mlops_airflow.step_tasks import DEFAULT_ARGS, pipeline_tasks
-from mlops_airflow.training import pipeline_config
 from pipelines.pipeline import BATCH_INFERENCE
 
 config = pipeline_config()
@@ -15,10 +14,18 @@ config = pipeline_config()
 
 @dag(
     dag_id="batch_inference",
+    schedule=every(config.schedule.cron, config),  # the data intervals of training
+    params=form(
+        "batch_inference", config,
+        interval_end=("Score up to (exclusive)",
+                      "End of the interval to score, e.g. 2013-05-01. Empty: the run's data interval."),
+    ),
+    max_active_runs=2,
+    **timing(config),
     tags=["mlops", "inference", config.dataset.name],
     default_args=DEFAULT_ARGS,
-    **batch_dag_kwargs(config),
-)
+    doc_md=f"Score each data interval of {config.dataset.description} with the champion.",
+)  # fmt: skip
 def batch_inference():
     pipeline_tasks(BATCH_INFERENCE)
 

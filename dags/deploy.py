@@ -7,16 +7,29 @@ version and strategy from the params form. The steps live in
 
 from airflow.sdk import dag
 
-from mlops_airflow.deployment import approval_gate, deploy_dag_kwargs, rollout_sensor
+from mlops_airflow.approval import approval_gate
+from mlops_airflow.dag_settings import form, on_challenger, pipeline_config, rollout_sensor, timing
 from mlops_airflow.step_tasks import DEFAULT_ARGS, pipeline_tasks
-from mlops_airflow.training import pipeline_config
 from pipelines.pipeline import DEPLOY
 
 config = pipeline_config()
+rollout = config.deploy.rollout
 
 
-@dag(dag_id="deploy", tags=["mlops", "deploy", config.dataset.name], default_args=DEFAULT_ARGS,
-     **deploy_dag_kwargs(config))  # fmt: skip
+@dag(
+    dag_id="deploy",
+    schedule=on_challenger(config),
+    params=form("deploy", config),
+    max_active_runs=1,  # one rollout at a time: the registry holds one policy
+    **timing(config),
+    tags=["mlops", "deploy", config.dataset.name],
+    default_args=DEFAULT_ARGS,
+    doc_md=(
+        f"Deploy a `{config.registry.model_name}` challenger: infra validation in a sandbox, "
+        f"{'human approval, ' if config.deploy.approval else ''}rollout ({rollout.strategy}), "
+        "verdict by a test fixed in advance, promote or abort."
+    ),
+)
 def deploy():
     tasks = pipeline_tasks(DEPLOY, sensors=rollout_sensor(config))
     # A person approves in the Airflow UI when config asks, or when the candidate's metric swung

@@ -2,8 +2,8 @@
 
 from airflow.sdk import dag
 
+from mlops_airflow.dag_settings import pipeline_config, timing
 from mlops_airflow.step_tasks import pipeline_tasks
-from mlops_airflow.training import pipeline_config, timing
 from pipelines.pipeline import ROLLBACK
 
 config = pipeline_config()

@@ -7,8 +7,8 @@ them (see ``pipelines.pipeline.TRAINING``).
 
 from airflow.sdk import dag
 
+from mlops_airflow.dag_settings import form, model_assets, pipeline_config, retrain_or_monthly, timing
 from mlops_airflow.step_tasks import DEFAULT_ARGS, pipeline_tasks
-from mlops_airflow.training import dag_kwargs, model_assets, pipeline_config
 from pipelines.pipeline import TRAINING
 
 config = pipeline_config()
@@ -17,10 +17,18 @@ challenger_registered, _ = model_assets(config)
 
 @dag(
     dag_id="training",
+    schedule=retrain_or_monthly(config),
+    params=form(
+        "training", config,
+        interval_end=("Train up to (exclusive)",
+                      "End of the training window, e.g. 2013-04-01. Empty: the run's data interval."),
+    ),
+    max_active_runs=1,
+    **timing(config),
     tags=["mlops", "training", config.dataset.name],
     default_args=DEFAULT_ARGS,
-    **dag_kwargs(config),
-)
+    doc_md=f"Train `{config.registry.model_name}` on {config.dataset.description}.",
+)  # fmt: skip
 def training():
     pipeline_tasks(TRAINING, outlets={"register": [challenger_registered]})
 

@@ -15,6 +15,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from pipelines.errors import ConfigError
+from pipelines.run_parameters import RUN_PARAMETERS  # the overridable fields, declared once
 from pipelines.util import Strict
 
 
@@ -464,24 +465,6 @@ class PipelineConfig(Strict):
                 node = node[part]
             node[leaf] = value
         return _build(data)
-
-
-# Run-time parameter name -> path in the config. These are the fields of the Airflow params form.
-RUN_PARAMETERS: dict[str, tuple[str, ...]] = {
-    "window_months": ("ingest", "window_months"),
-    "estimator": ("training", "estimator"),
-    "search": ("training", "search", "enabled"),
-    "shuffle_labels": ("training", "shuffle_labels"),
-    "min_value": ("gate", "min_value"),
-    "max_drop": ("gate", "max_drop"),
-    "strategy": ("deploy", "rollout", "strategy"),
-    "share": ("deploy", "rollout", "share"),
-    "min_detectable_effect": ("deploy", "rollout", "min_detectable_effect"),
-    "version": ("deploy", "version"),
-    "training_mode": ("training", "mode"),
-    "source": ("monitoring", "source"),
-    "drift_share": ("monitoring", "drift", "share"),
-}
 
 
 def _build(data: dict[str, Any]) -> PipelineConfig:

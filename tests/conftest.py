@@ -172,7 +172,7 @@ def serving_home(mlflow_server, tmp_path_factory) -> dict:
     runs = [
         ("2013-04-01", {}),
         ("2013-05-01", {}),
-        ("2013-04-01", {"shuffle_labels": True, "min_value": 0.0, "max_drop": 1.0}),
+        ("2013-04-01", {"shuffle_labels": True, "gate_min_value": 0.0, "gate_max_drop": 1.0}),
     ]
     versions = []
     for i, (end, overrides) in enumerate(runs, 1):

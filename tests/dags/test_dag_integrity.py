@@ -108,7 +108,7 @@ def test_training_dag_params_form_and_schedule(dagbag):
     params = dag.params.dump()
     assert params["window_months"] == config.ingest.window_months
     assert params["estimator"] == config.training.estimator
-    assert params["min_value"] == config.gate.min_value
+    assert params["gate_min_value"] == config.gate.min_value
     assert params["interval_end"] is None
     assert str(dag.timezone.name) == config.schedule.timezone
     assert type(dag.timetable).__name__ == "AssetOrTimeSchedule"
@@ -168,7 +168,7 @@ def test_deploy_routes_wide_swings_and_opted_in_rollouts_to_a_person(dagbag):
 
     from airflow.providers.standard.operators.hitl import ApprovalOperator
 
-    from mlops_airflow.deployment import route_approval
+    from mlops_airflow.approval import route_approval
 
     dag = dagbag.dags["deploy"]
     assert isinstance(dag.get_task("approve"), ApprovalOperator)
@@ -314,3 +314,29 @@ def test_the_data_span_timetable_survives_serialization_and_differs_from_an_unbo
     assert bounded != unbounded and unbounded != bounded
     live = DataSpanTimetable("@daily", "UTC", first=pendulum.datetime(2024, 1, 1))
     assert live.summary == "0 0 * * *, from 2024-01-01 on"
+
+
+@pytest.mark.parametrize("dag_id", ["training", "deploy", "monitoring"])
+def test_each_form_field_is_the_config_schemas_own(dagbag, dag_id):
+    """A run parameter's choices and bounds are the config schema's: the form cannot offer a value
+    that the config would refuse, nor miss one it accepts (declared once, in pipelines.run_parameters)."""
+    from pipelines import run_parameters
+    from pipelines.config import PipelineConfig
+
+    config = load_config(DEFAULT_CONFIG)
+    params = dagbag.dags[dag_id].params
+    declared = run_parameters.for_dag(dag_id)
+    assert declared and set(params) - {"interval_end"} == {p.name for p in declared}
+    for parameter in declared:
+        schema = params.get_param(parameter.name).schema
+        expected = run_parameters.field_schema(PipelineConfig, parameter.path)
+        assert {k: schema[k] for k in expected if k != "description"} == {
+            k: v for k, v in expected.items() if k != "description"
+        }, parameter.name
+        assert params.get_param(parameter.name).value == run_parameters.default_of(parameter, config)
+    if dag_id == "deploy":  # the strategies are the config's Literal, not a copy of it
+        assert params.get_param("strategy").schema["enum"] == ["direct", "canary", "shadow", "ab"]
+    if dag_id == "training":
+        assert params.get_param("window_months").schema | {"minimum": 1, "maximum": 120} == (
+            params.get_param("window_months").schema
+        )

@@ -140,7 +140,7 @@ def test_infra_validation_passes_a_servable_model(serving_home, monkeypatch):
     are not readable by the sandbox's user (non-dumpable)."""
     import ctypes
 
-    from mlops_airflow.deployment import route_approval
+    from mlops_airflow.approval import route_approval
     from pipelines import model_format
 
     def refuse(*args, **kwargs):

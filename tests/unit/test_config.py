@@ -21,12 +21,12 @@ def test_default_config_is_the_flights_dataset():
 
 def test_run_parameters_override_the_config():
     config = load_config(
-        DEFAULT_CONFIG, {"estimator": "logistic_regression", "window_months": 2, "min_value": 0.7}
+        DEFAULT_CONFIG, {"estimator": "logistic_regression", "window_months": 2, "gate_min_value": 0.7}
     )
     assert config.training.estimator == "logistic_regression"
     assert config.ingest.window_months == 2
     assert config.gate.min_value == 0.7
-    assert set(RUN_PARAMETERS) >= {"window_months", "estimator", "search", "min_value", "max_drop"}
+    assert set(RUN_PARAMETERS) >= {"window_months", "estimator", "search", "gate_min_value", "gate_max_drop"}
 
 
 def test_unknown_run_parameter_is_named():
