@@ -8,17 +8,38 @@ because the Airflow scheduler parses DAG files every few seconds.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
-SKIPPED = "skipped"
+
+class Status(StrEnum):
+    """The ``status`` a step result may carry (a plain string in its JSON)."""
+
+    SKIPPED = "skipped"  # the step decided not to act: orchestrators mark the task skipped
+    WAITING = "waiting"  # a polled step has no answer yet: poll again
+    DECIDED = "decided"  # a polled step has its answer
+    PASSED = "passed"  # infra validation
+    REGISTERED = "registered"
+    MATERIALIZED = "materialized"
+
+
+SKIPPED = Status.SKIPPED
 
 
 @dataclass(frozen=True)
 class StepSpec:
-    """A step and the upstream steps whose results it receives as inputs."""
+    """A step, the upstream steps whose results it receives, and how an orchestrator runs it.
+
+    ``polled``: run again until its result says ``status: decided`` (a sensor in Airflow, a loop
+    in the plain runner). ``approval``: a person may have to approve before it runs (an Airflow
+    HITL task; ``mlops run --approve`` in the plain runner), when config asks or an upstream
+    result gives an ``approval_reason``.
+    """
 
     name: str
     inputs: tuple[str, ...] = ()
+    polled: bool = False
+    approval: bool = False
 
 
 TRAINING: tuple[StepSpec, ...] = (
@@ -33,8 +54,8 @@ TRAINING: tuple[StepSpec, ...] = (
 # rollout's verdict is awaited (polled) and then applied. An approval gate may sit before the rollout.
 DEPLOY: tuple[StepSpec, ...] = (
     StepSpec("validate_serving"),
-    StepSpec("start_rollout", inputs=("validate_serving",)),
-    StepSpec("analyse_rollout", inputs=("start_rollout",)),
+    StepSpec("start_rollout", inputs=("validate_serving",), approval=True),
+    StepSpec("analyse_rollout", inputs=("start_rollout",), polled=True),
     StepSpec("conclude_rollout", inputs=("start_rollout", "analyse_rollout")),
 )
 
@@ -55,9 +76,6 @@ MONITORING: tuple[StepSpec, ...] = (
 # Feature store: offline tables up to the interval's end, then the online store for serving.
 FEATURES: tuple[StepSpec, ...] = (StepSpec("materialize_features"),)
 
-# Steps an orchestrator polls until their result says ``status: decided`` (a sensor in Airflow).
-POLLED_STEPS = frozenset({"analyse_rollout"})
-
 PIPELINES: dict[str, tuple[StepSpec, ...]] = {
     "training": TRAINING,
     "deploy": DEPLOY,
@@ -67,6 +85,19 @@ PIPELINES: dict[str, tuple[StepSpec, ...]] = {
     "features": FEATURES,
 }
 
+# every step, in pipeline order: ``pipelines.steps`` imports ``pipelines.steps.<name>``
+STEP_NAMES: tuple[str, ...] = tuple(dict.fromkeys(s.name for spec in PIPELINES.values() for s in spec))
+# steps an orchestrator polls until their result says ``status: decided``
+POLLED_STEPS = frozenset(s.name for spec in PIPELINES.values() for s in spec if s.polled)
+
+
+def approval_reason(always: bool, inputs: dict[str, dict[str, Any]]) -> str | None:
+    """Why a person must approve before an approval step: config asks, or an upstream result does."""
+    for result in inputs.values():
+        if (result or {}).get("approval_reason"):
+            return str(result["approval_reason"])
+    return "deploy.approval is on: every rollout is approved by a person" if always else None
+
 
 def skipped(reason: str, **details: Any) -> dict[str, Any]:
     """The result of a step that decided not to act; orchestrators mark the task skipped."""
@@ -74,4 +105,5 @@ def skipped(reason: str, **details: Any) -> dict[str, Any]:
 
 
 def is_skipped(result: dict[str, Any] | None) -> bool:
+    """Whether a step result says the step decided not to act."""
     return bool(result) and result.get("status") == SKIPPED

@@ -6,6 +6,7 @@ inputs, one Python process. The Airflow benchmark compares against it.
 
 from __future__ import annotations
 
+import getpass
 import json
 import logging
 import time
@@ -14,7 +15,7 @@ from typing import Any
 from pipelines import audit, tracking
 from pipelines.context import StepContext
 from pipelines.errors import PipelineError
-from pipelines.pipeline import PIPELINES, StepSpec, is_skipped
+from pipelines.pipeline import PIPELINES, Status, StepSpec, approval_reason, is_skipped, skipped
 from pipelines.steps import get_step
 
 log = logging.getLogger(__name__)
@@ -46,17 +47,63 @@ def execute_step(name: str, ctx: StepContext, inputs: dict[str, Any]) -> dict[st
 
 
 def run_pipeline(
-    spec: tuple[StepSpec, ...], ctx: StepContext, *, echo: bool = False
+    spec: tuple[StepSpec, ...],
+    ctx: StepContext,
+    *,
+    echo: bool = False,
+    approve: bool = False,
+    poll_seconds: float | None = None,
+    poll_timeout: float | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Run every step in order in this process; stop after a step that skips."""
+    """Run every step in order in this process, as an orchestrator would; stop after a step that skips.
+
+    A polled step runs again every ``poll_seconds`` (default: the rollout's ``poke_seconds``) until
+    it decides, for at most ``poll_timeout`` seconds (default: the rollout's ``max_wait_hours``).
+    Before an approval step that needs a person, the run stops with a skipped result naming why,
+    unless ``approve`` says the person running it approves (recorded in the audit trail).
+    """
+    rollout = ctx.config.deploy.rollout
+    poll_seconds = rollout.poke_seconds if poll_seconds is None else poll_seconds
+    poll_timeout = rollout.max_wait_hours * 3600 if poll_timeout is None else poll_timeout
     results: dict[str, dict[str, Any]] = {}
     for i, step in enumerate(spec, 1):
         started = time.perf_counter()
+        inputs = {n: results[n] for n in step.inputs}
+        if step.approval and (reason := approval_reason(ctx.config.deploy.approval, inputs)):
+            if not approve:
+                results[step.name] = skipped(
+                    f"waiting for a person: {reason}. Run again with --approve to approve as "
+                    f"{getpass.getuser()}, or approve in the Airflow UI",
+                    approval_required=True,
+                )
+                if echo:
+                    print(f"[{i}/{len(spec)}] {step.name}: {results[step.name]['reason']}", flush=True)
+                break
+            _record_approval(ctx, step.name, inputs, reason)
         if echo:
             print(f"[{i}/{len(spec)}] {step.name} ...", flush=True)
-        results[step.name] = execute_step(step.name, ctx, {n: results[n] for n in step.inputs})
+        result = execute_step(step.name, ctx, inputs)
+        while step.polled and result.get("status") == Status.WAITING:
+            if time.perf_counter() - started > poll_timeout:
+                raise PipelineError(f"step {step.name} did not decide within {poll_timeout:.0f} s")
+            if echo:
+                progress = {k: v for k, v in result.items() if k not in ("status", "reason")}
+                print(f"[{i}/{len(spec)}] {step.name} waiting: {progress}", flush=True)
+            time.sleep(poll_seconds)
+            result = execute_step(step.name, ctx, inputs)
+        results[step.name] = result
         if echo:
             print(f"[{i}/{len(spec)}] {step.name} done in {time.perf_counter() - started:.1f}s", flush=True)
-        if is_skipped(results[step.name]):
+        if is_skipped(result):
             break
     return results
+
+
+def _record_approval(ctx: StepContext, step: str, inputs: dict[str, dict[str, Any]], reason: str) -> None:
+    """The person running ``mlops run --approve`` approved: the audit trail says who, and why it was asked."""
+    validated = next(iter(inputs.values()), {}) or {}
+    audit.record(
+        ctx.settings, audit.APPROVED, model=validated.get("model_name") or ctx.config.registry.model_name,
+        run_key=f"{ctx.dag_id}/{ctx.run_id}", version=validated.get("version"),
+        by=getpass.getuser(), reason=reason, via=f"mlops run --approve (before {step})",
+    )  # fmt: skip

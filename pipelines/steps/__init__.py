@@ -11,29 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pipelines.errors import ConfigError
-
-STEP_NAMES = (
-    # training
-    "ingest",
-    "validate",
-    "train",
-    "evaluate",
-    "register",
-    # deployment
-    "validate_serving",
-    "start_rollout",
-    "analyse_rollout",
-    "conclude_rollout",
-    "rollback",
-    # batch inference
-    "ingest_batch",
-    "score",
-    # monitoring
-    "detect_drift",
-    "decide_retrain",
-    # feature store
-    "materialize_features",
-)
+from pipelines.pipeline import STEP_NAMES
 
 StepFn = Callable[..., dict[str, Any]]
 

@@ -10,13 +10,14 @@ from datetime import timedelta
 from typing import Any
 
 from pipelines.config import PipelineConfig
+from pipelines.pipeline import approval_reason
 
 
 def route_approval(always: bool, **context: Any) -> str:
     """``approve`` when config asks for approval or the candidate swung wider than the gate's band."""
     validated = context["ti"].xcom_pull(task_ids="validate_serving") or {}
-    reason = validated.get("approval_reason")
-    if not (always or reason):
+    reason = approval_reason(always, {"validate_serving": validated})
+    if reason is None:
         return "start_rollout"
     from pipelines import audit
     from pipelines.settings import Settings
@@ -28,7 +29,7 @@ def route_approval(always: bool, **context: Any) -> str:
         model=validated.get("model_name"),
         run_key=f"{dag_run.dag_id}/{dag_run.run_id}",
         version=validated.get("version"),
-        reason=reason or "deploy.approval is on: every rollout is approved by a person",
+        reason=reason,
     )
     return "approve"
 
