@@ -29,23 +29,27 @@ An event is ``{"id", "time", "kind", "model", "run_key", "trigger", "details"}``
 Writes go through :mod:`pipelines.storage` (atomic on a local disk, one PUT on
 S3). This module imports no ML library (and :mod:`pipelines.storage` only when
 used), so Airflow code may import it at DAG-parse time.
+
+Who or what started a run is classified by :mod:`pipelines.triggers` (:func:`trigger_info` is
+re-exported here), credentials are dropped by :mod:`pipelines.redaction` (:func:`scrub`), and the
+``mlops audit`` command that lists the trail is :mod:`pipelines.audit_cli`.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
 import re
-import sys
 import uuid
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from pipelines.redaction import scrub
 from pipelines.settings import Settings
-from pipelines.util import field, utc_now
+from pipelines.triggers import trigger_info
+from pipelines.util import utc_now
 
 log = logging.getLogger(__name__)
 
@@ -80,36 +84,10 @@ STAMP_FORMAT = "%Y%m%dT%H%M%S%fZ"
 # details keys naming the model version an event is about (``--version`` matches any of them)
 VERSION_KEYS = ("version", "from_version", "to_version")
 
-# Airflow 3 run types (DagRunType values) -> trigger type
-TRIGGER_TYPES = {
-    "scheduled": "schedule",
-    "manual": "manual",
-    "asset_triggered": "asset",
-    "dataset_triggered": "asset",  # Airflow 2's name
-    "backfill": "backfill",
-    "operator_triggered": "manual",  # TriggerDagRunOperator: another DAG's task, on someone's behalf
-    "asset_materialization": "manual",  # a user asked for an asset to be materialized
-}
-
-_SECRET_KEY = re.compile(
-    r"token|password|passwd|secret|authorization|credential|api[_-]?key|private[_-]?key", re.IGNORECASE
-)
-_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*):[^/\s@]*@")
 _EVENT_NAME = re.compile(r"^(?P<stamp>\d{8}T\d{12}Z)-(?P<kind>[a-z_]+)-(?P<id>[0-9a-f]+)\.json$")
 
 
 _now = utc_now  # the wall clock (a seam for tests)
-
-
-def scrub(value: Any) -> Any:
-    """``value`` without what looks like a credential: secret-named keys go, URL passwords are masked."""
-    if isinstance(value, Mapping):
-        return {str(k): scrub(v) for k, v in value.items() if not _SECRET_KEY.search(str(k))}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [scrub(v) for v in value]
-    if isinstance(value, str):
-        return _URL_PASSWORD.sub(r"\g<head>:***@", value)
-    return value
 
 
 def event_id(kind: str, model: str, run_key: str | None = None, key: Any = None) -> str:
@@ -121,6 +99,7 @@ def event_id(kind: str, model: str, run_key: str | None = None, key: Any = None)
 
 
 def audit_root(settings: Settings) -> str:
+    """Where the trail lives: ``{artifact_root}/audit``."""
     from pipelines.storage import join
 
     return join(settings.artifact_root, AUDIT_DIR)
@@ -204,68 +183,6 @@ def record(
     return event
 
 
-def _primary(asset_events: list[Any]) -> Any:
-    """The event that best explains the run: an alert, then a monitoring request, then the first."""
-    for source in ("alertmanager", "monitoring"):
-        for event in asset_events:
-            if (field(event, "extra") or {}).get("source") == source:
-                return event
-    return asset_events[0]
-
-
-def _source(event: Any) -> dict[str, Any] | None:
-    extra = field(event, "extra") or {}
-    dag_id, run_id = field(event, "source_dag_id"), field(event, "source_run_id")
-    if extra.get("source") == "alertmanager":
-        return {
-            "system": "alertmanager",
-            "alertname": extra.get("alertname"),
-            "fingerprint": extra.get("fingerprint"),
-            "starts_at": extra.get("starts_at"),
-            "features": extra.get("features") or [],
-        }
-    if extra.get("source") == "monitoring":
-        return {
-            "system": "monitoring",
-            "report_uri": extra.get("report_uri"),
-            "drifted_features": extra.get("drifted_features") or [],
-            "champion_version": extra.get("champion_version"),
-            "dag_id": dag_id,
-            "run_id": run_id or extra.get("monitoring_run_id"),
-        }
-    if dag_id:
-        return {"system": "dag", "dag_id": dag_id, "run_id": run_id}
-    return {"system": str(extra.get("source") or "api")}
-
-
-def trigger_info(
-    run_type: Any, *, user: str | None = None, asset_events: list[dict[str, Any]] | None = None
-) -> dict[str, Any]:
-    """Who or what started a run: ``{"type", "by", "asset", "source"}`` (plus ``events`` for assets).
-
-    ``type`` is schedule, manual, asset, alert (an asset event from the Alertmanager webhook) or
-    backfill; an unknown run type is kept as given. ``by`` is the Airflow user, ``"scheduler"``,
-    or the asset's URI. ``asset_events`` are plain dicts ``{"uri", "extra", "source_dag_id",
-    "source_run_id"}``; when several triggered the run, an alert explains it first, then a
-    monitoring request, then the first event.
-    """
-    raw = str(getattr(run_type, "value", run_type)).lower().removeprefix("dagruntype.")
-    kind = TRIGGER_TYPES.get(raw, raw)
-    events = list(asset_events or [])
-    info: dict[str, Any] = {"type": kind, "by": user, "asset": None, "source": None}
-    if kind == "schedule":
-        info["by"] = "scheduler"
-    elif kind == "asset":
-        info["events"] = len(events)
-        if events:
-            primary = _primary(events)
-            source = _source(primary)
-            info.update(asset=field(primary, "uri"), by=field(primary, "uri") or user, source=source)
-            if source and source["system"] == "alertmanager":
-                info["type"] = "alert"
-    return scrub(info)
-
-
 def origin(ctx: Any) -> dict[str, Any]:
     """``run_key`` and ``trigger`` of a step's run (a :class:`pipelines.context.StepContext`)."""
     return {"run_key": ctx.run_key, "trigger": trigger_info(ctx.run_type, **(ctx.trigger or {}))}
@@ -332,6 +249,7 @@ def _candidates(root: str, since: datetime | None, until: datetime | None, kinds
 
 
 def event_versions(event: Mapping[str, Any]) -> set[str]:
+    """The model versions an event is about (its details' :data:`VERSION_KEYS`)."""
     details = event.get("details") or {}
     return {str(details[k]) for k in VERSION_KEYS if details.get(k) is not None}
 
@@ -375,85 +293,3 @@ def events(
             continue
         found.append(event)
     return sorted(found, key=lambda e: (parse_when(e["time"]), e["id"]))
-
-
-# --- the ``mlops audit`` command -------------------------------------------------------------
-
-
-def _when_arg(value: str) -> datetime:
-    try:
-        return parse_when(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-
-
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``audit`` to the ``mlops`` command's subparsers; it runs :func:`command`."""
-    parser = subparsers.add_parser("audit", help="show the audit trail: runs, decisions, approvals, rollouts")
-    parser.add_argument("--model", help="registered model name (default: every model)")
-    parser.add_argument("--since", type=_when_arg, help="from this UTC date or time (inclusive)")
-    parser.add_argument("--until", type=_when_arg, help="up to this UTC date or time (exclusive)")
-    parser.add_argument(
-        "--kind", action="append", choices=KINDS, default=[], help="only this kind (repeatable)"
-    )
-    parser.add_argument("--version", help="only events about this model version")
-    parser.add_argument("--run-key", help="only events of this run (dag_id/run_id)")
-    parser.add_argument("--json", action="store_true", help="one JSON document per line")
-    parser.set_defaults(func=command)
-    return parser
-
-
-def _cell(value: Any, width: int) -> str:
-    text = "-" if value in (None, "") else " ".join(str(value).split())
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def row(event: Mapping[str, Any]) -> list[str]:
-    """The table cells of an event: time, kind, model, version, trigger, decision/reason, run."""
-    details = event.get("details") or {}
-    trigger = event.get("trigger") or {}
-    versions = [str(details[k]) for k in VERSION_KEYS if details.get(k) is not None]
-    if details.get("from_version") is not None and details.get("to_version") is not None:
-        versions = [f"{details['from_version']}->{details['to_version']}"]
-    said = [str(details[k]) for k in ("decision", "reason") if details.get(k) not in (None, "")]
-    who = "/".join(str(p) for p in (trigger.get("type"), trigger.get("by")) if p) if trigger else ""
-    when = parse_when(event["time"]).strftime("%Y-%m-%d %H:%M:%S")
-    return [
-        _cell(when, 19),
-        _cell(event.get("kind"), 18),
-        _cell(event.get("model"), 24),
-        _cell(versions[0] if versions else None, 10),
-        _cell(who, 48),
-        _cell(": ".join(said), 60),
-        _cell(event.get("run_key"), 60),
-    ]
-
-
-HEADER = ["time (UTC)", "kind", "model", "version", "trigger", "decision / reason", "run"]
-
-
-def format_table(found: list[dict[str, Any]]) -> str:
-    rows = [HEADER, *(row(e) for e in found)]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
-
-
-def command(args: argparse.Namespace) -> int:
-    """``mlops audit``: print the matching events as a table, or as JSON lines with ``--json``."""
-    found = events(
-        Settings.from_env(),
-        model=args.model,
-        since=args.since,
-        until=args.until,
-        kinds=args.kind or None,
-        run_key=getattr(args, "run_key", None),
-        version=args.version,
-    )
-    if args.json:
-        for event in found:
-            print(json.dumps(event, sort_keys=True))
-    elif found:
-        print(format_table(found))
-    else:
-        print("no audit events match", file=sys.stderr)
-    return 0

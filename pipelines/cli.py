@@ -93,9 +93,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from pipelines.runner import run_pipeline
 
     ctx = _context_from_args(args)
-    results = run_pipeline(PIPELINES[args.pipeline], ctx, echo=True)
+    results = run_pipeline(PIPELINES[args.pipeline], ctx, echo=True, approve=args.approve)
     print(json.dumps(results, indent=2))
-    return 0
+    last = list(results.values())[-1] if results else {}
+    # stopped before a rollout that a person must approve: not a success that did nothing
+    return EXIT_SKIPPED if last.get("approval_required") else 0
 
 
 def _auth_summary(tokens: dict[str, str]) -> str:
@@ -211,6 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a whole pipeline in this process, without Airflow")
     run.add_argument("pipeline", nargs="?", default="training")
+    run.add_argument(
+        "--approve", action="store_true",
+        help="approve a rollout that needs a person (deploy.approval, a wide metric swing) as yourself",
+    )  # fmt: skip
     _add_run_arguments(run)
     run.set_defaults(func=_cmd_run)
 
@@ -233,9 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     backtest.add_argument("--out", help="folder or URL for backtest.json and backtest.html")
     backtest.set_defaults(func=_cmd_backtest)
 
-    from pipelines import audit
+    from pipelines import audit_cli
 
-    audit.add_parser(sub)
+    audit_cli.add_parser(sub)
     rollback = sub.add_parser("rollback", help="move the champion alias back to the previous champion")
     rollback.add_argument("--model", help="registered model name (default: the config's)")
     rollback.add_argument("--reason", default="manual rollback from the CLI")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import free_port, wait_http
-from pipelines import audit
+from pipelines import audit, audit_cli
 from pipelines.settings import Settings
 
 ALERT_EVENT = {
@@ -287,7 +287,7 @@ def test_trigger_of_several_events_prefers_the_alert_and_counts_them():
 def parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="mlops")
     sub = parser.add_subparsers(dest="command", required=True)
-    audit.add_parser(sub)
+    audit_cli.add_parser(sub)
     return parser.parse_args(["audit", *argv])
 
 
@@ -310,8 +310,8 @@ def trail(settings, clock, monkeypatch):
 
 def test_cli_prints_a_table(trail, capsys):
     args = parse()
-    assert args.func is audit.command
-    assert audit.command(args) == 0
+    assert args.func is audit_cli.command
+    assert audit_cli.command(args) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["time", "(UTC)", "kind", "model", "version", "trigger", "decision", "/",
                                 "reason", "run"]  # fmt: skip
@@ -326,18 +326,19 @@ def test_cli_prints_a_table(trail, capsys):
 
 def test_cli_prints_json_lines_and_filters(trail, capsys):
     assert (
-        audit.command(parse("--json", "--kind", "gate_decided", "--kind", "approved", "--version", "7")) == 0
+        audit_cli.command(parse("--json", "--kind", "gate_decided", "--kind", "approved", "--version", "7"))
+        == 0
     )
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [e["kind"] for e in printed] == ["gate_decided", "approved"]
     assert printed[0]["trigger"]["source"]["fingerprint"] == "a1b2c3"
 
-    assert audit.command(parse("--json", "--since", "2026-05-02", "--model", "flights")) == 0
+    assert audit_cli.command(parse("--json", "--since", "2026-05-02", "--model", "flights")) == 0
     assert [json.loads(x)["kind"] for x in capsys.readouterr().out.splitlines()] == ["approved"]
-    assert audit.command(parse("--json", "--until", "2026-05-01T10:30")) == 0
+    assert audit_cli.command(parse("--json", "--until", "2026-05-01T10:30")) == 0
     assert [json.loads(x)["kind"] for x in capsys.readouterr().out.splitlines()] == ["run_triggered"]
 
-    assert audit.command(parse("--model", "taxis")) == 0
+    assert audit_cli.command(parse("--model", "taxis")) == 0
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "no audit events" in captured.err
