@@ -3,7 +3,7 @@
 A parameter is a name, the config field it overrides, a title for the form, and the DAGs whose
 form offers it. Its type, choices and bounds are not written here: they come from the config
 schema (``pipelines.config``), so the Airflow form (``mlops_airflow.dag_settings``), the CLI's
-``--set`` and the config's own validation can never disagree. Free of Airflow, like the rest of
+``--param`` and the config's own validation can never disagree. Free of Airflow, like the rest of
 ``pipelines``.
 """
 

@@ -1,9 +1,9 @@
-"""Every ``make`` target the README names runs as written.
+"""Every ``make`` target the README and the docs name runs as written.
 
 A short target runs for real here; a long one (the 15-minute demo, the benchmarks) runs with
 ``make --dry-run`` and its command is then started with ``--help``, which proves the entry point
 and its options parse. Targets run for real elsewhere are listed with the test that runs them,
-and a target the README names without an entry here fails the first test.
+and a target the README or a page of ``docs/`` names without an entry here fails the first test.
 """
 
 from __future__ import annotations
@@ -20,7 +20,12 @@ import pytest
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
-DOCUMENTS = [ROOT / "README.md", ROOT / "benchmarks" / "README.md", ROOT / "helm" / "mlops" / "README.md"]
+DOCUMENTS = [
+    ROOT / "README.md",
+    ROOT / "benchmarks" / "README.md",
+    ROOT / "helm" / "mlops" / "README.md",
+    *sorted((ROOT / "docs").rglob("*.md")),
+]
 
 # target -> where it runs for real ("dry-run" = below, as `make -n` plus `--help`)
 COVERED = {
@@ -38,12 +43,15 @@ COVERED = {
     "bench-serving": "dry-run",
     "bench-drift": "dry-run",
     "bench-policy": "dry-run (a short replay: tests/unit/test_retrain_policy.py)",
+    "help": "test_help_lists_every_target",
+    "test-fast": "test_test_fast_selects_the_quick_suites",
+    "lint": ".ci/run (make test runs make lint first: ruff and the layering contracts)",
 }
 LONG = [target for target, how in COVERED.items() if how.startswith("dry-run")]
 
 
 def documented_targets() -> set[str]:
-    """Every ``make <target>`` in the README's code (inline spans and fenced blocks)."""
+    """Every ``make <target>`` in the documents' code (inline spans and fenced blocks)."""
     found: set[str] = set()
     for doc in DOCUMENTS:
         text = doc.read_text()
@@ -91,6 +99,33 @@ def test_demo_runs_the_loop_that_the_loop_test_drives():
     command = make("--dry-run", "demo").stdout.strip().splitlines()[-1]
     assert command.endswith("-m mlops_airflow.loop --fresh"), command
     assert '"-m", "mlops_airflow.loop"' in (ROOT / "tests" / "e2e" / "test_loop.py").read_text()
+
+
+def test_help_lists_every_target():
+    """`make help` names every target that has a ``## `` comment in the Makefile."""
+    helped = make("-s", "help")
+    assert helped.returncode == 0, helped.stderr
+    described = re.findall(r"^([a-z][a-z-]*):.*## ", (ROOT / "Makefile").read_text(), flags=re.M)
+    assert len(described) > 10, described
+    listed = set(re.findall(r"^\s*make ([a-z][a-z-]*)\s", helped.stdout, flags=re.M))
+    assert set(described) <= listed, f"missing from `make help`: {set(described) - listed}"
+
+
+def test_test_fast_selects_the_quick_suites():
+    """`make test-fast` is pytest over the quick suites: many tests, none of the slow ones."""
+    dry = make("--dry-run", "test-fast")
+    assert dry.returncode == 0, dry.stderr
+    command = shlex.split(dry.stdout.strip().splitlines()[-1])  # the target's own recipe comes last
+    assert command[0].endswith("pytest"), command
+    assert command[1:] == ["tests/unit", "tests/dags", "tests/data", "tests/model"], command
+    collected = subprocess.run(
+        [*command, "--collect-only", "-q"], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert collected.returncode == 0, collected.stdout[-3000:] + collected.stderr[-3000:]
+    tests = [line for line in collected.stdout.splitlines() if "::" in line]
+    assert len(tests) > 100, collected.stdout[-3000:]
+    slow = [t for t in tests if t.startswith(("tests/e2e", "tests/containers", "tests/helm"))]
+    assert slow == [], slow[:10]
 
 
 def test_install_and_clean_run_for_real(tmp_path):

@@ -51,7 +51,7 @@ CHROMIUM_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
 MODEL = "flights-delay"
-README = (ROOT / "README.md").read_text()
+README = (ROOT / "docs" / "running.md").read_text()
 REACHED: set[str] = set()  # the walk-through's steps that passed, in this module's run
 
 
