@@ -60,8 +60,8 @@ def server(serving_home, tmp_path_factory):
     proc.stop()
 
 
-def wait_ready(url: str, **expected) -> None:
-    deadline = time.time() + 30
+def wait_ready(url: str, timeout: float = 30, **expected) -> None:
+    deadline = time.time() + timeout
     while time.time() < deadline:
         body = httpx.get(f"{url}/ready").json()
         state = {
@@ -307,3 +307,55 @@ def test_deploy_dag_with_approval_waits_for_a_person(serving_home, tmp_path):
     assert approve.upstream_task_ids == {"route_approval"}
     assert dag.get_task("route_approval").op_kwargs == {"always": True}  # every rollout asks
     assert "start_rollout" in approve.downstream_task_ids
+
+
+def test_mlops_run_deploy_waits_for_a_person_then_polls_the_canary_to_its_verdict(
+    serving_home, server, april_rows, tmp_path
+):
+    """The plain runner knows the spec's approval and polling points, as the DAG does: with
+    ``deploy.approval`` on it stops before the rollout (exit 99, nothing moved); ``--approve``
+    records who approved, starts the canary and polls it while users send traffic, then promotes."""
+    import getpass
+    import os
+    import subprocess
+    import sys
+
+    from pipelines import audit
+
+    settings = serving_home["settings"]
+    reset_deployment(settings, champion="3")
+    config = config_with(serving_home, tmp_path, strategy="canary", share=0.5, min_detectable_effect=0.15,
+                         poke_seconds=1)  # fmt: skip
+    data = yaml.safe_load(config.read_text())
+    data["deploy"]["approval"] = True
+    config.write_text(yaml.safe_dump(data))
+    env = {**os.environ, **serving_home["env"], "MLOPS_CONFIG": str(config)}
+    command = [sys.executable, "-m", "pipelines.cli", "run", "deploy", "--dag-id", "deploy",
+               "--interval-end", "2013-05-01", "--param", "version=2"]  # fmt: skip
+
+    held = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert held.returncode == 99, held.stderr[-2000:]
+    assert "waiting for a person: deploy.approval is on" in held.stdout and "--approve" in held.stdout
+    assert deploy.aliases(settings, SERVING_MODEL) == {"champion": "3"}  # nothing moved
+    assert deploy.current_policy(settings, SERVING_MODEL).strategy == "direct"
+
+    approved = subprocess.Popen([*command, "--approve"], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    stop = threading.Event()
+    try:
+        # infra validation (a sandbox server) runs first: on a busy machine that takes a while
+        wait_ready(server.url, timeout=240, champion="3", challenger="2", strategy="canary")
+        feeder = threading.Thread(target=drive, args=(server.url, april_rows, stop))
+        feeder.start()
+        out, _ = approved.communicate(timeout=300)
+    finally:
+        stop.set()
+        approved.kill()
+    feeder.join()
+    assert approved.returncode == 0, out[-3000:]
+    assert "analyse_rollout waiting:" in out  # polled, with its progress shown
+    assert deploy.aliases(settings, SERVING_MODEL) == {"champion": "2", "previous": "3"}, out[-3000:]
+    approvals = audit.events(settings, model=SERVING_MODEL, kinds=[audit.APPROVED])
+    assert approvals and approvals[-1]["details"]["by"] == getpass.getuser()
+    assert approvals[-1]["details"]["reason"].startswith("deploy.approval is on")
+    reset_deployment(settings)
