@@ -341,7 +341,7 @@ def test_mlops_run_deploy_waits_for_a_person_then_polls_the_canary_to_its_verdic
 
     approved = subprocess.Popen([*command, "--approve"], env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)  # fmt: skip
-    stop = threading.Event()
+    stop, feeder = threading.Event(), None
     try:
         # infra validation (a sandbox server) runs first: on a busy machine that takes a while
         wait_ready(server.url, timeout=240, champion="3", challenger="2", strategy="canary")
@@ -351,7 +351,8 @@ def test_mlops_run_deploy_waits_for_a_person_then_polls_the_canary_to_its_verdic
     finally:
         stop.set()
         approved.kill()
-    feeder.join()
+        if feeder is not None:
+            feeder.join()
     assert approved.returncode == 0, out[-3000:]
     assert "analyse_rollout waiting:" in out  # polled, with its progress shown
     assert deploy.aliases(settings, SERVING_MODEL) == {"champion": "2", "previous": "3"}, out[-3000:]
