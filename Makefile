@@ -88,10 +88,11 @@ test: install lint container-engine browser nannyml  ## Lint, then the whole tes
 test-fast: install nannyml  ## Only the quick tests (unit, DAG integrity, data, model; a few minutes): the loop of a change
 	$(VENV)/bin/pytest tests/unit tests/dags tests/data tests/model
 
-lint: install  ## ruff, and the layering contracts of pyproject.toml (import-linter)
+lint: install  ## ruff, the layering contracts (import-linter) and the type check of pipelines/ (mypy)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/mypy
 
 serve: install  ## Serve the demo's champion on http://127.0.0.1:8000 (follows the registry; Ctrl-C stops)
 	$(PY) -m pipelines.cli serve --port $${MLOPS_SERVING_PORT:-8000}

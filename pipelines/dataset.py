@@ -22,10 +22,12 @@ def label_frame(frame: pd.DataFrame, dataset: Dataset) -> tuple[pd.DataFrame, in
     missing = [c for c in target.required if c not in frame.columns]
     if missing:
         raise DataError(f"columns needed for the label {target.name!r} are missing: {missing}")
-    unlabelled = frame[target.required].isna().any(axis=1) if target.required else None
-    dropped = int(unlabelled.sum()) if unlabelled is not None else 0
-    if dropped:
-        frame = frame.loc[~unlabelled].copy()
+    dropped = 0
+    if target.required:
+        unlabelled = frame[target.required].isna().any(axis=1)
+        dropped = int(unlabelled.sum())
+        if dropped:
+            frame = frame.loc[~unlabelled].copy()
     try:
         label = frame.eval(target.expression)
     except Exception as exc:

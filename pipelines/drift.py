@@ -138,6 +138,8 @@ def _bin_shares(sorted_values: np.ndarray, edges: np.ndarray) -> np.ndarray:
 def numeric_statistics(ref: ReferenceColumn, current: np.ndarray) -> dict[str, float]:
     """KS statistic and p-value, normalised Wasserstein distance and PSI from sorted arrays."""
     r, c = ref.sorted_values, np.sort(current)
+    # set by _prepare for a numeric reference column with values (the caller checked ref.n)
+    assert r is not None and ref.psi_edges is not None and ref.psi_shares is not None
     n, m = len(r), len(c)
     merged = np.sort(np.concatenate([r, c]), kind="mergesort")
     cdf_r = np.searchsorted(r, merged, side="right") / n

@@ -45,7 +45,7 @@ def slice_gaps(check: SliceGate, slices: dict[str, dict[str, Any]]) -> dict[str,
                 "reason": f"fewer than two {column} slices with {check.min_rows}+ rows and both classes",
             }  # fmt: skip
             continue
-        best, worst = max(scored, key=scored.get), min(scored, key=scored.get)
+        best, worst = max(scored, key=scored.__getitem__), min(scored, key=scored.__getitem__)
         gap = scored[best] - scored[worst]
         columns[column] = {
             "gap": gap,
@@ -107,20 +107,21 @@ def decide(
                 "passed": value is not None and value >= floor,
             }
         )
-    for column, gap in ((fairness or {}).get("columns") or {}).items():
-        if gap["gap"] is None or not fairness["gating"]:
-            continue
-        checks.append(
-            {
-                "check": f"slice_gap:{column}",
-                "metric": fairness["metric"],
-                "candidate": gap["gap"],
-                "threshold": fairness["max_gap"],
-                "reason": f"best {gap['best']['value']} {gap['best']['score']:.4f}, "
-                f"worst {gap['worst']['value']} {gap['worst']['score']:.4f}",
-                "passed": gap["passed"],
-            }
-        )
+    if fairness:
+        for column, gap in (fairness.get("columns") or {}).items():
+            if gap["gap"] is None or not fairness["gating"]:
+                continue
+            checks.append(
+                {
+                    "check": f"slice_gap:{column}",
+                    "metric": fairness["metric"],
+                    "candidate": gap["gap"],
+                    "threshold": fairness["max_gap"],
+                    "reason": f"best {gap['best']['value']} {gap['best']['score']:.4f}, "
+                    f"worst {gap['worst']['value']} {gap['worst']['score']:.4f}",
+                    "passed": gap["passed"],
+                }
+            )
     passed = all(c["passed"] for c in checks)
     failed = [c for c in checks if not c["passed"]]
     if passed:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -39,7 +39,7 @@ OK = "ok"
 
 def column_rules(dataset: Dataset, config: Drift) -> dict[str, drift.ColumnRule]:
     """The effective method and threshold of every monitored column (features, prediction, label)."""
-    kinds = {c: "numeric" for c in dataset.features.numeric}
+    kinds: dict[str, Literal["numeric", "categorical"]] = {c: "numeric" for c in dataset.features.numeric}
     kinds |= {c: "categorical" for c in dataset.features.categorical}
     kinds[modeling.PREDICTION_COLUMN] = "numeric"
     kinds[dataset.target.name] = "categorical"
@@ -184,11 +184,11 @@ def detect(
     features = drift.compare(reference, current, rules, min_rows=min_rows, columns=dataset.features.all)
     (prediction,) = drift.compare(
         reference, served, rules, min_rows=min_rows, columns=[modeling.PREDICTION_COLUMN]
-    ) or [None]
+    ) or (None,)
     labelled = served.dropna(subset=[dataset.target.name])
     (label,) = drift.compare(
         reference, labelled, rules, min_rows=min_rows, columns=[dataset.target.name]
-    ) or [None]
+    ) or (None,)
     share, drifted, judged = drift.drift_share(features)
     importances = (profile or {}).get("importances") or {}
     weighted = drift.weighted_share(features, importances) if importances else None
@@ -344,8 +344,10 @@ def training_score(tags: dict[str, str], metric: str) -> dict[str, Any] | None:
 def baseline(tags: dict[str, str]) -> dict[str, Any] | None:
     """The champion's first judged live window (value, counts, estimate), from its version's tag."""
     raw = tags.get(BASELINE_TAG)
+    if not raw:
+        return None
     try:
-        found = json.loads(raw) if raw else None
+        found = json.loads(raw)
     except json.JSONDecodeError:
         log.warning("ignoring an unreadable %s tag: %r", BASELINE_TAG, raw[:200])
         return None

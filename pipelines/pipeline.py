@@ -106,4 +106,6 @@ def skipped(reason: str, **details: Any) -> dict[str, Any]:
 
 def is_skipped(result: dict[str, Any] | None) -> bool:
     """Whether a step result says the step decided not to act."""
-    return bool(result) and result.get("status") == SKIPPED
+    if not result:
+        return False
+    return result.get("status") == SKIPPED

@@ -55,7 +55,7 @@ def stop_group(
     bare process-group id (from a pid file), the wait is for the whole group.
     """
     proc = target if isinstance(target, subprocess.Popen) else None
-    pgid = proc.pid if proc is not None else int(target)
+    pgid = target.pid if isinstance(target, subprocess.Popen) else int(target)
     for sig, wait in ((first, grace), (signal.SIGKILL, kill_wait)):
         try:
             os.killpg(pgid, sig)

@@ -21,6 +21,7 @@ Secrets, each from the environment (no default exists): ``MLFLOW_AUTH_ADMIN_PASS
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -223,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def configured_names(env: dict[str, str], models: list[str] = ()) -> list[tuple[str, str]]:
+def configured_names(env: dict[str, str], models: Sequence[str] = ()) -> list[tuple[str, str]]:
     """The configuration's ``(registry.model_name, registry.experiment)`` (``MLOPS_CONFIG``, else the
     shipped default), and each of ``models`` with that same experiment."""
     from pipelines.config import load_config

@@ -10,6 +10,7 @@ with the configured lookup tables joined on. Kinds:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Protocol
 
@@ -163,7 +164,7 @@ def _apply_join(frame: pd.DataFrame, join: cfg.Join, time_column: str) -> pd.Dat
 
 def open_source(dataset: cfg.Dataset) -> DataSource:
     """The source a dataset config names."""
-    kinds = {"file": FileSource, "sql": SqlSource}
+    kinds: dict[str, Callable[[cfg.Source, str], DataSource]] = {"file": FileSource, "sql": SqlSource}
     return kinds[dataset.source.kind](dataset.source, dataset.time_column)
 
 

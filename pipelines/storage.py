@@ -174,7 +174,7 @@ def sql_engine(url: str, *, statement_timeout_seconds: float | None = None, **op
 
     url = sql_url(url)
     if url.startswith("postgresql"):
-        connect_args = {"connect_timeout": SQL_CONNECT_TIMEOUT}
+        connect_args: dict[str, Any] = {"connect_timeout": SQL_CONNECT_TIMEOUT}
         if statement_timeout_seconds:
             connect_args["options"] = f"-c statement_timeout={int(statement_timeout_seconds * 1000)}"
         options["connect_args"] = {**connect_args, **options.get("connect_args", {})}

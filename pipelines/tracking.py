@@ -15,11 +15,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipelines import __version__
 from pipelines.context import StepContext
 from pipelines.settings import Settings
 from pipelines.storage import join
+
+if TYPE_CHECKING:
+    from mlflow import ActiveRun
 
 RUN_KEY_TAG = "mlops.run_key"
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -120,7 +124,7 @@ def find_or_create_run_id(ctx: StepContext, experiment: str | None = None) -> st
 
 
 @contextmanager
-def pipeline_run(ctx: StepContext, step: str, experiment: str | None = None) -> Iterator[object]:
+def pipeline_run(ctx: StepContext, step: str, experiment: str | None = None) -> Iterator[ActiveRun]:
     """Resume this pipeline run's MLflow run for one step; a failing step marks it FAILED."""
     import mlflow
 

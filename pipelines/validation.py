@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import unquote, urlparse
 
 import pandas as pd
 
 from pipelines.errors import ConfigError
+
+if TYPE_CHECKING:
+    from great_expectations.core.expectation_validation_result import ExpectationValidationResult
+    from great_expectations.data_context.types.resource_identifiers import ValidationResultIdentifier
 
 log = logging.getLogger(__name__)
 # GX logs every API function it registers at INFO; under Airflow's logging that floods the task log.
@@ -82,13 +86,14 @@ def validate_frame(
 ) -> dict[str, Any]:
     """Validate ``frame`` against ``spec``; return a JSON-ready report and build Data Docs in ``docs_dir``."""
     import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
 
     expectations = build_expectations(spec)
     context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = {"globally": False}
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
     context.add_data_docs_site(
         _SITE,
-        {
+        {  # type: ignore[typeddict-unknown-key]  # GX's TypedDict is incomplete; SiteBuilder takes this key
             "class_name": "SiteBuilder",
             "show_how_to_buttons": False,
             "store_backend": {
@@ -107,6 +112,12 @@ def validate_frame(
     for expectation in expectations:
         suite.add_expectation(expectation)
     order = {e.id: i for i, e in enumerate(suite.expectations)}
+
+    def position(res: ExpectationValidationResult) -> int:
+        # every result of a suite run carries the configuration of its expectation
+        assert res.expectation_config is not None
+        return order.get(res.expectation_config.id, 0)
+
     definition = context.validation_definitions.add(
         gx.ValidationDefinition(name=suite_name, data=batch, suite=suite)
     )
@@ -114,8 +125,8 @@ def validate_frame(
 
     present = set(map(str, frame.columns))
     results = []
-    for res in sorted(outcome.results, key=lambda r: order.get(r.expectation_config.id, 0)):
-        data = res.to_json_dict()
+    for res in sorted(outcome.results, key=position):
+        data: dict[str, Any] = res.to_json_dict()
         config, detail = data["expectation_config"], data.get("result") or {}
         kwargs = {k: v for k, v in config["kwargs"].items() if k != "batch_id"}
         cols = _columns(kwargs)
@@ -135,7 +146,8 @@ def validate_frame(
             }
         )
     context.build_data_docs(site_names=[_SITE])
-    result_key = context.validation_results_store.list_keys()[0]
+    # the keys of the validation results store are ValidationResultIdentifiers (its key class)
+    result_key = cast("ValidationResultIdentifier", context.validation_results_store.list_keys()[0])
     return {
         "success": bool(outcome.success),
         "suite_name": suite_name,

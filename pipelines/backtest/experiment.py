@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -32,7 +32,7 @@ def run(
     *,
     first: str,
     last: str,
-    windows: list[int | None] = (3, 6, 12),
+    windows: Sequence[int | None] = (3, 6, 12),
     policies: list[Policy] | None = None,
     progress: Callable[[str], None] = print,
 ) -> dict[str, Any]:

@@ -116,8 +116,8 @@ class Replay:
 
     def fit(self, strategy: Strategy, until: pd.Timestamp, parent: Model | None = None) -> Model:
         """The model ``strategy`` trains on the window ending at ``until`` (stateful: from ``parent``)."""
-        stateful = strategy.mode == "stateful" and parent is not None
-        key = (strategy, until, parent.key if stateful else None)
+        stateful_parent = parent if strategy.mode == "stateful" else None
+        key = (strategy, until, stateful_parent.key if stateful_parent is not None else None)
         if key in self._fits:
             return self._fits[key]
         training = self.config.training
@@ -129,9 +129,9 @@ class Replay:
         x_val, y_val = modeling.features_and_label(splits.validation, self.dataset)
         x_test, y_test = modeling.features_and_label(splits.test, self.dataset)
         started = time.perf_counter()
-        if stateful:
+        if stateful_parent is not None:
             model = modeling.continue_training(
-                parent.pipeline, x_train, y_train, training.warm_start_iterations
+                stateful_parent.pipeline, x_train, y_train, training.warm_start_iterations
             )
         else:
             model = modeling.build_pipeline(self.dataset, training).fit(x_train, y_train)

@@ -86,6 +86,7 @@ def simulate(replay: Replay, policy: Policy, strategy: Strategy, oracle: list[fl
         # the end of the month: does the trigger fire?
         alarm, reason, report = _trigger(replay, policy, champion, i, served, versions, baseline, target)
         if report is not None:
+            assert policy.monitoring is not None  # only a monitor policy has a report (see _trigger)
             new_baseline = report["performance"].get("new_baseline")
             if new_baseline and baseline is None:
                 baseline = {**new_baseline, "value": new_baseline["value"]}
@@ -149,6 +150,7 @@ def _trigger(
         due = (i + 1) % policy.every == 0
         return due, f"schedule: every {policy.every} month(s){'' if due else ', not due'}", None
     window = _window_frame(replay.periods[i], served, versions, target)
+    assert policy.monitoring is not None, f"policy {policy.name!r} monitors without a monitoring config"
     report = monitoring.detect(
         champion.reference, window, dataset=replay.dataset, config=policy.monitoring,
         champion_version="champion", training=champion.test, profile=champion.profile, baseline=baseline,

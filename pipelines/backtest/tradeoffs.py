@@ -87,4 +87,7 @@ def _best_point(points: list[dict[str, Any]]) -> dict[str, Any] | None:
         total = p["precision"] + p["recall"]
         return 2 * p["precision"] * p["recall"] / total if total else 0.0
 
-    return {**max(scored, key=f1), "meets_target": False} if scored else None
+    if not scored:
+        return None
+    best: dict[str, Any] = max(scored, key=f1)
+    return {**best, "meets_target": False}

@@ -33,7 +33,7 @@ def slice_chart(
 
     gap = (fairness["columns"].get(column) or {}) if fairness else {}
     floor = None
-    if gap.get("best") and fairness.get("max_gap") is not None:
+    if fairness and gap.get("best") and fairness.get("max_gap") is not None:
         allowed = gap["best"]["score"] - fairness["max_gap"]
         floor = x(allowed) if allowed > low else None
     bars = []

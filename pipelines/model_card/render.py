@@ -58,7 +58,7 @@ def to_markdown(card: dict[str, Any], *, limit: int = DESCRIPTION_LIMIT) -> str:
             shown = {c: len(top_bottom(tables[c], metric, k)[0]) for c, k in keep.items() if k != 0}
             if not shown:
                 break
-            column = max(shown, key=shown.get)
+            column = max(shown, key=shown.__getitem__)
             keep[column] = KEEP_LEVELS[KEEP_LEVELS.index(keep[column]) + 1]
     budget = limit - size(CUT_NOTE)
     return markdown.encode()[:budget].decode(errors="ignore").rstrip() + CUT_NOTE

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -61,6 +63,10 @@ class Batcher:
     inflight: int
     queue: asyncio.Queue[Job] | None
     executor: ThreadPoolExecutor
+    log: Any  # the prediction log (None in a sandbox)
+    # the other mixins' methods (pipelines.serving.log_handoff, pipelines.serving.shadow)
+    _append: Callable[[list[Job]], list[Job]]
+    _submit_shadow: Callable[[list[Job]], None]
 
     # -- batching --------------------------------------------------------------------------------
     async def submit(self, job: Job) -> np.ndarray:
@@ -69,12 +75,14 @@ class Batcher:
         A job past its deadline still runs to the end (its rows may reach the log), but its client
         was told it failed: the log may hold a prediction nobody got, never the other way round."""
         job.future = asyncio.get_running_loop().create_future()
+        assert self.queue is not None, "the server is not started"
         self.queue.put_nowait(job)
         return await asyncio.wait_for(asyncio.shield(job.future), self.config.request_timeout_seconds)
 
     async def _batch_loop(self) -> None:
         loop = asyncio.get_running_loop()
         max_wait, max_rows = self.config.max_wait_ms / 1000, self.config.max_batch_rows
+        assert self.queue is not None, "the server is not started"
         while True:
             job = await self.queue.get()
             jobs, rows = [job], len(job.batch)
@@ -96,10 +104,12 @@ class Batcher:
                 await loop.run_in_executor(self.executor, self._score_and_log, jobs)
             except Exception as exc:
                 for j in jobs:
+                    assert j.future is not None  # set by submit before the job is queued
                     if not j.future.done():
                         j.future.set_exception(exc)
                 continue
             for j in jobs:
+                assert j.future is not None
                 if not j.future.done():
                     if j.error is not None:
                         j.future.set_exception(j.error)
@@ -151,6 +161,7 @@ class Batcher:
             m.predictions.labels(j.model.version, j.route).inc(len(j.batch))
             m.latency.labels(j.route).observe(time.perf_counter() - j.started)
             probability = m.probability.labels(j.route)
+            assert j.result is not None  # a job without an error was scored
             for p in j.result.tolist():
                 probability.observe(p)
         by_schema: dict[int, list[Job]] = {}

@@ -25,8 +25,12 @@ import contextlib
 import os
 import socket
 import struct
+from typing import TYPE_CHECKING
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+if TYPE_CHECKING:
+    from uvicorn._types import ASGI3Application
 
 HEADER_TIMEOUT_ENV = "MLOPS_SERVING_HEADER_TIMEOUT_SECONDS"
 DEFAULT_HEADER_TIMEOUT_SECONDS = 10.0
@@ -49,7 +53,7 @@ def send_timeout_seconds() -> float:
 
 
 def _cancel(timer: asyncio.TimerHandle | None) -> None:
-    """Cancel ``timer`` if set; returns None, to assign back."""
+    """Cancel ``timer`` if set (the caller then sets its attribute to None)."""
     if timer is not None:
         timer.cancel()
 
@@ -62,7 +66,8 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
     _send_deadline: asyncio.TimerHandle | None = None
     _close_deadline: asyncio.TimerHandle | None = None
     _lost = False
-    _running = None  # the request being answered; with pipelining, self.cycle is the last one read
+    # the request being answered; with pipelining, self.cycle is the last one read
+    _running: RequestResponseCycle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -109,7 +114,8 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
             self._send_deadline = self.loop.call_later(send_timeout_seconds(), self._answers_not_read)
 
     def resume_writing(self) -> None:
-        self._send_deadline = _cancel(self._send_deadline)
+        _cancel(self._send_deadline)
+        self._send_deadline = None
         super().resume_writing()
 
     def _should_upgrade(self) -> bool:
@@ -117,15 +123,17 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         # protocol, outside every deadline here (its 403 close then waited on unread answers).
         return False
 
-    def _start_asgi_task(self, cycle, app) -> None:  # type: ignore[no-untyped-def]
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
         self._running = cycle
         super()._start_asgi_task(cycle, app)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         self._disarm()
-        self._send_deadline = _cancel(self._send_deadline)
-        self._close_deadline = _cancel(self._close_deadline)
+        _cancel(self._send_deadline)
+        self._send_deadline = None
+        _cancel(self._close_deadline)
+        self._close_deadline = None
         running = self._running
         if running is not None and not running.response_complete:
             # uvicorn marks only self.cycle disconnected: the pipelined request being answered
@@ -138,7 +146,8 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         self._header_deadline = self.loop.call_later(header_timeout_seconds(), self._headers_too_late)
 
     def _disarm(self) -> None:
-        self._header_deadline = _cancel(self._header_deadline)
+        _cancel(self._header_deadline)
+        self._header_deadline = None
 
     def _close(self) -> None:
         self.transport.close()

@@ -28,6 +28,7 @@ class PredictionLogHandoff:
         for j in jobs:
             model = j.model
             latency_ms = (time.perf_counter() - j.started) * 1000
+            assert j.result is not None  # only scored jobs (no error) are logged
             for r, (record, p) in enumerate(
                 zip(j.batch.records(model.schema), j.result.tolist(), strict=True)
             ):

@@ -47,7 +47,7 @@ def parity_rows(example: pd.DataFrame, schema: FeatureSchema) -> Batch:
         {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
         for row in example[list(schema.columns)].to_dict("records")
     ]
-    variants = []
+    variants: list[dict[str, Any]] = []
     for row in rows:
         variants.extend({**row, name: None} for name in schema.columns)
         variants.append({**row, **{c: "__unseen__" for c in schema.categorical}})

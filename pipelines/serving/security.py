@@ -29,7 +29,9 @@ import hmac
 import os
 import secrets
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -157,7 +159,7 @@ async def _deny(send, status: int, message: str) -> None:
     await send({"type": "http.response.body", "body": orjson.dumps({"detail": message})})
 
 
-def may(request_scope: dict, needed: str) -> bool:
+def may(request_scope: Mapping[str, Any], needed: str) -> bool:
     """Whether the request holds ``needed`` (always, when auth is off)."""
     granted = request_scope.get(SCOPES_KEY)
     return granted is None or needed in granted

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 from fastapi.responses import Response
@@ -31,6 +31,9 @@ from pipelines.serving.registry import Deployment, RegistryWatcher
 from pipelines.serving.responses import ORJSONResponse, _Reject, problem
 from pipelines.serving.schema import Batch, InvalidInput, parse_records
 from pipelines.serving.shadow import ShadowScoring
+
+if TYPE_CHECKING:
+    from pipelines.feature_store import OnlineFeatures
 
 log = logging.getLogger("pipelines.serving")
 
@@ -57,7 +60,7 @@ class Server(Batcher, PredictionLogHandoff, ShadowScoring):
             on_change=self.metrics.show_deployment,
             pii_fingerprint=config.pii_fingerprint,
         )
-        self.online = None  # the feature store's online features, opened on first use
+        self.online: OnlineFeatures | None = None  # the feature store's online features, opened on first use
         # Why the prediction log cannot be written (a database or disk outage), until it can again:
         # /ready fails meanwhile, so traffic goes to replicas that can acknowledge predictions.
         self.log_outage: str | None = None

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 from pipelines.serving.batching import Job
 from pipelines.serving.config import ServingSettings
 from pipelines.serving.metrics import ServerMetrics
+from pipelines.serving.model import LoadedModel
 from pipelines.serving.policy import SHADOW_ROUTE
 
 log = logging.getLogger("pipelines.serving")
@@ -28,6 +30,9 @@ class ShadowScoring:
     log: Any
     shadow_executor: ThreadPoolExecutor
     shadow_pending: int
+    # the other mixins' methods (pipelines.serving.batching, pipelines.serving.log_handoff)
+    _score: Callable[[list[Job]], None]
+    _log_rows: Callable[[list[Job]], list[dict]]
 
     def _submit_shadow(self, jobs: list[Job]) -> None:
         if self.shadow_pending >= self.config.shadow_queue:
@@ -36,7 +41,7 @@ class ShadowScoring:
         self.shadow_pending += 1
         shadow_jobs = [
             Job(
-                j.shadow,
+                cast(LoadedModel, j.shadow),  # the batcher hands over only the jobs with a shadow model
                 j.batch,
                 j.request_id,
                 SHADOW_ROUTE,
@@ -59,6 +64,7 @@ class ShadowScoring:
                 probability = self.metrics.probability.labels(SHADOW_ROUTE)
                 for j in scored:
                     self.metrics.predictions.labels(j.model.version, SHADOW_ROUTE).inc(len(j.batch))
+                    assert j.result is not None  # a job without an error was scored
                     for p in j.result.tolist():
                         probability.observe(p)
             except Exception:  # the caller already has the champion's answer; count and move on

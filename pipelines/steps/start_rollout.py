@@ -8,7 +8,7 @@ traffic moves; the servers pick it up on their next registry poll.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from pipelines import audit, deploy, tracking
 from pipelines.context import StepContext
@@ -28,7 +28,8 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
     if policy.in_rollout and policy.challenger_version != version:
         # A newer candidate replaces an unfinished rollout: end the old one first, on the record.
         deploy.abort(
-            ctx.settings, name, policy.challenger_version, reason=f"superseded by v{version}",
+            # a rollout's policy always names its challenger (Policy.__post_init__ checks it)
+            ctx.settings, name, cast(str, policy.challenger_version), reason=f"superseded by v{version}",
             origin=audit.origin(ctx),
         )  # fmt: skip
     started = deploy.start_rollout(ctx.settings, name, version, ctx.config.deploy.rollout, audit.origin(ctx))

@@ -81,7 +81,8 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
 
     out_dir = ctx.artifact_dir("train")
     with tracking.pipeline_run(ctx, "train") as run:
-        params, trials = ({}, [])
+        params: dict[str, Any] = {}
+        trials: list[dict[str, Any]] = []
         if training.search.enabled:
             params, trials = _search(ctx, x_train, y_train, x_val, y_val)
         started = time.perf_counter()
