@@ -22,6 +22,7 @@ from typing import Any
 import pandas as pd
 from scipy import stats
 
+from pipelines.pipeline import Status
 from pipelines.serving.policy import CHALLENGER_ROUTE, CHAMPION_ROUTE, SHADOW_ROUTE, Policy
 
 
@@ -49,7 +50,7 @@ def two_proportion_test(errors_a: int, n_a: int, errors_b: int, n_b: int) -> tup
 class Verdict:
     """The outcome and every number behind it."""
 
-    status: str  # "waiting" or "decided"
+    status: Status  # waiting or decided
     decision: str | None  # "promote" / "abort" when decided
     reason: str
     numbers: dict[str, Any]
@@ -87,7 +88,7 @@ def analyse(frame: pd.DataFrame, policy: Policy, inconclusive: str) -> Verdict:
         "served_challenger": int((frame["route"] == CHALLENGER_ROUTE).sum()),
     }
     if len(champion) < n or len(challenger) < n:
-        return Verdict("waiting", None, "collecting the fixed sample", progress)
+        return Verdict(Status.WAITING, None, "collecting the fixed sample", progress)
     a, b = champion.head(n), challenger.head(n)
     err_a = int((a["prediction"] != a["label"]).sum())
     err_b = int((b["prediction"] != b["label"]).sum())
@@ -101,7 +102,7 @@ def analyse(frame: pd.DataFrame, policy: Policy, inconclusive: str) -> Verdict:
         "p_value": p,
         "alpha": alpha,
     }
-    return Verdict("decided", decision, reason, numbers)
+    return Verdict(Status.DECIDED, decision, reason, numbers)
 
 
 def _analyse_shadow(frame: pd.DataFrame, n: int, alpha: float, inconclusive: str) -> Verdict:
@@ -110,7 +111,7 @@ def _analyse_shadow(frame: pd.DataFrame, n: int, alpha: float, inconclusive: str
     pairs = champion.merge(shadow, on=["request_id", "row"], suffixes=("", "_shadow"))
     progress = {"sample_size": n, "labelled_pairs": len(pairs), "served_shadow": len(shadow)}
     if len(pairs) < n:
-        return Verdict("waiting", None, "collecting the fixed sample of paired rows", progress)
+        return Verdict(Status.WAITING, None, "collecting the fixed sample of paired rows", progress)
     pairs = pairs.head(n)
     right_a = pairs["prediction"] == pairs["label"]
     right_b = pairs["prediction_shadow"] == pairs["label"]
@@ -127,4 +128,4 @@ def _analyse_shadow(frame: pd.DataFrame, n: int, alpha: float, inconclusive: str
         "p_value": p,
         "alpha": alpha,
     }
-    return Verdict("decided", decision, reason, numbers)
+    return Verdict(Status.DECIDED, decision, reason, numbers)

@@ -34,6 +34,12 @@ def _rollout_verdict(
     """The online test at the end of the challenger's first month (pipelines.rollout's z-test)."""
     wrong_a = (champion >= thresholds[0]).astype(int) != y
     wrong_b = (challenger >= thresholds[1]).astype(int) != y
+    return _error_rate_verdict(config, wrong_a, wrong_b)
+
+
+def _error_rate_verdict(config: PipelineConfig, wrong_a: np.ndarray, wrong_b: np.ndarray) -> str:
+    """promote / abort on a significant difference in error rate (the rollout's z-test), else the
+    configured choice for an inconclusive test (also when an arm has no rows)."""
     if len(wrong_a) == 0 or len(wrong_b) == 0:
         return config.deploy.rollout.inconclusive
     _, p = rollout.two_proportion_test(int(wrong_a.sum()), len(wrong_a), int(wrong_b.sum()), len(wrong_b))
@@ -121,12 +127,7 @@ def _canary_test(config, y, canary, champ_p, chall_p, champion: Model, challenge
     """Canary / A-B: the champion's arm against the challenger's arm, as the rollout analyses them."""
     wrong_a = (champ_p[~canary] >= champion.threshold).astype(int) != y[~canary]
     wrong_b = (chall_p[canary] >= challenger.threshold).astype(int) != y[canary]
-    if len(wrong_a) == 0 or len(wrong_b) == 0:
-        return config.deploy.rollout.inconclusive
-    _, p = rollout.two_proportion_test(int(wrong_a.sum()), len(wrong_a), int(wrong_b.sum()), len(wrong_b))
-    if p < config.deploy.rollout.alpha:
-        return "promote" if wrong_b.mean() < wrong_a.mean() else "abort"
-    return config.deploy.rollout.inconclusive
+    return _error_rate_verdict(config, wrong_a, wrong_b)
 
 
 def _age(model: Model, periods: list[Period]) -> str:

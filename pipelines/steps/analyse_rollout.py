@@ -15,6 +15,7 @@ import pandas as pd
 
 from pipelines import deploy, prediction_log, rollout
 from pipelines.context import StepContext
+from pipelines.pipeline import Status
 
 log = logging.getLogger(__name__)
 
@@ -23,12 +24,16 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
     """The verdict, or progress towards it."""
     started = inputs["start_rollout"]
     if started.get("decided"):
-        return {"status": "decided", "decision": started["decision"], "reason": started["reason"]}
+        return {"status": Status.DECIDED, "decision": started["decision"], "reason": started["reason"]}
     name = ctx.config.registry.model_name
     policy = deploy.current_policy(ctx.settings, name)
     expected = started["policy"]["rollout_id"]
     if policy.rollout_id != expected:
-        return {"status": "decided", "decision": "ended", "reason": f"rollout {expected} was ended elsewhere"}
+        return {
+            "status": Status.DECIDED,
+            "decision": "ended",
+            "reason": f"rollout {expected} was ended elsewhere",
+        }
     store = prediction_log.open_log(ctx.settings, name, writer=False)
     try:
         # this rollout's rows, and labels from its start on: each poke reads the rollout, not the history
@@ -37,10 +42,10 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
     finally:
         store.close()
     verdict = rollout.analyse(frame, policy, ctx.config.deploy.rollout.inconclusive)
-    if verdict.status == "waiting":
+    if verdict.status == Status.WAITING:
         age_h = (pd.Timestamp.now(tz="UTC") - pd.Timestamp(policy.started_at)).total_seconds() / 3600
         if age_h > ctx.config.deploy.rollout.max_wait_hours:
             reason = f"the sample was not complete after {age_h:.1f} h (max_wait_hours)"
-            return {"status": "decided", "decision": "abort", "reason": reason, **verdict.numbers}
+            return {"status": Status.DECIDED, "decision": "abort", "reason": reason, **verdict.numbers}
         log.info("rollout %s waiting: %s", policy.rollout_id, verdict.numbers)
     return {"rollout_id": policy.rollout_id, "version": policy.challenger_version, **verdict.to_dict()}

@@ -12,7 +12,7 @@ from typing import Any
 
 from pipelines import feature_store
 from pipelines.context import StepContext
-from pipelines.pipeline import skipped
+from pipelines.pipeline import Status, skipped
 
 
 def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -25,4 +25,4 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
     ctx.check_window(start, ctx.interval_end)
     built = feature_store.build(ctx.settings, dataset, ctx.interval_end)
     loaded = feature_store.materialize(ctx.settings, dataset, start, ctx.interval_end)
-    return {"status": "materialized", "offline_rows": built["rows"], **loaded}
+    return {"status": Status.MATERIALIZED, "offline_rows": built["rows"], **loaded}

@@ -14,7 +14,7 @@ from typing import Any
 
 from pipelines import audit, model_card, model_format, privacy, storage, tracking
 from pipelines.context import StepContext
-from pipelines.pipeline import skipped
+from pipelines.pipeline import Status, skipped
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
     )  # fmt: skip
     log.info("registered %s version %s with aliases %s", name, version.version, aliases)
     return {
-        "status": "registered",
+        "status": Status.REGISTERED,
         "registered": True,
         "created": created,
         "model_name": name,

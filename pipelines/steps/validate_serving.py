@@ -28,7 +28,7 @@ import numpy as np
 from pipelines import model_format, processes, tracking
 from pipelines.context import StepContext
 from pipelines.errors import InfraValidationFailed, UntrustedModel
-from pipelines.pipeline import skipped
+from pipelines.pipeline import Status, skipped
 from pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -256,7 +256,7 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
     log.info("infra validation of v%s passed: p95 %.1f ms, exact answers", version, checks["p95_ms"])
     # Set at registration when the gate saw a swing wider than its band: a person decides.
     approval_reason = client_.get_model_version(name, version).tags.get("approval.reason")
-    return {"status": "passed", "model_name": name, **result, "approval_reason": approval_reason}
+    return {"status": Status.PASSED, "model_name": name, **result, "approval_reason": approval_reason}
 
 
 def main(argv: list[str] | None = None) -> int:
