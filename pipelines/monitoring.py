@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -263,7 +264,7 @@ def _estimate_reason(e: dict[str, Any]) -> str:
     )
 
 
-def explain(report: dict[str, Any]) -> list[str]:
+def explain(report: Mapping[str, Any]) -> list[str]:
     """One line per trigger: what it saw and whether that fires (the reasons a person reads)."""
     lines = []
     d = report["drift"]
@@ -275,7 +276,7 @@ def explain(report: dict[str, Any]) -> list[str]:
 
 
 def retrain_decision(
-    report: dict[str, Any],
+    report: Mapping[str, Any],
     last_request: dict[str, Any] | None,
     config: Retrain,
     *,

@@ -7,9 +7,13 @@ because the Airflow scheduler parses DAG files every few seconds.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from pipelines.results import Skipped
 
 
 class Status(StrEnum):
@@ -91,7 +95,7 @@ STEP_NAMES: tuple[str, ...] = tuple(dict.fromkeys(s.name for spec in PIPELINES.v
 POLLED_STEPS = frozenset(s.name for spec in PIPELINES.values() for s in spec if s.polled)
 
 
-def approval_reason(always: bool, inputs: dict[str, dict[str, Any]]) -> str | None:
+def approval_reason(always: bool, inputs: Mapping[str, Mapping[str, Any]]) -> str | None:
     """Why a person must approve before an approval step: config asks, or an upstream result does."""
     for result in inputs.values():
         if (result or {}).get("approval_reason"):
@@ -99,12 +103,12 @@ def approval_reason(always: bool, inputs: dict[str, dict[str, Any]]) -> str | No
     return "deploy.approval is on: every rollout is approved by a person" if always else None
 
 
-def skipped(reason: str, **details: Any) -> dict[str, Any]:
+def skipped(reason: str, **details: Any) -> Skipped:
     """The result of a step that decided not to act; orchestrators mark the task skipped."""
-    return {"status": SKIPPED, "reason": reason, **details}
+    return cast("Skipped", {"status": SKIPPED, "reason": reason, **details})
 
 
-def is_skipped(result: dict[str, Any] | None) -> bool:
+def is_skipped(result: Mapping[str, Any] | None) -> bool:
     """Whether a step result says the step decided not to act."""
     if not result:
         return False

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -75,7 +76,7 @@ def comparison_png(curves: dict[str, dict[str, np.ndarray]], slices: dict[str, A
     return png
 
 
-def error_rates_png(arms: list[tuple[str, str]], verdict: dict[str, Any], n: int) -> str:
+def error_rates_png(arms: list[tuple[str, str]], verdict: Mapping[str, Any], n: int) -> str:
     """The rollout's error rate per arm with a 95% interval, as base64 PNG.
 
     ``arms`` are (label, verdict key of the arm's error rate); ``n`` the labelled rows per arm.

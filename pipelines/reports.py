@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import functools
+from collections.abc import Mapping
 from typing import Any
 
 import jinja2
@@ -120,7 +121,7 @@ def render_evaluation(
     return evaluation_html(evaluation, png), base64.b64decode(png)
 
 
-def rollout_html(model: str, version: str, started: dict[str, Any], verdict: dict[str, Any]) -> str:
+def rollout_html(model: str, version: str, started: Mapping[str, Any], verdict: Mapping[str, Any]) -> str:
     """The rollout's verdict: error rate of each arm with a 95% interval, and the test's numbers."""
     policy = started.get("policy") or {}
     n = int(verdict.get("sample_size") or 0)

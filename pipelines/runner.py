@@ -6,16 +6,21 @@ inputs, one Python process. The Airflow benchmark compares against it.
 
 from __future__ import annotations
 
+import functools
 import getpass
 import json
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
 
 from pipelines import audit, tracking
 from pipelines.context import StepContext
 from pipelines.errors import PipelineError
 from pipelines.pipeline import PIPELINES, Status, StepSpec, approval_reason, is_skipped, skipped
+from pipelines.results import RESULT_TYPES, Skipped
 from pipelines.steps import get_step
 
 log = logging.getLogger(__name__)
@@ -43,7 +48,24 @@ def execute_step(name: str, ctx: StepContext, inputs: dict[str, Any]) -> dict[st
             f"step {name} returned {len(encoded)} bytes; results must stay under {MAX_RESULT_BYTES}"
         )
     log.info("step %s finished in %.1fs", name, time.perf_counter() - started)
-    return json.loads(encoded)
+    decoded = json.loads(encoded)
+    check_result(name, decoded)
+    return decoded
+
+
+@functools.cache
+def _contract(name: str, skipped: bool) -> TypeAdapter:
+    return TypeAdapter(Skipped if skipped else RESULT_TYPES[name])
+
+
+def check_result(name: str, result: Any) -> None:
+    """Refuse a result that breaks its step's contract (``pipelines/results.py``), naming the key."""
+    try:
+        _contract(name, is_skipped(result)).validate_python(result)
+    except ValidationError as exc:
+        raise PipelineError(
+            f"step {name} returned a result its contract (pipelines.results) refuses: {exc}"
+        ) from None
 
 
 def run_pipeline(
@@ -54,7 +76,7 @@ def run_pipeline(
     approve: bool = False,
     poll_seconds: float | None = None,
     poll_timeout: float | None = None,
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, Mapping[str, Any]]:
     """Run every step in order in this process, as an orchestrator would; stop after a step that skips.
 
     A polled step runs again every ``poll_seconds`` (default: the rollout's ``poke_seconds``) until
@@ -65,7 +87,7 @@ def run_pipeline(
     rollout = ctx.config.deploy.rollout
     poll_seconds = rollout.poke_seconds if poll_seconds is None else poll_seconds
     poll_timeout = rollout.max_wait_hours * 3600 if poll_timeout is None else poll_timeout
-    results: dict[str, dict[str, Any]] = {}
+    results: dict[str, Mapping[str, Any]] = {}
     for i, step in enumerate(spec, 1):
         started = time.perf_counter()
         inputs = {n: results[n] for n in step.inputs}
@@ -99,7 +121,9 @@ def run_pipeline(
     return results
 
 
-def _record_approval(ctx: StepContext, step: str, inputs: dict[str, dict[str, Any]], reason: str) -> None:
+def _record_approval(
+    ctx: StepContext, step: str, inputs: Mapping[str, Mapping[str, Any]], reason: str
+) -> None:
     """The person running ``mlops run --approve`` approved: the audit trail says who, and why it was asked."""
     validated = next(iter(inputs.values()), {}) or {}
     audit.record(

@@ -6,6 +6,7 @@ are sentences of their own (with a little markdown: `code`), shared by both rend
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,9 +37,9 @@ def build(
     config,
     model_name: str,
     version: str | int,
-    ingest: dict[str, Any],
-    train: dict[str, Any],
-    evaluation: dict[str, Any],
+    ingest: Mapping[str, Any],
+    train: Mapping[str, Any],
+    evaluation: Mapping[str, Any],
     registered_at: datetime | str | int | float | None = None,
 ) -> dict[str, Any]:
     """The model card of one registered version as a plain, JSON-able dict with stable keys.
@@ -105,7 +106,7 @@ def build(
     return plain(card)
 
 
-def _training_data(config, ingest: dict[str, Any], train: dict[str, Any]) -> dict[str, Any]:
+def _training_data(config, ingest: Mapping[str, Any], train: Mapping[str, Any]) -> dict[str, Any]:
     dataset = config.dataset
     provenance = getattr(dataset, "provenance", None)
     personal = getattr(dataset, "personal_data", None)

@@ -9,18 +9,19 @@ past ``max_wait_hours`` is decided as abort: traffic goes back to the champion.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import cast
 
 import pandas as pd
 
 from pipelines import deploy, prediction_log, rollout
 from pipelines.context import StepContext
 from pipelines.pipeline import Status
+from pipelines.results import AnalyseRolloutInputs, AnalyseRolloutResult, Skipped
 
 log = logging.getLogger(__name__)
 
 
-def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
+def run(ctx: StepContext, inputs: AnalyseRolloutInputs) -> AnalyseRolloutResult | Skipped:
     """The verdict, or progress towards it."""
     started = inputs["start_rollout"]
     if started.get("decided"):
@@ -46,6 +47,12 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
         age_h = (pd.Timestamp.now(tz="UTC") - pd.Timestamp(policy.started_at)).total_seconds() / 3600
         if age_h > ctx.config.deploy.rollout.max_wait_hours:
             reason = f"the sample was not complete after {age_h:.1f} h (max_wait_hours)"
-            return {"status": Status.DECIDED, "decision": "abort", "reason": reason, **verdict.numbers}
+            return cast(
+                AnalyseRolloutResult,
+                {"status": Status.DECIDED, "decision": "abort", "reason": reason, **verdict.numbers},
+            )
         log.info("rollout %s waiting: %s", policy.rollout_id, verdict.numbers)
-    return {"rollout_id": policy.rollout_id, "version": policy.challenger_version, **verdict.to_dict()}
+    return cast(
+        AnalyseRolloutResult,
+        {"rollout_id": policy.rollout_id, "version": policy.challenger_version, **verdict.to_dict()},
+    )

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import cast
 
 from pipelines import audit, deploy, reports, storage, tracking
 from pipelines.context import StepContext
+from pipelines.results import ConcludeRolloutInputs, ConcludeRolloutResult, Skipped
 
 log = logging.getLogger(__name__)
 
 
-def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
+def run(ctx: StepContext, inputs: ConcludeRolloutInputs) -> ConcludeRolloutResult | Skipped:
     """Apply the verdict of ``analyse_rollout`` to the registry."""
     import mlflow
 
@@ -40,14 +41,11 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
         mlflow.log_dict({"started": started, "verdict": verdict, "outcome": outcome}, "rollout/decision.json")
         mlflow.log_artifact(storage.local_path(report_uri) or _download(report_uri), "rollout")
     log.info("rollout of %s v%s: %s (%s)", name, version, decision, reason)
-    return {
-        "model_name": name,
-        "version": version,
-        "decision": decision,
-        "reason": reason,
-        "report_uri": report_uri,
-        **outcome,
-    }
+    return cast(
+        ConcludeRolloutResult,
+        {"model_name": name, "version": version, "decision": decision, "reason": reason,
+         "report_uri": report_uri, **outcome},
+    )  # fmt: skip
 
 
 def _download(uri: str) -> str:

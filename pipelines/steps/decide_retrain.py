@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
 
 import pandas as pd
 
 from pipelines import audit, monitoring, notify, tracking
 from pipelines.context import StepContext
 from pipelines.pipeline import skipped
+from pipelines.results import DecideRetrainInputs, DecideRetrainResult, Skipped
 
 log = logging.getLogger(__name__)
 
 
-def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
+def run(ctx: StepContext, inputs: DecideRetrainInputs) -> DecideRetrainResult | Skipped:
     """Apply the retrain policy (triggers, cooldown) to the report of ``detect_drift``."""
     found = inputs["detect_drift"]
     name = ctx.config.registry.model_name

@@ -30,6 +30,7 @@ from pipelines import (
 from pipelines.context import StepContext
 from pipelines.errors import ConfigError
 from pipelines.pipeline import skipped
+from pipelines.results import DetectDriftResult, NoInputs, Skipped
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def _profile(tags: dict[str, str]) -> dict[str, Any] | None:
     return storage.read_json(uri) if uri else None
 
 
-def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
+def run(ctx: StepContext, inputs: NoInputs) -> DetectDriftResult | Skipped:
     """Compare the window with the reference; write drift.json and drift.html; log to MLflow."""
     import mlflow
 

@@ -16,6 +16,7 @@ from sklearn.metrics import roc_auc_score
 
 from pipelines import audit, gate, model_format, modeling, reports, storage, tracking
 from pipelines.context import StepContext
+from pipelines.results import EvaluateInputs, EvaluateResult, Skipped
 
 log = logging.getLogger(__name__)
 MIN_SLICE_ROWS = 100
@@ -68,7 +69,7 @@ def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: metrics[k] for k in SUMMARY_METRICS}
 
 
-def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
+def run(ctx: StepContext, inputs: EvaluateInputs) -> EvaluateResult | Skipped:
     """Score candidate and champion on the test split, decide, report."""
     import mlflow
 
@@ -144,8 +145,8 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
         "approval_reason": decision["approval_reason"],
         "fairness_passed": fairness["passed"],
         "metrics": _summary(candidate_metrics),
-        "champion_version": champion and champion["version"],
-        "champion_metrics": champion and _summary(champion["metrics"]),
+        "champion_version": champion["version"] if champion else None,
+        "champion_metrics": _summary(champion["metrics"]) if champion else None,
         "evaluation_uri": json_uri,
         "report_uri": html_uri,
     }

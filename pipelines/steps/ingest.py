@@ -9,7 +9,6 @@ leak the outcome never reach training. Its content hash is the data version.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import pandas as pd
 
@@ -17,6 +16,7 @@ from pipelines import feature_store, sources, storage
 from pipelines.context import StepContext, parse_time
 from pipelines.dataset import check_source_columns, label_frame, select_columns
 from pipelines.errors import DataError
+from pipelines.results import IngestResult, NoInputs, Skipped
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def training_window(ctx: StepContext) -> tuple[pd.Timestamp, pd.Timestamp]:
     return max(start, first).tz_convert("UTC"), end.tz_convert("UTC")
 
 
-def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
+def run(ctx: StepContext, inputs: NoInputs) -> IngestResult | Skipped:
     """Read the window, label it, write the snapshot; return its URI, size and hash."""
     start, end = training_window(ctx)
     ctx.check_window(start.to_pydatetime(), end.to_pydatetime())
@@ -53,7 +53,7 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
     data_hash = storage.frame_hash(snapshot)
     uri = storage.write_parquet(storage.join(ctx.artifact_dir("ingest"), "snapshot.parquet"), snapshot)
     in_interval = snapshot[ctx.config.dataset.time_column] >= pd.Timestamp(ctx.interval_start)
-    result = {
+    result: IngestResult = {
         "snapshot_uri": uri,
         "rows": len(snapshot),
         "rows_in_interval": int(in_interval.sum()),

@@ -8,7 +8,6 @@ are dropped if the source has them, so they can never leak into the output.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import pandas as pd
 
@@ -16,11 +15,12 @@ from pipelines import feature_store, sources, storage
 from pipelines.context import StepContext
 from pipelines.dataset import check_source_columns
 from pipelines.errors import DataError
+from pipelines.results import IngestBatchResult, NoInputs, Skipped
 
 log = logging.getLogger(__name__)
 
 
-def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
+def run(ctx: StepContext, inputs: NoInputs) -> IngestBatchResult | Skipped:
     """Read ``[interval_start, interval_end)``; write the unlabelled snapshot."""
     dataset = ctx.config.dataset
     start, end = pd.Timestamp(ctx.interval_start), pd.Timestamp(ctx.interval_end)

@@ -8,14 +8,15 @@ whose latest value is older still has one). Skipped when the dataset has no feat
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import cast
 
 from pipelines import feature_store
 from pipelines.context import StepContext
 from pipelines.pipeline import Status, skipped
+from pipelines.results import MaterializeFeaturesResult, NoInputs, Skipped
 
 
-def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
+def run(ctx: StepContext, inputs: NoInputs) -> MaterializeFeaturesResult | Skipped:
     """Build the offline tables up to ``interval_end`` and materialize ``[start - ttl, end)``."""
     dataset = ctx.config.dataset
     if dataset.feature_store is None:
@@ -25,4 +26,6 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
     ctx.check_window(start, ctx.interval_end)
     built = feature_store.build(ctx.settings, dataset, ctx.interval_end)
     loaded = feature_store.materialize(ctx.settings, dataset, start, ctx.interval_end)
-    return {"status": Status.MATERIALIZED, "offline_rows": built["rows"], **loaded}
+    return cast(
+        MaterializeFeaturesResult, {"status": Status.MATERIALIZED, "offline_rows": built["rows"], **loaded}
+    )

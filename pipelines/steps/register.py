@@ -10,16 +10,16 @@ a second one.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from pipelines import audit, model_card, model_format, privacy, storage, tracking
 from pipelines.context import StepContext
 from pipelines.pipeline import Status, skipped
+from pipelines.results import RegisterInputs, RegisterResult, Skipped
 
 log = logging.getLogger(__name__)
 
 
-def lineage_tags(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, str]:
+def lineage_tags(ctx: StepContext, inputs: RegisterInputs) -> dict[str, str]:
     """Where the version came from: data, code, run, metrics and the gate's decision."""
     ingest, trained, evaluation = inputs["ingest"], inputs["train"], inputs["evaluate"]
     tags = {
@@ -48,7 +48,7 @@ def lineage_tags(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, str]:
     tags.update({f"test.{k}": f"{v:.6f}" for k, v in evaluation["metrics"].items() if v is not None})
     if privacy.kept_columns(ctx.config.dataset):  # its features are pseudonyms made with this key
         tags[privacy.FINGERPRINT_TAG] = privacy.key_fingerprint()
-    if evaluation.get("approval_required"):  # a wide swing: the rollout waits for a person
+    if evaluation["approval_required"] and evaluation["approval_reason"]:  # a wide swing: a person decides
         tags["approval.reason"] = evaluation["approval_reason"][:500]
     return tags
 
@@ -68,7 +68,7 @@ def _existing_version(client, name: str, run_id: str, model_uri: str):
     return max(same, key=lambda v: int(v.version)) if same else None
 
 
-def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
+def run(ctx: StepContext, inputs: RegisterInputs) -> RegisterResult | Skipped:
     """Create (or find) the model version, set aliases and lineage tags."""
     evaluation, trained = inputs["evaluate"], inputs["train"]
     name = ctx.config.registry.model_name

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import cast
 
 from pipelines import audit, deploy, tracking
 from pipelines.context import StepContext
+from pipelines.results import NoInputs, RollbackResult, Skipped
 
 
-def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
+def run(ctx: StepContext, inputs: NoInputs) -> RollbackResult | Skipped:
     """One registry move; servers follow on their next poll."""
     import mlflow
 
@@ -20,4 +21,4 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
     )
     with tracking.pipeline_run(ctx, "rollback"):
         mlflow.set_tags({"deploy.decision": "rollback", "deploy.champion": result["champion"]})
-    return result
+    return cast(RollbackResult, result)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -17,11 +16,12 @@ import pandas as pd
 from pipelines import model_format, modeling, storage, tracking
 from pipelines.context import StepContext
 from pipelines.errors import ConfigError
+from pipelines.results import ScoreInputs, ScoreResult, Skipped
 
 log = logging.getLogger(__name__)
 
 
-def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
+def run(ctx: StepContext, inputs: ScoreInputs) -> ScoreResult | Skipped:
     """Load the champion by version, score chunk by chunk, write predictions atomically."""
     import mlflow
     import mlflow.sklearn

@@ -8,14 +8,15 @@ traffic moves; the servers pick it up on their next registry poll.
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import cast
 
 from pipelines import audit, deploy, tracking
 from pipelines.context import StepContext
 from pipelines.pipeline import skipped
+from pipelines.results import Skipped, StartRolloutInputs, StartRolloutResult
 
 
-def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
+def run(ctx: StepContext, inputs: StartRolloutInputs) -> StartRolloutResult | Skipped:
     """Write the policy (or promote directly) for the version infra validation passed."""
     import mlflow
 
@@ -38,4 +39,4 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
         if started.get("policy"):
             mlflow.log_dict(started["policy"], "rollout/policy.json")
             mlflow.log_param("rollout.sample_size", started["policy"]["sample_size"])
-    return {"model_name": name, "version": version, **started}
+    return cast(StartRolloutResult, {"model_name": name, "version": version, **started})

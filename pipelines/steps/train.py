@@ -16,6 +16,7 @@ from sklearn.model_selection import ParameterSampler
 
 from pipelines import model_format, modeling, monitoring, storage, tracking
 from pipelines.context import StepContext
+from pipelines.results import Skipped, TrainingMode, TrainInputs, TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def _champion_to_continue(ctx: StepContext):
     return str(champion.version), base
 
 
-def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
+def run(ctx: StepContext, inputs: TrainInputs) -> TrainResult | Skipped:
     """Fit the model on the snapshot of ``inputs['ingest']`` and log it to MLflow."""
     import mlflow
 
@@ -93,7 +94,7 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
             model = modeling.continue_training(base, x_train, y_train, training.warm_start_iterations)
         else:
             model = modeling.build_pipeline(dataset, training, params).fit(x_train, y_train)
-        mode = {
+        mode: TrainingMode = {
             "mode": "stateful" if champion else "stateless",
             "from_version": champion[0] if champion else None,
         }
@@ -158,7 +159,7 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
         fit_seconds,
         val_metrics["roc_auc"] or float("nan"),
     )
-    result = {
+    result: TrainResult = {
         "mlflow_run_id": run.info.run_id,
         "model_uri": model_uri,
         "model_sha256": model_digest,

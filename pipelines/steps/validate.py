@@ -14,6 +14,7 @@ from pipelines import storage, tracking, validation
 from pipelines.config import load_expectations
 from pipelines.context import StepContext
 from pipelines.errors import ValidationFailed
+from pipelines.results import Skipped, ValidateInputs, ValidateResult
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ def _reference_profile(ctx: StepContext) -> tuple[dict[str, Any] | None, str | N
     return storage.read_json(uri), version.version
 
 
-def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
+def run(ctx: StepContext, inputs: ValidateInputs) -> ValidateResult | Skipped:
     """Run the suite; raise with every failure named, or return the report's location."""
     import mlflow
 

@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -29,6 +29,7 @@ from pipelines import model_format, processes, tracking
 from pipelines.context import StepContext
 from pipelines.errors import InfraValidationFailed, UntrustedModel
 from pipelines.pipeline import Status, skipped
+from pipelines.results import NoInputs, Skipped, ValidateServingResult
 from pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -212,7 +213,7 @@ def check_served(ctx: StepContext, version: str, url: str, client, records, expe
     return {"rows_checked": len(expected), "max_abs_diff": gap, "p50_ms": p50, "p95_ms": p95}
 
 
-def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
+def run(ctx: StepContext, inputs: NoInputs) -> ValidateServingResult | Skipped:
     """Start the candidate in a sandbox, query it, stop it; raise if it fails."""
     import httpx
     import mlflow
@@ -256,7 +257,10 @@ def run(ctx: StepContext, inputs: dict[str, Any]) -> dict[str, Any]:
     log.info("infra validation of v%s passed: p95 %.1f ms, exact answers", version, checks["p95_ms"])
     # Set at registration when the gate saw a swing wider than its band: a person decides.
     approval_reason = client_.get_model_version(name, version).tags.get("approval.reason")
-    return {"status": Status.PASSED, "model_name": name, **result, "approval_reason": approval_reason}
+    return cast(
+        ValidateServingResult,
+        {"status": Status.PASSED, "model_name": name, **result, "approval_reason": approval_reason},
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
