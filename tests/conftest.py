@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,26 @@ def wait_http(url: str, timeout: float) -> None:
         except OSError:
             time.sleep(0.5)
     raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    """A PostgreSQL database of this session's own, dropped at the end.
+
+    The prediction log's tests lock and re-index its table: in a database of their own they never
+    meet another run's rows or locks (two checkouts on one machine, a run killed half-way).
+    """
+    import sqlalchemy as sa
+
+    server = "postgresql+psycopg2://postgres@127.0.0.1:5432"
+    name = f"mlops_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    admin = sa.create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    yield f"{server}/{name}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
 
 
 @pytest.hookimpl(wrapper=True)

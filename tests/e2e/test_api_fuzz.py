@@ -313,11 +313,11 @@ def test_event_time_outside_what_the_log_can_store_is_a_422(open_server, record)
             assert response.status_code == 200, (et, response.text)
 
 
-def test_event_time_edges_reach_the_postgresql_log(serving_home, record, tmp_path):
+def test_event_time_edges_reach_the_postgresql_log(serving_home, record, tmp_path, pg_url):
     """Regression on the production profile, where out-of-range event times were a 503."""
     from pipelines.prediction_log import SqlPredictionLog
 
-    url = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+    url = pg_url
     proc = _start(serving_home, tmp_path, log_url=url)
     try:
         answers = _post_event_times(proc.url, record)

@@ -489,10 +489,10 @@ def test_rollback_cli_restores_the_previous_champion(serving_home, monkeypatch):
     assert main(["rollback"]) == 3
 
 
-def test_production_profile_logs_predictions_to_postgresql(serving_home, rows, tmp_path):
+def test_production_profile_logs_predictions_to_postgresql(serving_home, rows, tmp_path, pg_url):
     from pipelines.prediction_log import SqlPredictionLog
 
-    url = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+    url = pg_url
     reset_deployment(serving_home["settings"])
     proc = ServerProcess(serving_home["env"], tmp_path / "pg.log", MLOPS_PREDICTION_LOG=url).start()
     try:

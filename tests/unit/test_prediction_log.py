@@ -14,8 +14,6 @@ import pytest
 
 from pipelines.prediction_log import ParquetPredictionLog, SqlPredictionLog, with_feedback
 
-PG_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
-
 
 def rows(request_id: str, n: int = 2, version: str = "1", model: str = "m") -> list[dict]:
     now = time.time() * 1000
@@ -125,12 +123,12 @@ def test_feedback_joins_by_request_and_row_and_the_last_label_wins(tmp_path):
 
 
 @pytest.fixture
-def pg_log():
+def pg_log(pg_url):
     name = f"test-{uuid.uuid4().hex[:8]}"
     try:
-        log = SqlPredictionLog(PG_URL, name)
+        log = SqlPredictionLog(pg_url, name)
     except Exception as exc:  # pragma: no cover - the service runs on every machine this targets
-        pytest.fail(f"PostgreSQL at {PG_URL} is not reachable: {exc}")
+        pytest.fail(f"PostgreSQL at {pg_url} is not reachable: {exc}")
     yield log
     with log.engine.begin() as conn:
         conn.execute(log.predictions.delete().where(log.predictions.c.model_name == name))
@@ -314,7 +312,7 @@ def test_a_segment_a_writer_never_named_is_removed_on_recovery(tmp_path):
     log.close()
 
 
-def test_a_hung_postgresql_fails_an_append_in_seconds(pg_log, monkeypatch):
+def test_a_hung_postgresql_fails_an_append_in_seconds(pg_log, pg_url, monkeypatch):
     """Regression: no statement timeout, so a locked table held every request that waits on the log
     (and the model thread behind it) for as long as the lock lasted."""
     import sqlalchemy as sa
@@ -322,8 +320,8 @@ def test_a_hung_postgresql_fails_an_append_in_seconds(pg_log, monkeypatch):
     import pipelines.prediction_log.postgres as module
 
     monkeypatch.setattr(module, "STATEMENT_TIMEOUT_SECONDS", 2)
-    log = SqlPredictionLog(PG_URL, pg_log.model_name)  # a fresh engine with the short deadline
-    locker = sa.create_engine(PG_URL)
+    log = SqlPredictionLog(pg_url, pg_log.model_name)  # a fresh engine with the short deadline
+    locker = sa.create_engine(pg_url)
     try:
         with locker.begin() as conn:
             conn.execute(sa.text("LOCK TABLE mlops_predictions IN ACCESS EXCLUSIVE MODE"))
