@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
-if TYPE_CHECKING:
-    from pipelines.results import Skipped
+# typing_extensions' TypedDict: the runner checks results with pydantic, which refuses typing's
+# on Python < 3.12 (and total=False, not NotRequired, survives this module's string annotations)
+from typing_extensions import TypedDict
 
 
 class Status(StrEnum):
@@ -28,6 +29,21 @@ class Status(StrEnum):
 
 
 SKIPPED = Status.SKIPPED
+
+
+class _Skip(TypedDict):
+    status: Status  # always Status.SKIPPED
+    reason: str
+
+
+class Skipped(_Skip, total=False):
+    """``skipped(reason, **details)``: the step decided not to act (details: these keys only)."""
+
+    registered: bool  # register: False (the gate rejected)
+    version: str | None  # start_rollout: already champion; validate_serving: None
+    retrain: bool  # decide_retrain: False
+    notify: bool  # decide_retrain: whether notify mode posted the reasons
+    approval_required: bool  # runner: True, waiting for a person before an approval step
 
 
 @dataclass(frozen=True)
@@ -105,7 +121,7 @@ def approval_reason(always: bool, inputs: Mapping[str, Mapping[str, Any]]) -> st
 
 def skipped(reason: str, **details: Any) -> Skipped:
     """The result of a step that decided not to act; orchestrators mark the task skipped."""
-    return cast("Skipped", {"status": SKIPPED, "reason": reason, **details})
+    return cast(Skipped, {"status": SKIPPED, "reason": reason, **details})
 
 
 def is_skipped(result: Mapping[str, Any] | None) -> bool:

@@ -10,7 +10,7 @@ from typing import Any, Literal, NotRequired
 # typing_extensions' TypedDict: pydantic (the runner's check) refuses typing's on Python < 3.12
 from typing_extensions import TypedDict, is_typeddict
 
-from pipelines.pipeline import Status
+from pipelines.pipeline import Skipped, Status  # noqa: F401  (Skipped: part of the contract)
 
 
 class Interval(TypedDict):
@@ -97,18 +97,6 @@ class RetrainEventExtra(TypedDict):
     performance: LivePerformance
     champion_version: str
     monitoring_run_id: str
-
-
-class Skipped(TypedDict):
-    """``pipeline.skipped(reason, **details)``: the step decided not to act."""
-
-    status: Status  # always Status.SKIPPED
-    reason: str
-    registered: NotRequired[bool]  # register: False (the gate rejected)
-    version: NotRequired[str | None]  # start_rollout: already champion; validate_serving: None
-    retrain: NotRequired[bool]  # decide_retrain: False
-    notify: NotRequired[bool]  # decide_retrain: whether notify mode posted the reasons
-    approval_required: NotRequired[bool]  # runner: True, waiting for a person before an approval step
 
 
 class IngestResult(TypedDict):
