@@ -81,7 +81,7 @@ def _runs(env) -> list[dict]:
 
 
 def test_backfill_over_three_months_gives_one_model_per_month(scheduler):
-    env, _ = scheduler
+    env, home = scheduler
     deadline = time.time() + 900
     backfill = []
     while time.time() < deadline:
@@ -102,3 +102,8 @@ def test_backfill_over_three_months_gives_one_model_per_month(scheduler):
     model = client.get_registered_model("flights-delay")
     assert str(model.aliases["champion"]) == "1"  # the first model; promotion is the deploy step's job
     assert str(model.aliases["challenger"]) == "3"
+
+    # The tasks forked from a scheduler that had the step modules imported (mlops_airflow/executor.py)
+    log = (home / "airflow.log").read_text(errors="replace")
+    assert "Loaded executor: ::mlops_airflow.executor.WarmLocalExecutor" in log
+    assert "warm-up: step modules imported" in log and "warm-up: could not import" not in log
