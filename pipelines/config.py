@@ -384,10 +384,16 @@ class Performance(Strict):
 
     Before labels come, the live score is estimated from the champion's calibrated
     probabilities (CBPE); ``max_estimated_drop`` makes an estimated drop a trigger of its own.
+
+    A window the champion answered only in part (its canary rows before the promotion, a few
+    days of the month) is judged but never becomes its baseline: the first window in which it
+    answered at least ``baseline_min_served_share`` of the traffic does (most of it: another
+    version's canary, 10-30% of the requests, does not hold the baseline back).
     """
 
     metric: Literal["roc_auc"] = "roc_auc"
     baseline: Literal["first_window", "test"] = "first_window"
+    baseline_min_served_share: float = Field(0.5, gt=0, le=1)
     max_drop: float = Field(0.02, ge=0)
     alpha: float = Field(0.05, gt=0, lt=0.5)
     min_labelled_rows: int = Field(500, ge=1)

@@ -28,6 +28,7 @@ import pandas as pd
 from pipelines import drift, estimation, modeling, prediction_log
 from pipelines.config import Dataset, Drift, Monitoring, Performance, Retrain
 from pipelines.monitoring_profile import training_profile  # noqa: F401  (callers use monitoring.X)
+from pipelines.serving.policy import SHADOW_ROUTE
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +87,14 @@ def _performance(
     config: Performance,
     training: dict[str, Any] | None,
     baseline: dict[str, Any] | None,
+    served_share: float | None = None,
+    version: str | None = None,
 ) -> dict[str, Any]:
     """Realised live performance against the baseline: a drop that is large and significant is decay.
 
     ``training``: the champion's test score and its (positives, negatives); ``baseline``: its
-    live score in the first window it served (None until that window has been judged).
+    live score in the first window it answered most of (None until that window has been judged);
+    ``served_share``: the champion's share of the window's traffic.
     """
     labelled = current.dropna(subset=[dataset.target.name, modeling.PREDICTION_COLUMN])
     y = labelled[dataset.target.name].astype(int).to_numpy()
@@ -103,6 +107,7 @@ def _performance(
         "max_drop": config.max_drop,
         "alpha": config.alpha,
         "min_labelled_rows": config.min_labelled_rows,
+        "served_share": served_share,
     }
     if len(labelled) < config.min_labelled_rows or len(np.unique(y)) < 2:
         reason = f"{len(labelled)} labelled rows (both classes needed); at least {config.min_labelled_rows}"
@@ -112,7 +117,13 @@ def _performance(
     result |= {"live": live, "counts": list(counts)}
     against = training if config.baseline == "test" else baseline
     if not against or against.get("value") is None:
-        # the first judged window of this champion becomes its baseline; nothing to compare yet
+        if served_share is not None and served_share < config.baseline_min_served_share:
+            reason = (
+                f"v{version} answered {served_share:.0%} of the window (a rollout was under way): its"
+                f" baseline waits for a window in which it answers >= {config.baseline_min_served_share:.0%}"
+            )
+            return {**result, "status": OK, "drop": None, "baseline": None, "reason": reason}
+        # the first window this champion served (most of) becomes its baseline; nothing to compare yet
         return {
             **result, "status": OK, "drop": None, "baseline": None,
             "new_baseline": {"value": live, "counts": list(counts)},
@@ -199,7 +210,11 @@ def detect(
     decisive = weighted if by_importance else share
     status = drift.INSUFFICIENT if decisive is None else DRIFT if decisive >= config.drift.share else OK
     drifted_features = [f["column"] for f in features if f["drifted"]]
-    performance = _performance(served, dataset, config.performance, training, baseline)
+    traffic = current[current["route"] != SHADOW_ROUTE] if "route" in current else current
+    served_share = len(served) / len(traffic) if len(traffic) else None
+    performance = _performance(
+        served, dataset, config.performance, training, baseline, served_share, champion_version
+    )
     estimated = _estimated(served, profile, config.performance, baseline)
     if performance.get("new_baseline") and estimated.get("roc_auc") is not None:
         performance["new_baseline"]["estimated"] = estimated["roc_auc"]

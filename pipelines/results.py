@@ -74,6 +74,7 @@ class LivePerformance(TypedDict):
     max_drop: float
     alpha: float
     min_labelled_rows: int
+    served_share: float | None  # the champion's share of the window's traffic (shadow answers aside)
     live: float | None
     drop: float | None
     # too few labels: + reason. First judged window: + counts, baseline None, new_baseline, reason.

@@ -191,6 +191,25 @@ def test_a_small_window_is_insufficient_and_asks_for_nothing(config):
     assert decision["retrain"] is False and "drift: insufficient data" in decision["reason"]
 
 
+def test_a_window_the_champion_served_in_part_does_not_become_its_baseline(config):
+    """Regression: a new champion's canary rows (a few thousand, part of the month) became its
+    live baseline; one lucky early-month sample then made later months look like decay."""
+    reference = _window(config, 20_000, seed=1)
+    window = _window(config, 10_000, seed=2)
+    window.loc[3_000:, "model_version"] = "2"  # the old champion answered 70% before the promotion
+    shadow = _window(config, 4_000, seed=3).assign(model_version="4", route="shadow")  # not traffic
+    common = {"dataset": config.dataset, "config": config.monitoring, "champion_version": "3",
+              "training": {"value": 0.75, "counts": [500, 1500]}}  # fmt: skip
+    partial = monitoring.detect(reference, pd.concat([window, shadow], ignore_index=True), **common)
+    performance = partial["performance"]
+    assert performance["labelled_rows"] == 3_000 and performance["live"] is not None  # still judged
+    assert "new_baseline" not in performance and performance["served_share"] == pytest.approx(0.3)
+    assert "v3 answered 30% of the window" in performance["reason"]
+    full = monitoring.detect(reference, pd.concat([_window(config, 10_000, seed=2), shadow]), **common)
+    assert full["performance"]["new_baseline"]["counts"] == full["performance"]["counts"]
+    assert full["performance"]["served_share"] == 1.0  # shadow answers are not the window's traffic
+
+
 def _drifted(champion: str = "3") -> dict:
     return {
         "champion_version": champion,
