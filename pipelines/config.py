@@ -7,6 +7,7 @@ simply the default file, ``pipelines/datasets/flights.yaml``.
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -238,11 +239,42 @@ class Search(Strict):
     space: dict[str, list[Any]] = Field(default_factory=dict)
 
 
+class Split(Strict):
+    """How a training window becomes train, validation and test.
+
+    ``time`` (default): oldest rows train, newest test, one timestamp never in two splits. The
+    cuts fall at the fractions (``validation_fraction``, ``test_fraction``); with coarse time
+    (yearly snapshots, a few dates) at the distinct times nearest to them; or at explicit dates
+    (``validation_start``, ``test_start``). ``random``: rows (or whole ``group_column`` groups)
+    drawn at random with ``random_state``; not time-honest, so the train step warns.
+    """
+
+    method: Literal["time", "random"] = "time"
+    validation_start: datetime | None = None
+    test_start: datetime | None = None
+    group_column: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Split:
+        dates = (self.validation_start, self.test_start)
+        if any(d is not None for d in dates):
+            if self.method != "time":
+                raise ValueError("validation_start and test_start need method: time")
+            if None in dates:
+                raise ValueError("give both validation_start and test_start, or neither")
+            if self.validation_start >= self.test_start:  # type: ignore[operator]
+                raise ValueError("validation_start must be before test_start")
+        if self.group_column is not None and self.method != "random":
+            raise ValueError("group_column needs method: random")
+        return self
+
+
 class Training(Strict):
     estimator: Literal["hist_gradient_boosting", "logistic_regression"] = "hist_gradient_boosting"
     params: dict[str, Any] = Field(default_factory=dict)
     validation_fraction: float = Field(0.15, gt=0, lt=0.5)
     test_fraction: float = Field(0.15, gt=0, lt=0.5)
+    split: Split = Field(default_factory=Split)
     search: Search = Field(default_factory=Search)
     random_state: int = 42
     # Test hook and sanity check: train on permuted labels; such a model must never pass the gate.

@@ -6,6 +6,7 @@ the features training saw.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,8 @@ from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 from pipelines.config import Dataset, Training
 from pipelines.errors import DataError
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Splits:
@@ -43,10 +46,37 @@ class Splits:
 
 
 def time_split(frame: pd.DataFrame, time_column: str, validation: float, test: float) -> Splits:
-    """Split by time: train is oldest, test newest; one timestamp never straddles two splits."""
+    """Split by time: train is oldest, test newest; one timestamp never straddles two splits.
+
+    The cuts are the row quantiles at the fractions. When time is too coarse for them (yearly
+    snapshots: two quantiles fall on one year) they move to the distinct times whose share of
+    rows is nearest to the fractions, so that no split is empty.
+    """
     times = frame[time_column]
     cut_val = times.quantile(1 - validation - test, interpolation="lower")
     cut_test = times.quantile(1 - test, interpolation="lower")
+    if not (times.min() < cut_val < cut_test):  # a split would be empty: coarse time
+        cut_val, cut_test = _coarse_cuts(times, validation, test)
+    return _cut(frame, times, cut_val, cut_test)
+
+
+def _coarse_cuts(times: pd.Series, validation: float, test: float) -> tuple[Any, Any]:
+    """The two distinct times nearest to the fractions that leave every split a time of its own."""
+    counts = times.value_counts().sort_index()
+    if len(counts) < 3:
+        raise DataError(
+            f"the window has {len(counts)} distinct time(s) in {times.name!r}; a time split needs at"
+            " least 3 (one each for train, validation and test): widen the window"
+            " (ingest.window_months), or set training.split.method: random (not time-honest)"
+        )
+    before = np.concatenate([[0.0], counts.cumsum().to_numpy()[:-1]]) / len(times)  # share before each
+    k = len(counts)
+    i_val = 1 + int(np.argmin(np.abs(before[1 : k - 1] - (1 - validation - test))))
+    i_test = i_val + 1 + int(np.argmin(np.abs(before[i_val + 1 : k] - (1 - test))))
+    return counts.index[i_val], counts.index[i_test]
+
+
+def _cut(frame: pd.DataFrame, times: pd.Series, cut_val: Any, cut_test: Any) -> Splits:
     splits = Splits(
         train=frame.loc[times < cut_val],
         validation=frame.loc[(times >= cut_val) & (times < cut_test)],
@@ -54,7 +84,61 @@ def time_split(frame: pd.DataFrame, time_column: str, validation: float, test: f
     )
     for name, part in vars(splits).items():
         if len(part) == 0:
-            raise DataError(f"the {name} split is empty: the window has too few distinct times")
+            raise DataError(
+                f"the {name} split is empty (cuts at {cut_val} and {cut_test}; the window's times run"
+                f" from {times.min()} to {times.max()}): move training.split.validation_start and"
+                " test_start inside the window, or leave them unset to cut at the fractions"
+            )
+    return splits
+
+
+def split_window(frame: pd.DataFrame, dataset: Dataset, training: Training) -> Splits:
+    """Train, validation and test as ``training.split`` asks (see :class:`pipelines.config.Split`)."""
+    split = training.split
+    if split.method == "random":
+        log.warning(
+            "training.split.method is random: validation and test rows are not later than the"
+            " training rows, so their scores overstate what the model will do on future data"
+        )
+        return _random_split(frame, training)
+    times = frame[dataset.time_column]
+    if split.validation_start is not None and split.test_start is not None:
+        return _cut(frame, times, _as_time(split.validation_start, times), _as_time(split.test_start, times))
+    return time_split(frame, dataset.time_column, training.validation_fraction, training.test_fraction)
+
+
+def _as_time(value: Any, times: pd.Series) -> pd.Timestamp:
+    """A configured date in the time column's zone (naive dates are read as that zone, or UTC)."""
+    stamp = pd.Timestamp(value)
+    zone = getattr(times.dt, "tz", None)
+    if zone is None:
+        return stamp.tz_convert(None) if stamp.tzinfo else stamp
+    return stamp.tz_convert(zone) if stamp.tzinfo else stamp.tz_localize(zone)
+
+
+def _random_split(frame: pd.DataFrame, training: Training) -> Splits:
+    """Rows, or whole groups of ``split.group_column``, drawn at random: not time-honest."""
+    group = training.split.group_column
+    rng = np.random.default_rng(training.random_state)
+    if group is not None:
+        if group not in frame.columns:
+            raise DataError(f"training.split.group_column {group!r} is not a column of the window")
+        keys = frame[group].astype("string").fillna("<missing>")
+        unique = keys.unique()
+        draw = pd.Series(rng.random(len(unique)), index=unique)
+        u = keys.map(draw).to_numpy()
+    else:
+        u = rng.random(len(frame))
+    test, validation = training.test_fraction, training.validation_fraction
+    splits = Splits(
+        train=frame.loc[u >= test + validation],
+        validation=frame.loc[(u >= test) & (u < test + validation)],
+        test=frame.loc[u < test],
+    )
+    for name, part in vars(splits).items():
+        if len(part) == 0:
+            what = f"groups of {group!r}" if group else "rows"
+            raise DataError(f"the {name} split is empty: the window has too few {what} for a random split")
     return splits
 
 

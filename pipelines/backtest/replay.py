@@ -122,9 +122,7 @@ class Replay:
             return self._fits[key]
         training = self.config.training
         frame = self.window(strategy, until)
-        splits = modeling.time_split(
-            frame, self.dataset.time_column, training.validation_fraction, training.test_fraction
-        )
+        splits = modeling.split_window(frame, self.dataset, training)
         x_train, y_train = modeling.features_and_label(splits.train, self.dataset)
         x_val, y_val = modeling.features_and_label(splits.validation, self.dataset)
         x_test, y_test = modeling.features_and_label(splits.test, self.dataset)

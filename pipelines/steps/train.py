@@ -72,9 +72,7 @@ def run(ctx: StepContext, inputs: TrainInputs) -> TrainResult | Skipped:
     snapshot_info = inputs["ingest"]
     dataset, training = ctx.config.dataset, ctx.config.training
     frame = storage.read_parquet(snapshot_info["snapshot_uri"])
-    splits = modeling.time_split(
-        frame, dataset.time_column, training.validation_fraction, training.test_fraction
-    )
+    splits = modeling.split_window(frame, dataset, training)
     x_train, y_train = modeling.features_and_label(splits.train, dataset)
     x_val, y_val = modeling.features_and_label(splits.validation, dataset)
     if training.shuffle_labels:
@@ -125,6 +123,7 @@ def run(ctx: StepContext, inputs: TrainInputs) -> TrainResult | Skipped:
                 "window_months": ctx.config.ingest.window_months,
                 "shuffle_labels": training.shuffle_labels,
                 "search": training.search.enabled,
+                "split": training.split.method,
                 **{f"rows_{k}": v for k, v in splits.sizes().items()},
                 **{f"model.{k}": v for k, v in chosen.items()},
             }

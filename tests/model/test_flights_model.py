@@ -1,7 +1,7 @@
 """Model tests: the real recipe on real flights, trained once for this module.
 
 Rows are the bundled Jan-Mar 2013 flights labelled by ingest's own functions and split
-by ``modeling.time_split`` with the configured fractions, exactly as the train step
+by ``modeling.split_window`` with the configured fractions, exactly as the train step
 does: train is the oldest 70 % (1 Jan - 6 Mar), test the newest 15 % (19-31 Mar).
 The model is ``modeling.build_pipeline`` with the default config. The tests prove
 sound outputs, a margin over trivial baselines, invariance to what is not a feature,
@@ -63,10 +63,7 @@ def data(flights_frame) -> Data:
     dataset.check_source_columns(flights_frame, ctx.config.dataset)
     labelled, _ = dataset.label_frame(flights_frame.copy(), ctx.config.dataset)
     snapshot = dataset.select_columns(labelled, ctx.config.dataset)
-    training = CONFIG.training
-    splits = modeling.time_split(
-        snapshot, DATASET.time_column, training.validation_fraction, training.test_fraction
-    )
+    splits = modeling.split_window(snapshot, DATASET, CONFIG.training)
     x_train, y_train = modeling.features_and_label(splits.train, DATASET)
     x_test, y_test = modeling.features_and_label(splits.test, DATASET)
     return Data(x_train, y_train, x_test, y_test, labelled.loc[splits.test.index])
