@@ -161,6 +161,10 @@ class Dataset(Strict):
     # does not name stops ingest: an upstream schema change (a new or renamed column) is caught
     # before training. None: no check.
     ignore_columns: list[str] | None = None
+    # Columns that restate a part of the time column (read in schedule.timezone), checked against
+    # it at ingest: a contradiction means shifted or mislabelled time. None: the columns named
+    # year, month, day or hour, when the source has them; {}: no check.
+    date_parts: dict[str, Literal["year", "month", "day", "hour"]] | None = None
     # Features that come from a feature store rather than from the source rows.
     feature_store: FeatureStoreConfig | None = None
 

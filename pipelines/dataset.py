@@ -14,6 +14,10 @@ from pipelines.config import Dataset
 from pipelines.errors import DataError
 
 log = logging.getLogger(__name__)
+# Rows whose date parts may disagree with the time column before ingest stops (a rounding at a
+# DST change, a stray row); a shifted time column disagrees on most rows.
+MAX_DATE_PART_MISMATCH = 0.001
+DATE_PARTS = ("year", "month", "day", "hour")
 
 
 def label_frame(frame: pd.DataFrame, dataset: Dataset) -> tuple[pd.DataFrame, int]:
@@ -53,6 +57,36 @@ def check_source_columns(frame: pd.DataFrame, dataset: Dataset) -> None:
         raise DataError(
             f"the source has columns the config does not name: {unexpected}{hint}. "
             "Use them as features, or list them under dataset.ignore_columns"
+        )
+
+
+def check_date_parts(frame: pd.DataFrame, dataset: Dataset, timezone: str) -> None:
+    """Date-part columns (``dataset.date_parts``) must agree with the time column in ``timezone``."""
+    named: dict[str, str] = (  # None: by name, where the source has them
+        dict(dataset.date_parts) if dataset.date_parts is not None else {c: c for c in DATE_PARTS}
+    )
+    parts = {c: p for c, p in named.items() if c in frame.columns and c != dataset.time_column}
+    if not parts or dataset.time_column not in frame.columns:
+        return
+    local = pd.to_datetime(frame[dataset.time_column], utc=True, errors="coerce").dt.tz_convert(timezone)
+    found = []
+    for column, part in parts.items():
+        values = pd.to_numeric(frame[column], errors="coerce")
+        known = values.notna() & local.notna()
+        expected = getattr(local.dt, part)
+        wrong = known & (values != expected)
+        if known.any() and wrong.sum() > MAX_DATE_PART_MISMATCH * known.sum():
+            first = wrong.idxmax()
+            found.append(
+                f"{column!r} on {int(wrong.sum())} of {int(known.sum())} rows"
+                f" (e.g. {column}={values[first]:g} at {local[first]}, whose {part} is {expected[first]})"
+            )
+    if found:
+        raise DataError(
+            f"date-part columns contradict the time column {dataset.time_column!r} read in {timezone}: "
+            + "; ".join(found)
+            + ". The time is shifted or mislabelled: fix the source, or set dataset.date_parts to say"
+            " which columns are date parts ({} for none)"
         )
 
 

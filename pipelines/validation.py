@@ -8,6 +8,7 @@ function means a GX major upgrade touches one file, not the pipeline.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import unquote, urlparse
@@ -31,6 +32,9 @@ MEAN_BAND = 1.0  # the mean must lie within [q01 - w, q99 + w] where w = q99 - q
 MAX_NEW_CATEGORY_SHARE = 0.10  # at most this share of rows may carry categories unseen in training
 MAX_NULL_INCREASE = 0.10  # null fraction may exceed the reference's by at most this much
 SPARSE_NULL_FRACTION = 0.5  # columns at least this null in training get no null-increase check
+# A categorical feature whose distinct values fall below this share of the reference's has collapsed
+# (a join that stopped matching, a default written everywhere), not drifted.
+MIN_CARDINALITY_SHARE = 0.2
 
 
 def _columns(kwargs: dict[str, Any]) -> list[str]:
@@ -225,6 +229,24 @@ def reference_expectations(profile: dict[str, Any]) -> list[dict[str, Any]]:
                     "value_set": sorted(stats["frequencies"]),
                     "mostly": 1 - MAX_NEW_CATEGORY_SHARE,
                 },
+            }
+        )
+    return spec
+
+
+def degenerate_expectations(features: list[str], profile: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Checks every training snapshot gets, whatever its suite: no feature is constant, and no
+    categorical feature's set of values collapses against the champion's training data."""
+    categorical = (profile or {}).get("categorical", {})
+    spec = []
+    for column in features:
+        floor = 2
+        if column in categorical:
+            floor = max(2, math.ceil(MIN_CARDINALITY_SHARE * len(categorical[column]["frequencies"])))
+        spec.append(
+            {
+                "type": "expect_column_unique_value_count_to_be_between",
+                "kwargs": {"column": column, "min_value": floor},
             }
         )
     return spec

@@ -14,7 +14,7 @@ import pandas as pd
 
 from pipelines import feature_store, sources, storage
 from pipelines.context import StepContext, parse_time
-from pipelines.dataset import check_source_columns, label_frame, select_columns
+from pipelines.dataset import check_date_parts, check_source_columns, label_frame, select_columns
 from pipelines.errors import DataError
 from pipelines.results import IngestResult, NoInputs, Skipped
 
@@ -45,6 +45,7 @@ def run(ctx: StepContext, inputs: NoInputs) -> IngestResult | Skipped:
     if raw.empty:
         raise DataError(f"no rows in the source between {start} and {end}")
     check_source_columns(raw, ctx.config.dataset)
+    check_date_parts(raw, ctx.config.dataset, ctx.config.schedule.timezone)
     labelled, dropped = label_frame(raw, ctx.config.dataset)
     labelled = feature_store.with_store_features(
         ctx.settings, ctx.config.dataset, labelled, end.to_pydatetime()

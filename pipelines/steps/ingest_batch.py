@@ -13,7 +13,7 @@ import pandas as pd
 
 from pipelines import feature_store, sources, storage
 from pipelines.context import StepContext
-from pipelines.dataset import check_source_columns
+from pipelines.dataset import check_date_parts, check_source_columns
 from pipelines.errors import DataError
 from pipelines.results import IngestBatchResult, NoInputs, Skipped
 
@@ -30,6 +30,7 @@ def run(ctx: StepContext, inputs: NoInputs) -> IngestBatchResult | Skipped:
     if raw.empty:
         raise DataError(f"no rows to score in the source between {start} and {end}")
     check_source_columns(raw, ctx.config.dataset)
+    check_date_parts(raw, ctx.config.dataset, ctx.config.schedule.timezone)
     raw = feature_store.with_store_features(ctx.settings, dataset, raw, ctx.interval_end)
     wanted = list(dict.fromkeys([*dataset.key, dataset.time_column, *dataset.features.all, *dataset.slices]))
     absent = [c for c in wanted if c not in raw.columns]

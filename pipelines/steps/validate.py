@@ -40,6 +40,8 @@ def run(ctx: StepContext, inputs: ValidateInputs) -> ValidateResult | Skipped:
     profile, reference_version = _reference_profile(ctx)
     if profile:
         spec = spec + validation.reference_expectations(profile)
+    if ingested.get("labelled") is not False:  # training data: a constant feature is broken data
+        spec = spec + validation.degenerate_expectations(ctx.config.dataset.features.all, profile)
     out_dir = ctx.artifact_dir("validate")
     docs_dir = storage.local_path(storage.join(out_dir, "data_docs")) or storage.join(
         ctx.settings.home.as_posix(), "tmp", "data_docs"

@@ -130,11 +130,14 @@ def _broken(kind: str, frame: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     if kind == "wrong type":
         frame["distance"] = frame["distance"].astype(str) + " miles"
         return frame, "distance"
+    if kind == "constant column":  # regression: a constant categorical column registered a model
+        frame["carrier"] = "UA"
+        return frame, "expect_column_unique_value_count_to_be_between(carrier): observed 1"
     frame.loc[frame.index[::10], "humid"] = 250.0  # out of range: humidity is a percentage
     return frame, "expect_column_values_to_be_between(humid)"
 
 
-@pytest.mark.parametrize("kind", ["missing column", "wrong type", "out of range"])
+@pytest.mark.parametrize("kind", ["missing column", "wrong type", "out of range", "constant column"])
 def test_validate_names_each_failed_expectation(sliced, kind):
     ctx = make_ctx()
     ingested = execute_step("ingest", ctx, {})
@@ -145,6 +148,31 @@ def test_validate_names_each_failed_expectation(sliced, kind):
     assert expected in str(failure.value)
     report = storage.read_json(failure.value.report_uri)
     assert report["success"] is False and any(not r["success"] for r in report["results"])
+
+
+def test_a_collapsed_category_set_fails_against_the_champions_training_data():
+    from pipelines import validation
+
+    profile = {"categorical": {"dest": {"frequencies": {f"D{i}": 0.01 for i in range(100)}}}}
+    spec = validation.degenerate_expectations(["dest", "temp"], profile)
+    floors = {c["kwargs"]["column"]: c["kwargs"]["min_value"] for c in spec}
+    assert floors == {"dest": 20, "temp": 2}  # 20% of the reference's 100 destinations; never constant
+
+
+def test_ingest_stops_when_date_parts_contradict_the_time_column(store, tmp_path, flights_frame, monkeypatch):
+    """Regression: a time column shifted by hours (local time stored as UTC) passed every check."""
+    shifted = flights_frame.iloc[::4].copy()
+    shifted["time_hour"] = shifted["time_hour"] + pd.Timedelta(hours=5)
+    path = tmp_path / "shifted.parquet"
+    shifted.to_parquet(path)
+    monkeypatch.setenv("MLOPS_CONFIG", str(dataset_config(tmp_path, str(path))))
+    with pytest.raises(
+        DataError, match=r"contradict the time column 'time_hour'.*'hour' on (\d+) of \1 rows"
+    ):
+        execute_step("ingest", make_ctx(), {})  # every row's hour is off by five
+    # a column that only shares a name with a date part: the config says so, and ingest goes on
+    monkeypatch.setenv("MLOPS_CONFIG", str(dataset_config(tmp_path, str(path), **{"dataset.date_parts": {}})))
+    assert execute_step("ingest", make_ctx(), {})["rows"] > 10_000
 
 
 def test_reference_profile_catches_a_unit_change(sliced):
