@@ -49,7 +49,11 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dag-id", default="training")
     parser.add_argument("--run-id", default=None, help="default: a new manual run id")
     parser.add_argument("--interval-start", default=None, help="default: interval end minus one month")
-    parser.add_argument("--interval-end", default="2013-04-01", help="end of the data interval (exclusive)")
+    parser.add_argument(
+        "--interval-end",
+        default=None,
+        help="end of the data interval (exclusive); default: the config's schedule.end_date, or now",
+    )
     parser.add_argument(
         "--param",
         action="append",

@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from pipelines import util
 from pipelines.config import PipelineConfig, load_config
 from pipelines.errors import ConfigError
 from pipelines.settings import Settings
@@ -117,7 +118,7 @@ class StepContext:
         *,
         dag_id: str,
         run_id: str,
-        interval_end: str | datetime,
+        interval_end: str | datetime | None,
         interval_start: str | datetime | None = None,
         overrides: dict[str, Any] | None = None,
         try_number: int = 1,
@@ -129,10 +130,13 @@ class StepContext:
         """Build a context from plain values, loading the config named by the settings.
 
         Without a start, the interval is the month before its end, counted in the dataset's timezone.
+        Without an end, it ends where the dataset's data ends (``schedule.end_date``), or now.
         """
         settings = settings or Settings.from_env()
         config = load_config(settings.config_path, overrides)
         tz = config.schedule.timezone  # "2013-06-01" means midnight where the DAG's months start
+        if interval_end is None:
+            interval_end = config.schedule.end_date or util.utc_now().replace(second=0, microsecond=0)
         end = parse_time(interval_end, "interval_end", tz)
         if interval_start is None:
             local_end = pd.Timestamp(end).tz_convert(tz)

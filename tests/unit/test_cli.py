@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import date
 
 from conftest import dataset_config
 
@@ -50,3 +51,24 @@ def test_skipped_step_exits_99(store, tmp_path):
     proc = mlops("step", "register", "--inputs", json.dumps(inputs), env=dict(os.environ))
     assert proc.returncode == 99
     assert json.loads(proc.stdout)["status"] == "skipped"
+
+
+def test_the_interval_end_defaults_to_where_the_configs_data_ends(store, tmp_path, flights_frame):
+    """No flights date in code: without --interval-end a run ends at schedule.end_date, or now."""
+    path = tmp_path / "slice.parquet"
+    flights_frame.iloc[::10].to_parquet(path)
+
+    def ingest(end_date: str | None) -> subprocess.CompletedProcess:
+        config = dataset_config(tmp_path, str(path), **{"schedule.end_date": end_date})
+        return mlops(
+            "step", "ingest", "--param", "window_months=1", env={**os.environ, "MLOPS_CONFIG": str(config)}
+        )
+
+    proc = ingest("2013-04-01")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["window"]["end"] == "2013-04-01T04:00:00+00:00"  # local midnight in New York
+    proc = ingest(None)  # live data: the month up to now, where this slice has no rows
+    this_month = date.today().strftime("%Y-%m")
+    assert proc.returncode == 3 and "no rows in the source between" in proc.stderr, proc.stderr
+    assert f"and {this_month}" in proc.stderr, proc.stderr
