@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from pipelines.errors import PipelineError
+from pipelines.errors import ConfigError, DataError, PipelineError
 
 EXIT_SKIPPED = 99
 EXIT_NOT_RETRYABLE = 3
@@ -202,6 +202,34 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_suggest_expectations(args: argparse.Namespace) -> int:
+    """Profile the training window and write an expectation suite a person can edit."""
+    from pathlib import Path
+
+    from pipelines import sources, suggest
+    from pipelines.dataset import label_frame, select_columns
+
+    ctx = _context_from_args(args)
+    dataset = ctx.config.dataset
+    start, end = ctx.training_window()
+    ctx.check_window(start.to_pydatetime(), end.to_pydatetime())
+    raw = sources.read_window(dataset, start.to_pydatetime(), end.to_pydatetime())
+    if raw.empty:
+        raise DataError(f"no rows in the source between {start} and {end}: nothing to profile")
+    snapshot = select_columns(label_frame(raw, dataset)[0], dataset)
+    target = Path(args.output) if args.output else ctx.config.expectations_path
+    if target.exists() and not args.force:
+        raise ConfigError(f"{target} exists: pass --force to replace it, or --output for another file")
+    origin = f"{len(snapshot)} rows in [{start:%Y-%m-%d}, {end:%Y-%m-%d})"
+    spec = suggest.suggest(snapshot, dataset)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(suggest.render(spec, dataset, origin))
+    print(f"wrote {len(spec)} expectations for {dataset.name} ({origin}) to {target}")
+    if dataset.expectations is None:
+        print(f"the config names no suite yet: set dataset.expectations: {target.name} to use it")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlops", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -242,6 +270,15 @@ def build_parser() -> argparse.ArgumentParser:
     backtest.add_argument("--windows", default="3,6,12", help="training windows to compare (months, or all)")
     backtest.add_argument("--out", help="folder or URL for backtest.json and backtest.html")
     backtest.set_defaults(func=_cmd_backtest)
+
+    suggest = sub.add_parser(
+        "suggest-expectations",
+        help="profile the training window and write an expectation suite to edit (like TFX's SchemaGen)",
+    )
+    suggest.add_argument("--output", help="where to write it (default: the config's dataset.expectations)")
+    suggest.add_argument("--force", action="store_true", help="replace a suite that exists")
+    _add_run_arguments(suggest)
+    suggest.set_defaults(func=_cmd_suggest_expectations)
 
     from pipelines import audit_cli
 

@@ -156,7 +156,9 @@ class Dataset(Strict):
     target: Target
     features: Features
     slices: list[str] = Field(default_factory=list)
-    expectations: str
+    # The expectation suite (YAML, next to the config). None: validate infers one from each training
+    # snapshot and says so; `mlops suggest-expectations` writes one to edit and keep.
+    expectations: str | None = None
     # Source columns the pipeline knowingly leaves unused. When set, any other column the config
     # does not name stops ingest: an upstream schema change (a new or renamed column) is caught
     # before training. None: no check.
@@ -491,7 +493,9 @@ class PipelineConfig(Strict):
 
     @property
     def expectations_path(self) -> Path:
-        return Path(self.base_dir) / self.dataset.expectations
+        """The suite's file: the configured one, or where ``mlops suggest-expectations`` writes one."""
+        name = self.dataset.expectations or f"{self.dataset.name}.expectations.yaml"
+        return Path(self.base_dir) / name
 
     def with_overrides(self, overrides: dict[str, Any] | None) -> PipelineConfig:
         """Apply run-time parameters (Airflow params form, CLI) by their flat names."""

@@ -96,6 +96,19 @@ class StepContext:
             "command line)."
         )
 
+    def training_window(self) -> tuple[pd.Timestamp, pd.Timestamp]:
+        """The window a training run reads: ``window_months`` back from the interval's end.
+
+        Counted in the dataset's timezone, so a window that crosses a DST change still starts at
+        local midnight. It starts no earlier than the dataset's data (``schedule.start_date``): a
+        12-month window in March 2013 is January to March, and the model's tags say so.
+        """
+        schedule = self.config.schedule
+        end = pd.Timestamp(self.interval_end).tz_convert(schedule.timezone)
+        start = end - pd.DateOffset(months=self.config.ingest.window_months)
+        first = pd.Timestamp(parse_time(schedule.start_date, "schedule.start_date", schedule.timezone))
+        return max(start, first).tz_convert("UTC"), end.tz_convert("UTC")
+
     def artifact_dir(self, step: str) -> str:
         return step_dir(self.settings.artifact_root, self.dag_id, self.run_id, step)
 

@@ -122,6 +122,7 @@ class ValidateResult(TypedDict):
     reference_model_version: int | str | None  # ModelVersion.version as is: int from a SQL registry
     report_uri: str
     data_docs_uri: str
+    inferred_suite_uri: NotRequired[str]  # the config names no suite: the one inferred from this data
 
 
 class TrainResult(TypedDict):

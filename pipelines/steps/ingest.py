@@ -13,7 +13,7 @@ import logging
 import pandas as pd
 
 from pipelines import feature_store, sources, storage
-from pipelines.context import StepContext, parse_time
+from pipelines.context import StepContext
 from pipelines.dataset import check_date_parts, check_source_columns, label_frame, select_columns
 from pipelines.errors import DataError
 from pipelines.results import IngestResult, NoInputs, Skipped
@@ -21,24 +21,9 @@ from pipelines.results import IngestResult, NoInputs, Skipped
 log = logging.getLogger(__name__)
 
 
-def training_window(ctx: StepContext) -> tuple[pd.Timestamp, pd.Timestamp]:
-    """The window this run trains on: ``window_months`` back from the interval's end.
-
-    Counted in the dataset's timezone, so a window that crosses a DST change
-    still starts at local midnight. It starts no earlier than the dataset's data
-    (``schedule.start_date``): a 12-month window in March 2013 is January to March,
-    and the model's tags say so.
-    """
-    schedule = ctx.config.schedule
-    end = pd.Timestamp(ctx.interval_end).tz_convert(schedule.timezone)
-    start = end - pd.DateOffset(months=ctx.config.ingest.window_months)
-    first = pd.Timestamp(parse_time(schedule.start_date, "schedule.start_date", schedule.timezone))
-    return max(start, first).tz_convert("UTC"), end.tz_convert("UTC")
-
-
 def run(ctx: StepContext, inputs: NoInputs) -> IngestResult | Skipped:
     """Read the window, label it, write the snapshot; return its URI, size and hash."""
-    start, end = training_window(ctx)
+    start, end = ctx.training_window()
     ctx.check_window(start.to_pydatetime(), end.to_pydatetime())
     log.info("ingesting %s rows scheduled in [%s, %s)", ctx.config.dataset.name, start, end)
     raw = sources.read_window(ctx.config.dataset, start.to_pydatetime(), end.to_pydatetime())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from pipelines import storage, tracking, validation
+from pipelines import storage, suggest, tracking, validation
 from pipelines.config import load_expectations
 from pipelines.context import StepContext
 from pipelines.errors import ValidationFailed
@@ -34,7 +34,22 @@ def run(ctx: StepContext, inputs: ValidateInputs) -> ValidateResult | Skipped:
 
     ingested = inputs.get("ingest") or inputs["ingest_batch"]
     snapshot = storage.read_parquet(ingested["snapshot_uri"])
-    spec = load_expectations(ctx.config)
+    out_dir = ctx.artifact_dir("validate")
+    inferred_uri = None
+    if ctx.config.dataset.expectations is None:  # no suite yet: infer one, as TFX's SchemaGen does
+        spec = suggest.suggest(snapshot, ctx.config.dataset)
+        origin = f"the snapshot of run {ctx.run_id} ({len(snapshot)} rows)"
+        inferred_uri = storage.write_text(
+            storage.join(out_dir, "inferred.expectations.yaml"),
+            suggest.render(spec, ctx.config.dataset, origin),
+        )
+        log.warning(
+            "dataset %s names no expectation suite: validating with %d expectations inferred from this"
+            " snapshot (%s). Review it and set dataset.expectations, or run `mlops suggest-expectations`",
+            ctx.config.dataset.name, len(spec), inferred_uri,
+        )  # fmt: skip
+    else:
+        spec = load_expectations(ctx.config)
     if ingested.get("labelled") is False:  # rows to score: the label does not exist yet
         spec = validation.without_columns(spec, {ctx.config.dataset.target.name})
     profile, reference_version = _reference_profile(ctx)
@@ -42,7 +57,6 @@ def run(ctx: StepContext, inputs: ValidateInputs) -> ValidateResult | Skipped:
         spec = spec + validation.reference_expectations(profile)
     if ingested.get("labelled") is not False:  # training data: a constant feature is broken data
         spec = spec + validation.degenerate_expectations(ctx.config.dataset.features.all, profile)
-    out_dir = ctx.artifact_dir("validate")
     docs_dir = storage.local_path(storage.join(out_dir, "data_docs")) or storage.join(
         ctx.settings.home.as_posix(), "tmp", "data_docs"
     )
@@ -74,10 +88,13 @@ def run(ctx: StepContext, inputs: ValidateInputs) -> ValidateResult | Skipped:
         stats["evaluated_expectations"],
         f" (incl. reference profile of champion v{reference_version})" if reference_version else "",
     )
-    return {
+    result: ValidateResult = {
         "passed": True,
         "expectations": stats["evaluated_expectations"],
         "reference_model_version": reference_version,
         "report_uri": report_uri,
         "data_docs_uri": storage.join(out_dir, "data_docs", "index.html"),
     }
+    if inferred_uri:
+        result["inferred_suite_uri"] = inferred_uri
+    return result

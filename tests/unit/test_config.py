@@ -56,14 +56,13 @@ def test_source_kind_needs_its_fields(tmp_path):
 
 def test_naive_dates_are_read_in_the_dataset_timezone(store):
     from pipelines.context import StepContext
-    from pipelines.steps.ingest import training_window
 
     ctx = StepContext.create(
         dag_id="d", run_id="r", interval_start="2013-03-01", interval_end="2013-04-01",
         overrides={"window_months": 3},
     )  # fmt: skip
     assert ctx.interval_end.isoformat() == "2013-04-01T04:00:00+00:00"  # midnight in New York (EDT)
-    start, end = training_window(ctx)
+    start, end = ctx.training_window()
     assert start.isoformat() == "2013-01-01T05:00:00+00:00"  # midnight in New York (EST), across DST
     assert end == ctx.interval_end
 

@@ -33,12 +33,13 @@ def site(tmp_path_factory) -> Path:
 
 def test_the_site_builds_strictly_with_the_generated_reference(site):
     cli = (site / "reference" / "cli" / "index.html").read_text()
-    for command in ("step", "run", "serve", "backtest", "audit", "rollback"):
+    for command in ("step", "run", "suggest-expectations", "serve", "backtest", "audit", "rollback"):
         assert f"mlops {command}" in cli, command
     assert "--interval-end" in cli and "--windows" in cli  # each subcommand's own options
 
     config = (site / "reference" / "config" / "index.html").read_text()
-    for field in ("window_months", "swing_band", "cooldown_hours", "chunk_rows", "personal_data"):
+    fields = ("window_months", "swing_band", "cooldown_hours", "chunk_rows", "personal_data", "date_parts")
+    for field in fields:
         assert f"<code>{field}</code>" in config, field
     assert "nycflights13" in config  # the bundled flights.yaml, shown as it is
 
