@@ -3,7 +3,7 @@
 ``detect`` turns a reference sample and a current window into a report:
 covariate drift per feature (and its share weighted by the champion's
 permutation importances), prediction drift, label drift (once labels exist),
-live performance against a fair baseline (the champion's first judged window)
+live performance against a fair baseline (the first window the champion answered most of)
 with a significance test, and the performance estimated before labels from
 the calibrated probabilities (CBPE, ``pipelines.estimation``).
 ``retrain_decision`` applies the policy: each enabled trigger may ask for a
@@ -127,7 +127,7 @@ def _performance(
         return {
             **result, "status": OK, "drop": None, "baseline": None,
             "new_baseline": {"value": live, "counts": list(counts)},
-            "reason": f"first judged window: live {config.metric} {live:.4f} becomes the baseline",
+            "reason": f"first window it answered most of: live {config.metric} {live:.4f} is the baseline",
         }  # fmt: skip
     test = estimation.auc_drop(against["value"], tuple(against["counts"]), live, counts)
     decayed = test["drop"] > config.max_drop and test["p_value"] < config.alpha
@@ -182,7 +182,7 @@ def detect(
     Inputs are judged on every row of the window; the prediction and performance only on the
     rows the champion answered (its reference is the one compared). ``profile`` is what training
     stored for monitoring (feature importances, calibration map); ``baseline`` the champion's
-    first judged window.
+    score in the first window it answered most of.
     """
     rules = column_rules(dataset, config.drift)
     if isinstance(reference, pd.DataFrame):
@@ -358,7 +358,7 @@ def training_score(tags: dict[str, str], metric: str) -> dict[str, Any] | None:
 
 
 def baseline(tags: dict[str, str]) -> dict[str, Any] | None:
-    """The champion's first judged live window (value, counts, estimate), from its version's tag."""
+    """The champion's live baseline window (value, counts, estimate), from its version's tag."""
     raw = tags.get(BASELINE_TAG)
     if not raw:
         return None

@@ -30,7 +30,7 @@ def run(ctx: StepContext, inputs: DecideRetrainInputs) -> DecideRetrainResult | 
     last = monitoring.last_request(client.get_registered_model(name).tags)
     window_end = pd.Timestamp(found["window"]["end"])
     new_baseline = (found.get("performance") or {}).get("new_baseline")
-    if new_baseline:  # the champion's first judged window: what later windows are compared with
+    if new_baseline:  # the first window the champion answered most of: what later ones are compared with
         baseline = {**new_baseline, "window_end": window_end.isoformat(), "run_id": ctx.run_id}
         client.set_model_version_tag(
             name, found["champion_version"], monitoring.BASELINE_TAG, json.dumps(baseline)

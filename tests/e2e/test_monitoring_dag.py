@@ -55,7 +55,7 @@ def test_a_summer_batch_drifts_and_emits_one_retrain_event(dag, serving_home):
     assert found["drift"]["weighting"] == "importance" and found["drift"]["weighted_share"] >= 0.3
     assert 0.5 < found["estimated"]["roc_auc"] < 0.9 and abs(found["estimated"]["error"]) < 0.1
     assert any(line.startswith("importance-weighted drift") for line in found["explanation"])
-    # v1's first judged window is now its baseline, on its model version
+    # v1's first window (it answered all of it) is now its baseline, on its model version
     tags = tracking.client(settings).get_model_version(SERVING_MODEL, "1").tags
     assert json.loads(tags[monitoring.BASELINE_TAG])["value"] == found["performance"]["live"]
     report = storage.read_json(found["report_uri"])
