@@ -220,8 +220,9 @@ class Dataset(Strict):
 class Schedule(Strict):
     cron: str = "@monthly"
     # The span the dataset has data for: scheduled intervals lie inside it, and a run whose interval
-    # lies wholly outside fails at its first step, saying so (StepContext.check_window).
-    start_date: str = "2013-01-01"
+    # lies wholly outside fails at its first step, saying so (StepContext.check_window). Required:
+    # where a dataset's data begins is the dataset's to say, not a default's.
+    start_date: str
     end_date: str | None = None  # exclusive; None: live data, no end
     timezone: str = "UTC"
 
@@ -474,7 +475,7 @@ class Registry(Strict):
 
 class PipelineConfig(Strict):
     dataset: Dataset
-    schedule: Schedule = Field(default_factory=Schedule)
+    schedule: Schedule
     ingest: Ingest = Field(default_factory=Ingest)
     training: Training = Field(default_factory=Training)
     gate: Gate = Field(default_factory=Gate)

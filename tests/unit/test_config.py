@@ -76,6 +76,8 @@ def test_config_mistakes_are_named(tmp_path):
             "cannot be features: they leak the outcome",
         ),
         "name: flights\n": ("name: [flights\n", "is not valid YAML"),
+        # no flights date fills a gap: where the data begins is the dataset's to say
+        '  start_date: "2013-01-01"\n': ("", "schedule.start_date: Field required"),
     }
     for original, (broken, message) in cases.items():
         path = tmp_path / "broken.yaml"
