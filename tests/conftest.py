@@ -95,8 +95,12 @@ def mlflow_server(tmp_path_factory) -> str:
     """A real ``mlflow server`` process on loopback with its own SQLite store."""
     home = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
-    # the tests' own server: open, whatever profile a module set in this process's environment
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLOPS_MLFLOW_AUTH": ""}
+    # the tests' own server: open and on its own SQLite store, whatever profile a module had set in
+    # this process's environment when a test first asked for it (the production profile's stores
+    # are PostgreSQL and a moto S3 that die with that module)
+    profile_stores = {"MLFLOW_BACKEND_STORE_URI", "MLFLOW_ARTIFACTS_DESTINATION"}
+    env = {k: v for k, v in os.environ.items() if k not in profile_stores}
+    env.update(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", MLOPS_MLFLOW_AUTH="")
     proc = start_group(mlflow_server_cmd(home, port, env), env, home / "server.log")
     url = f"http://127.0.0.1:{port}"
     MLFLOW_SERVER_HOMES[url] = home

@@ -59,7 +59,8 @@ def test_car_loans_train_register_serve_and_their_drift_is_seen(car_loan, tmp_pa
     }
     assert trained["evaluate"]["passed"] is True and trained["evaluate"]["metrics"]["roc_auc"] > 0.9
     assert trained["register"]["registered"] and trained["register"]["version"] == "1"
-    client = MlflowClient(tracking_uri=car_loan["MLFLOW_TRACKING_URI"])
+    uri = car_loan["MLFLOW_TRACKING_URI"]  # the registry too: an earlier test may have set another globally
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     version = client.get_model_version_by_alias("car-loan", "champion")
     assert version.version == "1" and version.tags["data.window_end"].startswith("2019-02-01")
 
