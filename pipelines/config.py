@@ -142,6 +142,9 @@ class FeatureStoreConfig(Strict):
         return list(dict.fromkeys(e for v in self.views for e in v.entities))
 
 
+DatePart = Literal["year", "month", "day", "hour"]  # a part of the time column another column restates
+
+
 class Dataset(Strict):
     name: str
     description: str = ""
@@ -166,7 +169,7 @@ class Dataset(Strict):
     # Columns that restate a part of the time column (read in schedule.timezone), checked against
     # it at ingest: a contradiction means shifted or mislabelled time. None: the columns named
     # year, month, day or hour, when the source has them; {}: no check.
-    date_parts: dict[str, Literal["year", "month", "day", "hour"]] | None = None
+    date_parts: dict[str, DatePart] | None = None
     # Features that come from a feature store rather than from the source rows.
     feature_store: FeatureStoreConfig | None = None
 

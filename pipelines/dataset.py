@@ -7,17 +7,18 @@ drift), the feature store and the policy backtest, so none of them reaches into 
 from __future__ import annotations
 
 import logging
+from typing import get_args
 
 import pandas as pd
 
-from pipelines.config import Dataset
+from pipelines.config import Dataset, DatePart
 from pipelines.errors import DataError
 
 log = logging.getLogger(__name__)
 # Rows whose date parts may disagree with the time column before ingest stops (a rounding at a
 # DST change, a stray row); a shifted time column disagrees on most rows.
 MAX_DATE_PART_MISMATCH = 0.001
-DATE_PARTS = ("year", "month", "day", "hour")
+DATE_PARTS = get_args(DatePart)  # the parts a column may restate, as the config names them
 
 
 def label_frame(frame: pd.DataFrame, dataset: Dataset) -> tuple[pd.DataFrame, int]:

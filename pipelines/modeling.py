@@ -82,13 +82,19 @@ def _cut(frame: pd.DataFrame, times: pd.Series, cut_val: Any, cut_test: Any) -> 
         validation=frame.loc[(times >= cut_val) & (times < cut_test)],
         test=frame.loc[times >= cut_test],
     )
+    return _non_empty(
+        splits,
+        f"cuts at {cut_val} and {cut_test}; the window's times run from {times.min()} to {times.max()}):"
+        " move training.split.validation_start and test_start inside the window, or leave them unset to"
+        " cut at the fractions",
+    )
+
+
+def _non_empty(splits: Splits, why: str) -> Splits:
+    """``splits``, or a DataError naming the first empty one and ``why`` it is."""
     for name, part in vars(splits).items():
         if len(part) == 0:
-            raise DataError(
-                f"the {name} split is empty (cuts at {cut_val} and {cut_test}; the window's times run"
-                f" from {times.min()} to {times.max()}): move training.split.validation_start and"
-                " test_start inside the window, or leave them unset to cut at the fractions"
-            )
+            raise DataError(f"the {name} split is empty ({why}")
     return splits
 
 
@@ -135,11 +141,8 @@ def _random_split(frame: pd.DataFrame, training: Training) -> Splits:
         validation=frame.loc[(u >= test) & (u < test + validation)],
         test=frame.loc[u < test],
     )
-    for name, part in vars(splits).items():
-        if len(part) == 0:
-            what = f"groups of {group!r}" if group else "rows"
-            raise DataError(f"the {name} split is empty: the window has too few {what} for a random split")
-    return splits
+    what = f"groups of {group!r}" if group else "rows"
+    return _non_empty(splits, f"the window has too few {what} for a random split)")
 
 
 def features_and_label(frame: pd.DataFrame, dataset: Dataset) -> tuple[pd.DataFrame, np.ndarray]:
