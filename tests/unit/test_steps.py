@@ -131,8 +131,8 @@ def _broken(kind: str, frame: pd.DataFrame) -> tuple[pd.DataFrame, str]:
         frame["distance"] = frame["distance"].astype(str) + " miles"
         return frame, "distance"
     if kind == "constant column":  # regression: a constant categorical column registered a model
-        frame["carrier"] = "UA"
-        return frame, "expect_column_unique_value_count_to_be_between(carrier): observed 1"
+        frame["dest"] = "ORD"  # not in the key (a constant carrier also duplicates keys, caught before)
+        return frame, "expect_column_unique_value_count_to_be_between(dest): observed 1"
     frame.loc[frame.index[::10], "humid"] = 250.0  # out of range: humidity is a percentage
     return frame, "expect_column_values_to_be_between(humid)"
 
