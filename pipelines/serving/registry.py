@@ -22,7 +22,7 @@ from typing import Any
 from pipelines import model_format, privacy, storage, tracking
 from pipelines.errors import UntrustedModel
 from pipelines.serving.model import LoadedModel, load_model_dir
-from pipelines.serving.policy import POLICY_TAG, Policy
+from pipelines.serving.policy import CHALLENGER_ROUTE, CHAMPION_ROUTE, POLICY_TAG, Policy
 from pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,11 @@ class Deployment:
     known_categories: dict[str, set[str]] = field(default_factory=dict)
     # numeric feature -> (low, high): the champion's training mean +- CLIP_STDS std (drift metrics)
     numeric_bounds: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def routes(self) -> list[tuple[LoadedModel, str]]:
+        """The loaded models with the route each answers on (champion first)."""
+        pairs = [(self.champion, CHAMPION_ROUTE), (self.challenger, CHALLENGER_ROUTE)]
+        return [(model, name) for model, name in pairs if model is not None]
 
     def key(self) -> tuple:
         return (

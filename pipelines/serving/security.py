@@ -5,7 +5,7 @@ Three credentials, each a bearer token of its own (``MLOPS_SERVING_*TOKEN`` or `
 ==========  ==================================  ============================================
 token       environment variable                grants
 ==========  ==================================  ============================================
-predict     ``MLOPS_SERVING_TOKEN``             ``POST /predict``
+predict     ``MLOPS_SERVING_TOKEN``             ``POST /predict``, V2's ``infer``
 feedback    ``MLOPS_SERVING_FEEDBACK_TOKEN``    ``POST /feedback`` and ``event_time`` on
                                                 ``/predict`` (both decide what monitoring and
                                                 rollout analysis see), and ``/predict``
@@ -13,7 +13,8 @@ admin       ``MLOPS_SERVING_ADMIN_TOKEN``       ``/metrics`` and ``/ready``'s de
 ==========  ==================================  ============================================
 
 With no token set, auth is off (the embedded profile on loopback). With any set, every path but
-``/health`` and ``/ready`` needs a valid token (401), and a path the token does not grant is a 403
+``/health``, ``/ready`` and V2's ``/v2/health/*`` needs a valid token (401); ``/models/<name>/...``
+needs what the path without the prefix needs, and a path the token does not grant is a 403
 that names the token it needs. ``/ready`` stays open for probes but says only ``ready`` without the
 admin token: the rollout id, share and registry errors are for operators.
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import secrets
 import uuid
 from collections.abc import Mapping
@@ -44,9 +46,22 @@ TOKEN_ENV = {
     ADMIN: "MLOPS_SERVING_ADMIN_TOKEN",
 }
 GRANTS = {PREDICT: {PREDICT}, FEEDBACK: {PREDICT, FEEDBACK}, ADMIN: {ADMIN}}
-# What a path needs; a path not listed (the OpenAPI schema, its UIs, unknown paths) needs any token.
+# What a path needs; a path not listed (the OpenAPI schema, its UIs, V2 metadata, unknown paths)
+# needs any token. The same endpoints by model name (/models/<name>/..., V2's infer) need the same.
 NEEDS = {"/predict": PREDICT, "/feedback": FEEDBACK, "/metrics": ADMIN}
-OPEN_PATHS = frozenset({"/health", "/ready"})
+NAMED = re.compile(r"/models/[^/]+/(predict|feedback)|/v2/models/[^/]+(?:/versions/[^/]+)?/(infer)")
+OPEN_PATHS = frozenset({"/health", "/ready", "/v2/health/live", "/v2/health/ready"})
+
+
+def needs(path: str) -> str | None:
+    """The scope ``path`` needs, or None when any valid token will do."""
+    if path in NEEDS:
+        return NEEDS[path]
+    if match := NAMED.fullmatch(path):
+        return FEEDBACK if match.group(1) == "feedback" else PREDICT
+    return None
+
+
 SCOPES_KEY = "mlops.scopes"  # where the middleware leaves the request's scopes in the ASGI scope
 SECRET_ENV = "MLOPS_SERVING_SECRET"
 _SIGNATURE_HEX = 16
@@ -139,7 +154,7 @@ class ScopedBearerAuth:
         if path not in OPEN_PATHS:
             if granted is None:
                 return await _deny(send, 401, "missing or wrong bearer token")
-            needed = NEEDS.get(path)
+            needed = needs(path)
             if needed is not None and needed not in granted:
                 hint = (
                     f"set {TOKEN_ENV[needed]} on the server"

@@ -14,13 +14,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from fastapi import Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from pipelines import privacy
 from pipelines.prediction_log import open_log
-from pipelines.serving import security
+from pipelines.serving import security, v2
 from pipelines.serving.batching import Batcher, Job, UnscorableInput
 from pipelines.serving.config import ServingSettings
 from pipelines.serving.log_handoff import PredictionLogHandoff
@@ -36,6 +37,23 @@ if TYPE_CHECKING:
     from pipelines.feature_store import OnlineFeatures
 
 log = logging.getLogger("pipelines.serving")
+
+
+def _v2_errors(response: Response) -> Response:
+    """An error answer in the V2 protocol's shape (``error``, and ``detail`` as on every endpoint)."""
+    if response.status_code < 400:
+        return response
+    body = orjson.loads(response.body)
+    answer = ORJSONResponse(
+        v2.error_body(body.get("detail", ""), body.get("errors")), status_code=response.status_code
+    )
+    answer.headers.update({k: v for k, v in response.headers.items() if k in ("retry-after", "connection")})
+    return answer
+
+
+def _rest_payload(body: bytes) -> tuple:
+    """``/predict``'s body: records, routing key, event time (and nothing protocol-specific)."""
+    return (*_predict_payload(body), None)
 
 
 class Server(Batcher, PredictionLogHandoff, ShadowScoring):
@@ -90,7 +108,59 @@ class Server(Batcher, PredictionLogHandoff, ShadowScoring):
             self.log.close()
 
     # -- endpoints -------------------------------------------------------------------------------
-    async def predict(self, request: Request) -> Response:
+    async def predict(self, request: Request, model_name: str | None = None) -> Response:
+        """``POST /predict`` (and ``/models/<name>/predict``): JSON records in, predictions out."""
+        if (missing := self._unknown_model(model_name)) is not None:
+            return missing
+        return await self._bounded(request, self._predict, _rest_payload, self._rest_answer)
+
+    async def infer(self, request: Request, model_name: str, version: str | None = None) -> Response:
+        """``POST /v2/models/<name>[/versions/<v>]/infer``: the Open Inference Protocol, scored on
+        the same path as ``/predict``; a version pins the champion or the challenger."""
+        response = self._unknown_model(model_name)
+        if response is None:
+            header = request.headers.get(v2.HEADER_LENGTH)
+
+            def parse(body: bytes) -> tuple:
+                parsed = v2.parse_infer_request(body, header)
+                return parsed.records, parsed.routing_key, parsed.event_time, parsed
+
+            response = await self._bounded(request, self._predict, parse, self._v2_answer, version)
+        return _v2_errors(response)
+
+    def model_metadata(self, model_name: str, version: str | None = None) -> Response:
+        """``GET /v2/models/<name>[/versions/<v>]``: versions served, inputs and outputs."""
+        served = self.watcher.deployment.routes()
+        response = self._unknown_model(model_name) or self._unserved(served, version)
+        if response is None:
+            model = next(m for m, _ in served if version in (None, m.version))
+            versions = [m.version for m, _ in served]
+            response = ORJSONResponse(v2.model_metadata(model_name, versions, model.schema))
+        return _v2_errors(response)
+
+    def model_ready(self, model_name: str, version: str | None = None) -> Response:
+        """``GET /v2/models/<name>[/versions/<v>]/ready``: 200 when it can answer, else 503."""
+        served = self.watcher.deployment.routes()
+        response = self._unknown_model(model_name) or self._unserved(served, version)
+        if response is None:
+            ready = self.log_outage is None
+            response = ORJSONResponse({"name": model_name, "ready": ready}, status_code=200 if ready else 503)
+        return _v2_errors(response)
+
+    def _unserved(self, served: list, version: str | None) -> Response | None:
+        if not served:
+            return problem(503, f"no model loaded yet: {self.watcher.last_error or 'loading'}")
+        versions = sorted(m.version for m, _ in served)
+        if version is not None and version not in versions:
+            return problem(404, f"version {version!r} is not served; these are: {versions}")
+        return None
+
+    def _unknown_model(self, model_name: str | None) -> Response | None:
+        if model_name is None or model_name == self.config.model_name:
+            return None
+        return problem(404, f"no model {model_name!r} here; this server serves {self.config.model_name!r}")
+
+    async def _bounded(self, request: Request, handler, *args) -> Response:
         if self.inflight >= self.config.max_pending:  # before the body is read: memory stays bounded
             self.metrics.requests.labels("predict", "503").inc()
             response = problem(503, f"the server holds {self.inflight} requests already: retry shortly")
@@ -98,7 +168,7 @@ class Server(Batcher, PredictionLogHandoff, ShadowScoring):
             return response
         self.inflight += 1
         try:
-            return await self._predict(request)
+            return await handler(request, *args)
         finally:
             self.inflight -= 1
             self.release_body(request)
@@ -167,10 +237,10 @@ class Server(Batcher, PredictionLogHandoff, ShadowScoring):
             return work(*args)
         return await run_in_threadpool(work, *args)
 
-    async def _prepare(self, request: Request, body: bytes) -> Response | tuple:
+    async def _prepare(self, request: Request, body: bytes, parse, version: str | None) -> Response | tuple:
         """Parse, check and route one request's body: an error response, or what the job needs."""
         try:
-            records, routing_key, event_time = await self._off_loop(body, _predict_payload, body)
+            records, routing_key, event_time, parsed = await self._off_loop(body, parse, body)
             if event_time is not None and not security.may(request.scope, security.FEEDBACK):
                 raise _Reject(403, "event_time replays history: it needs the feedback token")
         except _Reject as rej:
@@ -183,7 +253,13 @@ class Server(Batcher, PredictionLogHandoff, ShadowScoring):
             return problem(503, f"no model loaded yet: {self.watcher.last_error or 'loading'}")
         chosen = route(deployment.policy, routing_key, salt=self.config.secret)
         model = deployment.champion
-        if chosen == CHALLENGER_ROUTE and deployment.challenger is not None:
+        if version is not None:  # a client that names the version gets that one, or a 404
+            pinned = {m.version: (m, r) for m, r in deployment.routes()}
+            if version not in pinned:
+                self.metrics.requests.labels("predict", "404").inc()
+                return problem(404, f"version {version!r} is not served; these are: {sorted(pinned)}")
+            model, chosen = pinned[version]
+        elif chosen == CHALLENGER_ROUTE and deployment.challenger is not None:
             model = deployment.challenger
         else:
             chosen = CHAMPION_ROUTE
@@ -208,9 +284,9 @@ class Server(Batcher, PredictionLogHandoff, ShadowScoring):
             self.metrics.requests.labels("predict", "422").inc()
             self.metrics.errors.labels("invalid_input").inc()
             return problem(422, f"invalid input: {exc}", exc.errors)
-        return deployment, model, chosen, batch, routing_key, event_time
+        return deployment, model, chosen, batch, routing_key, event_time, parsed
 
-    async def _predict(self, request: Request) -> Response:
+    async def _predict(self, request: Request, parse, answer, version: str | None = None) -> Response:
         try:
             body = await self._read_body(request)
         except _Reject as rej:
@@ -221,11 +297,13 @@ class Server(Batcher, PredictionLogHandoff, ShadowScoring):
         # only `parse_slots` of them at once, until the rows are compact arrays.
         big = len(body) >= self.config.parse_in_thread_bytes
         async with self.parse_slots if big else contextlib.nullcontext():
-            prepared = await self._prepare(request, body)
+            prepared = await self._prepare(request, body, parse, version)
         if isinstance(prepared, Response):
             return prepared
-        deployment, model, chosen, batch, routing_key, event_time = prepared
-        shadow = deployment.challenger if deployment.policy.strategy == "shadow" else None
+        deployment, model, chosen, batch, routing_key, event_time, parsed = prepared
+        shadow = deployment.challenger
+        if deployment.policy.strategy != "shadow" or model is shadow:
+            shadow = None
         job = Job(
             model=model,
             batch=batch,
@@ -263,13 +341,17 @@ class Server(Batcher, PredictionLogHandoff, ShadowScoring):
             message = "the prediction could not be logged, so it is not answered: retry"
             return problem(503, f"{message} (request {job.request_id})")
         self.metrics.requests.labels("predict", "200").inc()
+        return answer(job, model, proba, parsed)
+
+    @staticmethod
+    def _rest_answer(job: Job, model: Any, proba: Any, parsed: Any) -> Response:
         threshold = model.threshold
         return ORJSONResponse(
             {
                 "request_id": job.request_id,
                 "model_name": model.name,
                 "model_version": model.version,
-                "route": chosen,
+                "route": job.route,
                 "threshold": threshold,
                 "predictions": [
                     {"prediction": int(p >= threshold), "probability": p} for p in proba.tolist()
@@ -277,11 +359,28 @@ class Server(Batcher, PredictionLogHandoff, ShadowScoring):
             }
         )
 
+    @staticmethod
+    def _v2_answer(job: Job, model: Any, proba: Any, parsed: v2.InferRequest) -> Response:
+        body, headers = v2.infer_response(
+            parsed,
+            model_name=model.name,
+            model_version=model.version,
+            request_id=job.request_id,
+            route=job.route,
+            threshold=model.threshold,
+            proba=proba,
+        )
+        media = "application/json" if not headers else "application/octet-stream"
+        return Response(body, media_type=media, headers=headers)
+
     def _parse(self, records: Any, schema: Any) -> Batch:
         privacy.mask_records(records, self.config.personal)  # the raw value goes no further
         return parse_records(records, schema, max_rows=self.config.max_rows)
 
-    async def feedback(self, request: Request) -> Response:
+    async def feedback(self, request: Request, model_name: str | None = None) -> Response:
+        """``POST /feedback`` (and ``/models/<name>/feedback``): labels for issued request ids."""
+        if (missing := self._unknown_model(model_name)) is not None:
+            return missing
         if self.inflight >= self.config.max_pending:  # the same bounds as /predict
             self.metrics.requests.labels("feedback", "503").inc()
             response = problem(503, f"the server holds {self.inflight} requests already: retry shortly")

@@ -50,22 +50,48 @@ TOKENS = {
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 # The token each operation needs (pipelines.serving.security); none for the probes.
+FEEDBACK = {"Authorization": f"Bearer {FEEDBACK_TOKEN}"}
+V2 = "/v2/models/{model_name}"
 AUTH_FOR = {
     "/predict": AUTH,
-    "/feedback": {"Authorization": f"Bearer {FEEDBACK_TOKEN}"},
+    "/feedback": FEEDBACK,
     "/metrics": ADMIN,
     "/ready": ADMIN,
     "/health": None,
+    # the same endpoints by the model's name, and the Open Inference Protocol (V2)
+    "/models/{model_name}/predict": AUTH,
+    "/models/{model_name}/feedback": FEEDBACK,
+    "/v2": AUTH,
+    "/v2/health/live": None,
+    "/v2/health/ready": None,
+    V2: AUTH,
+    f"{V2}/versions/{{version}}": AUTH,
+    f"{V2}/ready": AUTH,
+    f"{V2}/versions/{{version}}/ready": AUTH,
+    f"{V2}/infer": AUTH,
+    f"{V2}/versions/{{version}}/infer": AUTH,
 }
-OPEN_PATHS = {"/health", "/ready"}
+OPEN_PATHS = {"/health", "/ready", "/v2/health/live", "/v2/health/ready"}
 OPERATIONS = [
     ("POST", "/predict"),
     ("POST", "/feedback"),
     ("GET", "/health"),
     ("GET", "/ready"),
     ("GET", "/metrics"),
+    ("POST", "/models/{model_name}/predict"),
+    ("POST", "/models/{model_name}/feedback"),
+    ("GET", "/v2"),
+    ("GET", "/v2/health/live"),
+    ("GET", "/v2/health/ready"),
+    ("GET", V2),
+    ("GET", f"{V2}/versions/{{version}}"),
+    ("GET", f"{V2}/ready"),
+    ("GET", f"{V2}/versions/{{version}}/ready"),
+    ("POST", f"{V2}/infer"),
+    ("POST", f"{V2}/versions/{{version}}/infer"),
 ]
-WITH_INPUTS = {("POST", "/predict")}  # the operations whose schema declares a body or parameters
+# the operations whose schema declares a body or parameters (a model name or version in the path)
+WITH_INPUTS = {(method, path) for method, path in OPERATIONS if path == "/predict" or "{" in path}
 # Valid requests for every operation; invalid ones where the schema declares inputs to violate.
 FUZZ = [
     pytest.param(
