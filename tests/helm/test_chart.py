@@ -384,6 +384,34 @@ def test_mlflow_server_and_db_upgrade(rollout: tuple[str, list[dict[str, Any]]])
     assert one(docs, "Service", f"{RELEASE}-mlflow")["spec"]["ports"][0]["port"] == 5000
 
 
+def test_the_charts_mlflow_auth_config_is_the_local_stacks(rollout, tmp_path) -> None:
+    """The chart's shell prelude, run for real, writes the ini ``registry_auth`` writes for the
+    local stack (one source of behaviour: the credential cache included, whose absence made
+    every MLflow request pay a scrypt check; the production training task took 38 s, not ~10)."""
+    import subprocess
+
+    from pipelines import registry_auth
+
+    _, docs = rollout
+    container = one(docs, "Deployment", f"{RELEASE}-mlflow")["spec"]["template"]["spec"]["containers"][0]
+    prelude = "\n".join(
+        line for line in container["command"][2].splitlines() if not line.strip().startswith("exec ")
+    )
+    chart_ini, database = tmp_path / "chart.ini", "postgresql://u:p%40ss@db/mlflow"
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "MLFLOW_BACKEND_STORE_URI": database,
+        "MLFLOW_AUTH_CONFIG_PATH": str(chart_ini),
+    }
+    subprocess.run(["sh", "-c", prelude], env=env, check=True, timeout=30)
+    secrets = {name: "x" * 12 for name in registry_auth.SECRETS}
+    registry_auth.server_env(
+        tmp_path / "local", {registry_auth.AUTH_ENV: "basic", "MLFLOW_AUTH_DB": database, **secrets}
+    )
+    assert chart_ini.read_text() == (tmp_path / "local" / "mlflow-auth.ini").read_text()
+    assert f"auth_cache_ttl_seconds = {registry_auth.AUTH_CACHE_SECONDS}" in chart_ini.read_text()
+
+
 # --- monitoring -----------------------------------------------------------------------------
 
 
