@@ -8,8 +8,10 @@ statistics, e.g. ``abs(rate(sum)/rate(count) - reference_mean) / reference_std >
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, GCCollector, Histogram
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 PROBABILITY_BUCKETS = tuple(round(x, 1) for x in np.linspace(0.1, 1.0, 10))
@@ -26,6 +28,12 @@ class ServerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        # Collections by generation, and how much of the heap the collector no longer walks
+        # (pipelines.serving.server.freeze_heap): a falling frozen count means long pauses are back.
+        GCCollector(registry=r)
+        Gauge(
+            "mlops_gc_frozen_objects", "Objects in the collector's permanent generation", registry=r
+        ).set_function(gc.get_freeze_count)
         self.predictions = Counter("mlops_predictions", "Rows scored", ["model_version", "route"], registry=r)
         self.requests = Counter(
             "mlops_requests", "Requests by endpoint and status", ["endpoint", "status"], registry=r

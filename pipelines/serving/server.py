@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +38,21 @@ if TYPE_CHECKING:
     from pipelines.feature_store import OnlineFeatures
 
 log = logging.getLogger("pipelines.serving")
+
+
+def freeze_heap() -> None:
+    """Collect, then move every object alive into the collector's permanent generation.
+
+    Python's cyclic collector walks every object it tracks in a full collection. After start-up
+    that is the whole heap MLflow, pandas and scikit-learn leave behind, and the walk held the
+    GIL for 100-200 ms: with 16 wrk clients the p99 was 210 ms while the median was 5 ms.
+    Frozen objects are still freed by reference counting; only the cycle search skips them. At
+    a model swap the old model's objects are unfrozen and collected first (one pause per swap,
+    not one per few thousand requests), so memory stays flat across swaps.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def _v2_errors(response: Response) -> Response:
@@ -75,7 +91,7 @@ class Server(Batcher, PredictionLogHandoff, ShadowScoring):
             pinned_version=config.pinned_version,
             model_dir=config.model_dir,
             threshold=config.threshold,
-            on_change=self.metrics.show_deployment,
+            on_change=self._deployment_changed,
             pii_fingerprint=config.pii_fingerprint,
         )
         self.online: OnlineFeatures | None = None  # the feature store's online features, opened on first use
@@ -94,6 +110,7 @@ class Server(Batcher, PredictionLogHandoff, ShadowScoring):
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
+        freeze_heap()  # what start-up imported (MLflow, pandas, scikit-learn) is never walked again
         self.queue = asyncio.Queue()
         self._batcher = asyncio.create_task(self._batch_loop())
         self.watcher.start(on_error=lambda exc: self.metrics.registry_errors.inc())
@@ -106,6 +123,11 @@ class Server(Batcher, PredictionLogHandoff, ShadowScoring):
         self.shadow_executor.shutdown(wait=True)
         if self.log:
             self.log.close()
+
+    def _deployment_changed(self, deployment: Deployment) -> None:
+        """After a swap (in the registry watcher's thread): show it, and freeze the new model."""
+        self.metrics.show_deployment(deployment)
+        freeze_heap()
 
     # -- endpoints -------------------------------------------------------------------------------
     async def predict(self, request: Request, model_name: str | None = None) -> Response:

@@ -268,6 +268,21 @@ def test_shadow_never_changes_the_answer_and_logs_both(server, rows, serving_hom
     assert set(shadow["model_version"]) == {"3"}
 
 
+def frozen_objects(url: str) -> float:
+    metrics = httpx.get(f"{url}/metrics").text
+    return float(
+        next(line.split()[-1] for line in metrics.splitlines() if line.startswith("mlops_gc_frozen"))
+    )
+
+
+def test_the_loaded_heap_is_frozen_so_the_collector_stops_walking_it(server):
+    """Python's full collections walked the heap MLflow, pandas and scikit-learn leave behind,
+    holding the GIL 100-200 ms (wrk, 16 clients: p99 210 ms, median 5 ms). The server freezes it
+    after start-up and after each model load; /metrics shows how much is frozen."""
+    assert frozen_objects(server.url) > 100_000
+    assert 'python_gc_collections_total{generation="2"}' in httpx.get(f"{server.url}/metrics").text
+
+
 def test_hot_swap_under_load_fails_no_request(server, rows, serving_home):
     settings = serving_home["settings"]
     client = tracking.client(settings)
@@ -305,6 +320,7 @@ def test_hot_swap_under_load_fails_no_request(server, rows, serving_home):
     versions = Counter(v for _, v in results)
     assert versions["1"] > 0 and versions["2"] > 0, versions
     assert len(results) > 200
+    assert frozen_objects(server.url) > 100_000  # each swap froze the heap again
 
 
 def test_feedback_joins_the_prediction_log(server, rows, serving_home):
