@@ -17,7 +17,7 @@ endif
 help:  ## This list: each target and what it does
 	@awk 'BEGIN {FS = ":[^#]*## "} /^[a-z][a-z-]*:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-.PHONY: help demo train-demo test-fast install monitoring-tools browser nannyml container-engine lock images test lint serve up down bench bench-serving bench-drift bench-policy clean
+.PHONY: help demo train-demo test-fast install monitoring-tools browser nannyml container-engine lock images test lint serve up down bench bench-serving wrk bench-drift bench-policy clean
 
 demo: install  ## The closed loop: train on Jan-Mar 2013, replay Apr-Dec through the scheduler, print the table
 	$(PY) -m mlops_airflow.loop --fresh
@@ -106,7 +106,19 @@ down:  ## Stop what `make up` started
 bench: install  ## Airflow vs plain-Python wall time of the training pipeline (benchmarks/README.md)
 	$(PY) benchmarks/pipeline/run.py
 
-bench-serving: install  ## This model server vs `mlflow models serve` (benchmarks/README.md)
+# wrk (Debian's), the load tool that is not ours in the serving benchmark.
+wrk:
+	@if ! command -v wrk >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian's wrk ..."; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      wrk >/dev/null; \
+	  else \
+	    echo "missing: run 'sudo apt-get install wrk' (the benchmark skips its wrk run without it)" >&2; \
+	  fi; \
+	fi
+
+bench-serving: install wrk  ## This model server vs `mlflow models serve`, with our client and wrk (benchmarks/README.md)
 	$(PY) benchmarks/serving/run.py
 
 bench-policy: install  ## The retraining-policy backtest on flights and on the car loans (about 4 min)
