@@ -436,6 +436,26 @@ def wait_ready(servers: list[Server], launched: float, timeout: float) -> dict[s
     return ready
 
 
+def lag_buckets(server: Server) -> dict[float, float]:
+    """The event-loop lag histogram of our server: cumulative count by upper bound (seconds)."""
+    _, text = server.get("/metrics")
+    out = {}
+    for line in text.decode().splitlines():
+        if line.startswith("mlops_event_loop_lag_seconds_bucket"):
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            out[math.inf if bound == "+Inf" else float(bound)] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def longest_stall_ms(before: dict[float, float], after: dict[float, float]) -> float:
+    """The upper bound (ms) of the highest lag bucket that gained a sample between two reads."""
+    total = after[math.inf] - before[math.inf]
+    for bound in sorted(after):
+        if after[bound] - before.get(bound, 0.0) >= total:
+            return bound * 1000
+    return math.inf
+
+
 def metrics(server: Server) -> dict[str, float]:
     """Predictions and micro-batch counters from our server's Prometheus text."""
     status, text = server.get("/metrics")
@@ -565,7 +585,8 @@ def targets(results: dict[str, dict[str, Any]]) -> list[tuple[str, bool, str]]:
             (
                 f"wrk, {WRK_CLIENTS} single-row clients: our p99 < {WRK_P99_TARGET_MS:g} ms, no error",
                 o["p99_ms"] < WRK_P99_TARGET_MS and o["errors"] == 0,
-                f"p99 {_ms(o['p99_ms'])} ms (max {_ms(o['max_ms'])}), {o['rps']:.0f} req/s; "
+                f"p99 {_ms(o['p99_ms'])} ms (max {_ms(o['max_ms'])}), {o['rps']:.0f} req/s, "
+                f"event loop never stalled over {_ms(o['longest_stall_ms'])} ms; "
                 f"mlflow p99 {_ms(m['p99_ms'])} ms, {m['rps']:.0f} req/s",
             )
         )
@@ -812,11 +833,11 @@ def main() -> int:
                 flush=True,
             )
             results[sc.name] = entry
-        before_wrk = metrics(ours)["predictions"]
-        wrk = {
-            srv.name: run_wrk(srv.port, srv.path, single[0], WRK_CLIENTS, args.duration)
-            for srv in (ours, mlflow)
-        }
+        before_wrk, lag_before = metrics(ours)["predictions"], lag_buckets(ours)
+        wrk = {"ours": run_wrk(ours.port, ours.path, single[0], WRK_CLIENTS, args.duration)}
+        if wrk["ours"]:  # the longest stall of our event loop while wrk loaded it
+            wrk["ours"]["longest_stall_ms"] = longest_stall_ms(lag_before, lag_buckets(ours))
+        wrk["mlflow"] = run_wrk(mlflow.port, mlflow.path, single[0], WRK_CLIENTS, args.duration)
         # wrk counts requests, not the rows of those in flight when it stops: its rows are the
         # server's own count here, and the prediction log must still hold every one of them
         answered += int(metrics(ours)["predictions"] - before_wrk)

@@ -14,6 +14,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, GCCollector, Histogram
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 PROBABILITY_BUCKETS = tuple(round(x, 1) for x in np.linspace(0.1, 1.0, 10))
 
 
@@ -46,6 +47,12 @@ class ServerMetrics:
             registry=r,
         )
         self.errors = Counter("mlops_errors", "Errors by kind", ["kind"], registry=r)
+        self.loop_lag = Histogram(
+            "mlops_event_loop_lag_seconds",
+            "How late the event loop woke from a 10 ms sleep (a stall every request waits out)",
+            buckets=LAG_BUCKETS,
+            registry=r,
+        )
         self.batch_rows = Histogram(
             "mlops_batch_rows",
             "Rows per model call (micro-batching)",

@@ -107,22 +107,34 @@ class Server(Batcher, PredictionLogHandoff, ShadowScoring):
         self.shadow_executor = ThreadPoolExecutor(1, thread_name_prefix="shadow")
         self.shadow_pending = 0
         self._batcher: asyncio.Task | None = None
+        self._lag_watch: asyncio.Task | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
         freeze_heap()  # what start-up imported (MLflow, pandas, scikit-learn) is never walked again
         self.queue = asyncio.Queue()
         self._batcher = asyncio.create_task(self._batch_loop())
+        self._lag_watch = asyncio.create_task(self._watch_loop_lag())
         self.watcher.start(on_error=lambda exc: self.metrics.registry_errors.inc())
 
     async def stop(self) -> None:
         self.watcher.stop()
-        if self._batcher:
-            self._batcher.cancel()
+        for task in (self._batcher, self._lag_watch):
+            if task:
+                task.cancel()
         self.executor.shutdown(wait=True)
         self.shadow_executor.shutdown(wait=True)
         if self.log:
             self.log.close()
+
+    async def _watch_loop_lag(self, interval: float = 0.01) -> None:
+        """How late the event loop wakes from a 10 ms sleep: the stalls every request waits out (a
+        collection, a Parquet write, anything else that holds the GIL), as a histogram."""
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            await asyncio.sleep(interval)
+            self.metrics.loop_lag.observe(max(0.0, loop.time() - started - interval))
 
     def _deployment_changed(self, deployment: Deployment) -> None:
         """After a swap (in the registry watcher's thread): show it, and freeze the new model."""
