@@ -126,6 +126,8 @@ def _add_named_routes(app: FastAPI, server: Server, config: ServingSettings) -> 
     # An unknown name is a 404, a bad body a 422, both {"detail": "..."} (not FastAPI's own 422)
     problems: dict[int | str, dict[str, Any]] = {code: PROBLEM for code in (404, 422)}
 
+    # A default, not an Annotated alias: with `from __future__ import annotations` FastAPI cannot
+    # resolve a type alias local to this function (every such route answered 500).
     def name() -> Any:  # the served name, shown in the schema (any other name is a 404 naming it)
         return Path(json_schema_extra={"enum": [config.model_name]})
 
