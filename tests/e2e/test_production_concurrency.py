@@ -6,9 +6,10 @@ triggerer with LocalExecutor, MLflow's server and the model server, started as `
 starts them. After a first champion is deployed, two training runs and a monitoring run are
 triggered at once while clients send predictions: the monitoring run and the deploy run the first
 training triggers overlap it, and the second training queues behind the first (the training DAG
-takes one run at a time, ``max_active_runs=1``) and then overlaps the second deploy. Each registered version must carry its own run's lineage
-and data hash (read back from its own snapshot in S3), the other artifacts must parse, no
-request may fail, and every acknowledged prediction must be in PostgreSQL.
+takes one run at a time, ``max_active_runs=1``) and then overlaps the second deploy. Each
+registered version must carry its own run's lineage and data hash (read back from its own
+snapshot in S3), the other artifacts must parse, no request may fail, and every acknowledged
+prediction must be in PostgreSQL.
 """
 
 from __future__ import annotations
