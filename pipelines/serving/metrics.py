@@ -30,7 +30,7 @@ class ServerMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         # Collections by generation, and how much of the heap the collector no longer walks
-        # (pipelines.serving.server.freeze_heap): a falling frozen count means long pauses are back.
+        # (pipelines.serving.stalls.freeze_heap): a falling frozen count means long pauses are back.
         GCCollector(registry=r)
         Gauge(
             "mlops_gc_frozen_objects", "Objects in the collector's permanent generation", registry=r
