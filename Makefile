@@ -4,6 +4,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 export PYTHONPATH := $(CURDIR)/plugins
+# `make test` runs pytest on this many xdist workers (tests/conftest.py says what each takes); 0: serial
+TEST_WORKERS ?= 2
 # A Docker-compatible engine for `make images` and the container tests: DOCKER_HOST if set, else the
 # machine's Docker socket, else podman's Docker API, set up by the workspace's container-engine tool
 # (no Docker daemon on this kind of machine).
@@ -83,7 +85,7 @@ images: install container-engine  ## Build the step and serving images through t
 	$(PY) containers/build.py
 
 test: install lint container-engine browser nannyml  ## Lint, then the whole test suite (unit, DAG integrity, containers, helm, end-to-end, scheduler, the UI in a browser)
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadscope
 
 test-fast: install nannyml  ## Only the quick tests (unit, DAG integrity, data, model; a few minutes): the loop of a change
 	$(VENV)/bin/pytest tests/unit tests/dags tests/data tests/model

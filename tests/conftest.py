@@ -6,9 +6,17 @@ set here, at collection time, before any test module imports it.
 
 from __future__ import annotations
 
+import os
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two workers on two cores: one thread each in OpenMP (scikit-learn's gradient boosting) and in
+    # OpenBLAS (numpy), or their four spinning threads starve each other and the stacks' processes.
+    # Set before anything loads those libraries, and inherited by every process a test starts.
+    for _threads in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_threads, "1")
+
 import contextlib
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -70,6 +78,78 @@ def pg_url() -> str:
     with admin.connect() as conn:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+# -- two workers (`make test` runs `pytest -n 2`) ------------------------------------------------------
+# Each xdist worker is a session of its own: this file runs in each, so each has its own Airflow home,
+# MLflow server and trained serving models, and tests on different workers share only the machine.
+# The unit handed to a worker is a module (its module-scoped stack starts once), or one of these
+# groups, which one worker runs from start to end because two of its members must never run at once.
+WORKER_GROUPS = {
+    # the real-scheduler stacks: two at once on two cores starve each other's tasks past their timeouts
+    "scheduler": (
+        "tests/e2e/test_ui.py",
+        "tests/e2e/test_production_concurrency.py",
+        "tests/e2e/test_loop.py",
+        "tests/e2e/test_alerting.py",
+        "tests/e2e/test_scheduler_backfill.py",
+    ),
+    # one image build in the engine; `make lock` rewrites the lock file the images install from
+    "containers": ("tests/containers/", "tests/e2e/test_makefile.py", "tests/release/"),
+}
+# Handed out longest first (the groups, then the stacks' modules, the quick suites last), so that
+# neither worker is left with a long module at the end while the other idles.
+_HAND_OUT_ORDER = ("scheduler", "containers", "tests/e2e/", "tests/helm/", "tests/")
+
+
+def worker_unit(nodeid: str) -> str:
+    """The unit of work a test belongs to: its group's name, or else its module's path."""
+    path = nodeid.split("::", 1)[0]
+    for group, members in WORKER_GROUPS.items():
+        if path.startswith(members):
+            return group
+    return path
+
+
+def _hand_out_rank(nodeid: str) -> int:
+    unit = worker_unit(nodeid)
+    return next(i for i, prefix in enumerate(_HAND_OUT_ORDER) if unit.startswith(prefix))
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Under ``--dist loadscope``: whole units (groups or modules) to a worker, in hand-out order."""
+    if config.getoption("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByUnit(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return worker_unit(nodeid)
+
+    config.option.loadscopereorder = False  # the collection order below, not the count of tests
+    return ByUnit(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    """On the workers, the collection in hand-out order (a serial run keeps the quick suites first)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=lambda item: _hand_out_rank(item.nodeid))  # stable: order within a unit kept
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread_per_worker():
+    """On a worker, one OpenMP and BLAS thread in the thread that runs the tests.
+
+    Pytest's plugins load numpy and scikit-learn before this file sets the environment, and OpenMP's
+    thread count is a per-thread setting: threadpoolctl sets it where the tests run.
+    """
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        yield
 
 
 @pytest.hookimpl(wrapper=True)
