@@ -55,10 +55,21 @@ def _fast_rules() -> str:
     return text
 
 
+def missing_monitoring_tools() -> str | None:
+    """Why this module cannot run here, or None: Prometheus and Alertmanager are Debian's packages,
+    which `make test` installs when it runs as root (`make install` needs no root, and skips them)."""
+    missing = [b for b in ("prometheus", "prometheus-alertmanager") if shutil.which(b) is None]
+    if not missing:
+        return None
+    return f"{' and '.join(missing)} missing: `make test` as root installs Debian's packages"
+
+
 @pytest.fixture(scope="module")
 def stack(serving_home, airflow_db, tmp_path_factory):
-    for binary in ("prometheus", "prometheus-alertmanager"):
-        assert shutil.which(binary), f"{binary} is missing: `make install` installs Debian's package"
+    if reason := missing_monitoring_tools():
+        if os.environ.get("CI"):  # CI runs as root and must run this test, never skip it
+            pytest.fail(reason)
+        pytest.skip(reason)
     home = tmp_path_factory.mktemp("alerting")
     ports = {name: free_port() for name in ("airflow", "prometheus", "alertmanager")}
     env = {

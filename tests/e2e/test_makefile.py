@@ -117,7 +117,9 @@ def test_test_fast_selects_the_quick_suites():
     assert dry.returncode == 0, dry.stderr
     command = shlex.split(dry.stdout.strip().splitlines()[-1])  # the target's own recipe comes last
     assert command[0].endswith("pytest"), command
-    assert command[1:] == ["tests/unit", "tests/dags", "tests/data", "tests/model"], command
+    assert command[1:] == [
+        "-n", "2", "--dist", "loadscope", "tests/unit", "tests/dags", "tests/data", "tests/model"
+    ], command  # fmt: skip
     collected = subprocess.run(
         [*command, "--collect-only", "-q"], cwd=ROOT, capture_output=True, text=True, timeout=600
     )
