@@ -3,7 +3,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
-export PYTHONPATH := $(CURDIR)/plugins
+# the demo tooling (mlops_demo) runs from the checkout; pipelines and mlops_airflow are installed
+export PYTHONPATH := $(CURDIR)
 # `make test` runs pytest on this many xdist workers (tests/conftest.py says what each takes); 0: serial
 TEST_WORKERS ?= 2
 # A Docker-compatible engine for `make images` and the container tests: DOCKER_HOST if set, else the
@@ -22,10 +23,10 @@ help:  ## This list: each target and what it does
 .PHONY: help demo train-demo test-fast install monitoring-tools browser nannyml container-engine lock images test lint serve up down bench bench-serving wrk bench-drift bench-policy clean
 
 demo: install  ## The closed loop: train on Jan-Mar 2013, replay Apr-Dec through the scheduler, print the table
-	$(PY) -m mlops_airflow.loop --fresh
+	$(PY) -m mlops_demo.loop --fresh
 
 train-demo: install  ## Quicker: train Jan-Mar 2013 and score April with dag.test(), print where to look
-	$(PY) -m mlops_airflow.stack demo
+	$(PY) -m mlops_demo.stack demo
 
 install: $(STAMP)  ## Create .venv with the pinned stack (no root needed)
 
@@ -102,10 +103,10 @@ serve: install  ## Serve the demo's champion on http://127.0.0.1:8000 (follows t
 	$(PY) -m pipelines.cli serve --port $${MLOPS_SERVING_PORT:-8000}
 
 up: install  ## Airflow UI :8080, MLflow UI :5000 and the model server :8000 over the demo's stores
-	$(PY) -m mlops_airflow.stack up
+	$(PY) -m mlops_demo.stack up
 
 down:  ## Stop what `make up` started
-	$(PY) -m mlops_airflow.stack down
+	$(PY) -m mlops_demo.stack down
 
 bench: install  ## Airflow vs plain-Python wall time of the training pipeline (benchmarks/README.md)
 	$(PY) benchmarks/pipeline/run.py

@@ -8,7 +8,7 @@
   ``helm/mlops/README.md`` as they are.
 
 MkDocs loads this file as a hook; ``on_files`` runs it again as a script in a child process (the
-same interpreter, ``PYTHONPATH`` at the repository and ``plugins/``), which imports the code and
+same interpreter, ``PYTHONPATH`` at the repository), which imports the code and
 prints the pages as JSON. The build's own process never imports ``pipelines``, so every build,
 each rebuild of ``mkdocs serve`` included, reads the code as it is now. Any failure stops the build.
 """
@@ -34,7 +34,7 @@ def on_files(files, config):
     from mkdocs.exceptions import PluginError
     from mkdocs.structure.files import File
 
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins")]), "COLUMNS": "100"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "100"}
     child = subprocess.run(
         [sys.executable, __file__], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
     )

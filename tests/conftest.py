@@ -31,9 +31,9 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "plugins"))
+sys.path.insert(0, str(ROOT))  # the demo tooling (mlops_demo) is not installed
 
-from mlops_airflow.stack import mlflow_server_cmd, stack_env  # noqa: E402
+from mlops_demo.stack import mlflow_server_cmd, stack_env  # noqa: E402
 from pipelines.processes import start_group, stop_group  # noqa: E402
 
 SESSION_HOME = Path(tempfile.mkdtemp(prefix="mlops-tests-"))

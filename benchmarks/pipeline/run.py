@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "plugins"))
+sys.path.insert(0, str(ROOT))
 README = ROOT / "benchmarks" / "README.md"
 BEGIN, END = "<!-- pipeline:begin -->", "<!-- pipeline:end -->"
 INTERVAL_END = "2013-04-01"  # window Jan-Mar 2013
@@ -69,7 +69,7 @@ def child_airflow() -> dict[str, float]:
 
 def measure(mode: str) -> dict[str, float]:
     """One fresh process with a fresh store; returns process wall time and per-run times."""
-    from mlops_airflow.stack import stack_env
+    from mlops_demo.stack import stack_env
 
     home = Path(tempfile.mkdtemp(prefix=f"bench-{mode}-"))
     env = {**os.environ, **stack_env(home, ROOT), "AIRFLOW__LOGGING__LOGGING_LEVEL": "ERROR"}

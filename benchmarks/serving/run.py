@@ -536,7 +536,7 @@ def parity(ours: Server, mlflow: Server, rows: list[dict[str, Any]]) -> dict[str
 
 def logged_rows(home: Path) -> int | None:
     """Rows in our server's prediction log after it stopped (parts and spool)."""
-    sys.path.insert(0, str(ROOT / "plugins"))
+    sys.path.insert(0, str(ROOT))
     try:
         from pipelines.prediction_log import open_log
         from pipelines.settings import Settings
@@ -717,7 +717,7 @@ def main() -> int:
         **os.environ,
         "MLOPS_HOME": str(home),
         "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
-        "PYTHONPATH": str(ROOT / "plugins"),
+        "PYTHONPATH": str(ROOT),
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "OMP_NUM_THREADS": "1",
         "MLOPS_SERVING_LOG_PREDICTIONS": "true",
@@ -911,7 +911,7 @@ def _git() -> dict[str, Any]:
 
     return {
         "commit": git("rev-parse", "--short", "HEAD"),
-        "serving_code_modified": bool(git("status", "--porcelain", "--", "pipelines", "plugins")),
+        "serving_code_modified": bool(git("status", "--porcelain", "--", "pipelines", "mlops_airflow")),
     }
 
 

@@ -12,7 +12,7 @@ import json
 import subprocess
 import sys
 
-from mlops_airflow import stack
+from mlops_demo import stack
 
 PROBE = """
 import json, sys

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mlops_airflow.stack import mlflow_server_cmd
+from mlops_demo.stack import mlflow_server_cmd
 
 
 def test_the_backend_uri_with_its_password_stays_off_the_command_line(tmp_path: Path):

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import ServerProcess, dataset_config, free_port, wait_http
-from mlops_airflow.stack import mlflow_server_cmd
+from mlops_demo.stack import mlflow_server_cmd
 
 pytestmark = pytest.mark.e2e
 MODEL = "flights-faults"

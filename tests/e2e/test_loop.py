@@ -62,13 +62,13 @@ def loop(tmp_path_factory, webhook):
     home = tmp_path_factory.mktemp("loop") / "home"
     config = _config(tmp_path_factory.mktemp("loop-config"))
     cmd = [
-        sys.executable, "-m", "mlops_airflow.loop", "--home", str(home), "--fresh", "--config", str(config),
+        sys.executable, "-m", "mlops_demo.loop", "--home", str(home), "--fresh", "--config", str(config),
         "--first", "2013-04", "--last", "2013-05",
         "--airflow-port", str(free_port()), "--mlflow-port", str(free_port()),
         "--serving-port", str(free_port()),
         "--swing-band", "0.001",  # every retrained candidate swings "wide": its rollout needs approval
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "plugins"), "MLOPS_NOTIFY_WEBHOOK": webhook[0]}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLOPS_NOTIFY_WEBHOOK": webhook[0]}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800, cwd=ROOT)
     (home / "loop-output.txt").write_text(done.stdout + done.stderr)
     return done, home

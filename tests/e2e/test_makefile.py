@@ -97,8 +97,8 @@ def test_a_long_target_dry_runs_and_its_command_parses(target):
 
 def test_demo_runs_the_loop_that_the_loop_test_drives():
     command = make("--dry-run", "demo").stdout.strip().splitlines()[-1]
-    assert command.endswith("-m mlops_airflow.loop --fresh"), command
-    assert '"-m", "mlops_airflow.loop"' in (ROOT / "tests" / "e2e" / "test_loop.py").read_text()
+    assert command.endswith("-m mlops_demo.loop --fresh"), command
+    assert '"-m", "mlops_demo.loop"' in (ROOT / "tests" / "e2e" / "test_loop.py").read_text()
 
 
 def test_help_lists_every_target():

@@ -43,7 +43,7 @@ def production_stack(tmp_path_factory):
 
     import boto3
 
-    from mlops_airflow import loop
+    from mlops_demo import loop
 
     names = {k: f"{k}_{uuid.uuid4().hex[:8]}" for k in ("airflow", "mlflow", "log")}
     admin = sa.create_engine(f"{PG}/postgres", isolation_level="AUTOCOMMIT")

@@ -26,7 +26,7 @@ import pytest
 import sqlalchemy as sa
 
 from conftest import ServerProcess, dataset_config, free_port, wait_http
-from mlops_airflow.stack import load_profile, mlflow_server_cmd
+from mlops_demo.stack import load_profile, mlflow_server_cmd
 from pipelines import registry_auth
 from pipelines.storage import sql_url
 

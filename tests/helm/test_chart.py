@@ -323,7 +323,7 @@ def test_execution_config(rollout: tuple[str, list[dict[str, Any]]]) -> None:
 
 
 def test_execution_config_is_read_by_the_step_task_factory(tmp_path: Path) -> None:
-    """Contract with plugins/mlops_airflow/execution.py (strict model: unknown keys are errors)."""
+    """Contract with mlops_airflow/execution.py (strict model: unknown keys are errors)."""
     execution = pytest.importorskip("mlops_airflow.execution")
     values = merged(values_file("values-production.yaml"), {"imagePullSecrets": [{"name": "registry"}]})
     path = tmp_path / "execution.yaml"

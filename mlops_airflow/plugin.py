@@ -1,9 +1,9 @@
 """The project's Airflow plugin: the alert webhook on the API server and the DAGs' timetable.
 
-Airflow's plugin manager imports every ``.py`` under the plugins folder as a top-level module;
-this is the one that declares a plugin. It takes its parts from the ``mlops_airflow`` package,
-so a registered class keeps the import path the DAG files use (Airflow looks custom timetables
-up by that path when it reads a serialized DAG).
+Airflow finds it through the ``airflow.plugins`` entry point of the installed package
+(``pyproject.toml``), in every process it starts: no plugins folder, no ``PYTHONPATH``. A registered
+class keeps the import path the DAG files use (Airflow looks custom timetables up by that path when
+it reads a serialized DAG).
 """
 
 from airflow.plugins_manager import AirflowPlugin

@@ -1,7 +1,7 @@
 """The closed loop on real history, through the real Airflow scheduler: the project's main job.
 
-    python -m mlops_airflow.loop                    # train on Jan-Mar 2013, replay Apr-Dec
-    python -m mlops_airflow.loop --last 2013-05     # a shorter replay (the CI test runs two months)
+    python -m mlops_demo.loop                    # train on Jan-Mar 2013, replay Apr-Dec
+    python -m mlops_demo.loop --last 2013-05     # a shorter replay (the CI test runs two months)
 
 It starts the stack (MLflow server, Airflow scheduler + API server + DAG
 processor + triggerer, the model server), trains the first champion through the
@@ -29,11 +29,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mlops_airflow import stack
-from mlops_airflow.airflow_api import Airflow
-from mlops_airflow.console import say
-from mlops_airflow.loop_report import row_text, write_results
-from mlops_airflow.traffic import month_rows, post_feedback, replay, score_auc
+from mlops_demo import stack
+from mlops_demo.airflow_api import Airflow
+from mlops_demo.console import say
+from mlops_demo.loop_report import row_text, write_results
+from mlops_demo.traffic import month_rows, post_feedback, replay, score_auc
 from pipelines import processes, registry_auth, util
 
 DAGS = ("training", "deploy", "monitoring")
@@ -315,9 +315,7 @@ def _baseline_model(settings, config):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m mlops_airflow.loop", description=__doc__.split("\n\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m mlops_demo.loop", description=__doc__.split("\n\n")[0])
     parser.add_argument("--train-last", default="2013-03", help="the first champion trains up to this month")
     parser.add_argument("--first", default="2013-04", help="first month to replay (YYYY-MM)")
     parser.add_argument("--last", default="2013-12", help="last month to replay (YYYY-MM)")

@@ -10,7 +10,7 @@ import json
 import time
 from typing import Any
 
-from mlops_airflow.console import say
+from mlops_demo.console import say
 
 FINISHED = {"success", "failed"}
 # Airflow 3.3 shows a human-in-the-loop task waiting for its answer as "awaiting_input".

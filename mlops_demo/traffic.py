@@ -11,7 +11,7 @@ import asyncio
 import time
 from typing import Any
 
-from mlops_airflow.console import say
+from mlops_demo.console import say
 
 
 def month_rows(config, month: str):

@@ -1,8 +1,8 @@
 """The embedded local stack: Airflow on SQLite, MLflow on SQLite, artifacts on disk.
 
-    python -m mlops_airflow.stack demo    # train Jan-Mar 2013 and score April through Airflow
-    python -m mlops_airflow.stack up      # Airflow :8080, MLflow :5000, model server :8000
-    python -m mlops_airflow.stack down
+    python -m mlops_demo.stack demo    # train Jan-Mar 2013 and score April through Airflow
+    python -m mlops_demo.stack up      # Airflow :8080, MLflow :5000, model server :8000
+    python -m mlops_demo.stack down
 
 Everything lives under ``MLOPS_HOME`` (default ``<repo>/.mlops``). The Makefile
 wraps these. Airflow reads its configuration at import, so the environment is
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pipelines import processes, registry_auth, util
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 AIRFLOW_PORT = int(os.environ.get("MLOPS_AIRFLOW_PORT", "8080"))
 MLFLOW_PORT = int(os.environ.get("MLOPS_MLFLOW_PORT", "5000"))
 SERVING_PORT = int(os.environ.get("MLOPS_SERVING_PORT", "8000"))
@@ -68,7 +68,9 @@ def _embedded_env(home: Path, root: Path, bin_dir: str) -> dict[str, str]:
         "AIRFLOW__API__PORT": str(AIRFLOW_PORT),
         "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{AIRFLOW_PORT}/execution/",
-        "PYTHONPATH": os.pathsep.join(p for p in [str(root / "plugins"), os.environ.get("PYTHONPATH")] if p),
+        # the project's packages are installed (the plugin through its entry point); the checkout's
+        # root on the path is for the demo tooling, which Airflow never imports
+        "PYTHONPATH": os.pathsep.join(p for p in [str(root), os.environ.get("PYTHONPATH")] if p),
         "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
     }
@@ -286,7 +288,7 @@ def down(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mlops_airflow.stack")
+    parser = argparse.ArgumentParser(prog="python -m mlops_demo.stack")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("demo", help="train through Airflow on the bundled data, then print where to look")
     run.add_argument("--first", default="2013-01", help="first monthly interval (YYYY-MM)")
