@@ -1,13 +1,15 @@
 """The closed loop on real history, through the real Airflow scheduler: the project's main job.
 
-    python -m mlops_demo.loop                    # train on Jan-Mar 2013, replay Apr-Dec
+    python -m mlops_demo.loop                    # flights: train on Jan-Mar 2013, replay Apr-Dec
     python -m mlops_demo.loop --last 2013-05     # a shorter replay (the CI test runs two months)
+    MLOPS_CONFIG=my.yaml python -m mlops_demo.loop   # any dataset with a time column: its span's
+                                                 # first three months train, the rest is replayed
 
 It starts the stack (MLflow server, Airflow scheduler + API server + DAG
 processor + triggerer, the model server), trains the first champion through the
 ``training`` DAG and lets ``deploy`` put it live. Then, month by month, it sends
-that month's flights to the model server as traffic (each request carries the
-flights' scheduled hour as ``event_time``), posts the true outcomes as
+that month's rows to the model server as traffic (each request carries the
+rows' time as ``event_time``), posts the true outcomes as
 feedback, and triggers the ``monitoring`` DAG for the month. Everything after
 that is the system's own doing: drift or decay emits the retrain Asset event,
 the scheduler starts ``training`` on it, the gate and the ``deploy`` rollout
@@ -164,7 +166,9 @@ def run_loop(args: argparse.Namespace) -> int:
     from pipelines.settings import DEFAULT_CONFIG
 
     os.environ["MLOPS_HOME"] = str(home)
-    os.environ["MLOPS_CONFIG"] = str(loop_config(home, Path(args.config or DEFAULT_CONFIG), args.swing_band))
+    # --config, or the MLOPS_CONFIG a user set (`MLOPS_CONFIG=my.yaml make demo`), or the flights
+    given = args.config or os.environ.get("MLOPS_CONFIG") or DEFAULT_CONFIG
+    os.environ["MLOPS_CONFIG"] = str(loop_config(home, Path(given), args.swing_band))
     ports = {"airflow": args.airflow_port, "mlflow": args.mlflow_port, "server": args.serving_port}
     # SIGTERM (a CI timeout, kill) must stop the stack too, not orphan the scheduler's workers.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -195,7 +199,11 @@ def _loop(args: argparse.Namespace, home: Path, env: dict[str, str], ports: dict
     known = {dag: {r["dag_run_id"] for r in api.runs(dag)} for dag in DAGS}
     failures = []
 
-    first_end = util.next_month(args.train_last)
+    # the months: as given, or the config's span (its first three months train the first champion)
+    default = util.replay_months(config.schedule.start_date, config.schedule.end_date)
+    given = (args.train_last, args.first, args.last)
+    train_last, first, last = (g or d for g, d in zip(given, default, strict=True))
+    first_end = util.next_month(train_last)
     say(
         f"1. training the first champion on up to {config.ingest.window_months} months before {first_end} ..."
     )
@@ -213,7 +221,7 @@ def _loop(args: argparse.Namespace, home: Path, env: dict[str, str], ports: dict
         return 1
     baseline = _baseline_model(settings, config)
     table = []
-    months = util.months(args.first, args.last)
+    months = util.months(first, last)
     for i, month in enumerate(months, 1):
         say(f"2.{i} {month}: replaying the month as traffic ...")
         raw, x, label = month_rows(config, month)
@@ -223,7 +231,7 @@ def _loop(args: argparse.Namespace, home: Path, env: dict[str, str], ports: dict
         champion_rows = served[served["route"] == "champion"]
         row: dict[str, Any] = {
             "month": month,
-            "flights": len(served),
+            "rows": len(served),
             "serving": ", ".join(
                 f"v{v}: {n}" for v, n in served["model_version"].value_counts().sort_index().items()
             ),
@@ -285,7 +293,7 @@ def _loop(args: argparse.Namespace, home: Path, env: dict[str, str], ports: dict
         table.append(row)
         say(f"  {month}: {row_text(row)}")
         say(f"  policy: {row['reasons'] or 'no report'}")
-    _add_monthly_cron(config, table, args.first, args.last)
+    _add_monthly_cron(config, table, first, last)
     write_results(home, settings, config, table, api.approvals)
     for failure in failures:
         say(f"problem: {failure}")
@@ -316,9 +324,13 @@ def _baseline_model(settings, config):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mlops_demo.loop", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--train-last", default="2013-03", help="the first champion trains up to this month")
-    parser.add_argument("--first", default="2013-04", help="first month to replay (YYYY-MM)")
-    parser.add_argument("--last", default="2013-12", help="last month to replay (YYYY-MM)")
+    parser.add_argument(
+        "--train-last", help="the first champion trains up to this month (default: the span's third month)"
+    )
+    parser.add_argument(
+        "--first", help="first month to replay (YYYY-MM; default: the one after --train-last)"
+    )
+    parser.add_argument("--last", help="last month to replay (default: the last full month of the span)")
     parser.add_argument("--home", help="MLOPS_HOME of the loop's stores (default .mlops)")
     parser.add_argument("--config", help="pipeline config (default: the bundled flights dataset)")
     parser.add_argument("--fresh", action="store_true", help="start from empty stores (wipes MLOPS_HOME)")

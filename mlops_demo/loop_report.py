@@ -25,13 +25,13 @@ def row_text(row: dict[str, Any]) -> str:
 def table_text(table: list[dict[str, Any]]) -> str:
     """The month-by-month table the command prints, then each month's reasons."""
     head = (
-        f"{'month':8} {'flights':>7} {'w.drift':>7} {'est.AUC':>7} {'live AUC':>8} {'never':>6}"
+        f"{'month':8} {'rows':>7} {'w.drift':>7} {'est.AUC':>7} {'live AUC':>8} {'never':>6}"
         f" {'monthly':>7} {'verdict':11} {'retrain':8} {'new':10} {'rollout':15} serving"
     )
     lines = [head, "-" * len(head)]
     for r in table:
         lines.append(
-            f"{r['month']:8} {r['flights']:>7} {_fmt(r.get('weighted_drift'), '.2f'):>7}"
+            f"{r['month']:8} {r['rows']:>7} {_fmt(r.get('weighted_drift'), '.2f'):>7}"
             f" {_fmt(r.get('estimated_auc')):>7} {_fmt(r.get('live_auc')):>8}"
             f" {_fmt(r.get('never_retrain_auc')):>6} {_fmt(r.get('monthly_cron_auc')):>7}"
             f" {r.get('verdict', ''):11} {r.get('retrain', ''):8}"
@@ -71,5 +71,6 @@ def write_results(
     print(f"\nreport: {html_uri}")
     print(
         "The runs, the asset events and the models stay in the stores: `make up` opens the Airflow UI"
-        " (DAG runs, Assets) and MLflow (experiments flights-delay and flights-delay-monitoring)."
+        f" (DAG runs, Assets) and MLflow (experiments {config.registry.experiment} and"
+        f" {config.registry.experiment}-monitoring)."
     )

@@ -1,8 +1,9 @@
 """A month of the dataset's history as the model server's traffic, and its outcomes as feedback.
 
-Each request is one origin's departures in one scheduled hour (as a booking system scoring its
-departures would send them), carrying that hour as ``event_time``; answers are retried on 503 so
-that a model swap or a restart loses no traffic.
+Each request is the rows that share one time value and the config's ``dataset.request_group``
+columns (flights: one origin's departures in one scheduled hour, as a booking system scoring them
+would send them), carrying that time as ``event_time``; answers are retried on 503 so that a model
+swap or a restart loses no traffic.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from mlops_demo.console import say
 
 
 def month_rows(config, month: str):
-    """The month's flights (scheduled in the dataset's timezone), features and the true outcome."""
+    """The month's rows (in the schedule's timezone), their features and their true outcome."""
     import pandas as pd
 
     from pipelines import modeling, sources
@@ -32,22 +33,23 @@ def month_rows(config, month: str):
 
 
 def requests_of(raw, x, config) -> list[dict[str, Any]]:
-    """One request per origin and scheduled hour, as a booking system scoring its departures would."""
+    """One request per time value and ``dataset.request_group`` values, keyed by them for routing."""
     import numpy as np
 
     dataset = config.dataset
     records = x.astype(object).where(x.notna(), None).to_dict("records")
     out = []
-    groups = raw.groupby(["origin", dataset.time_column], sort=True).indices
-    for (origin, hour), index in groups.items():
+    groups = raw.groupby([*dataset.request_group, dataset.time_column], sort=True).indices
+    for values, index in groups.items():
+        *group, when = values if isinstance(values, tuple) else (values,)
         index = np.sort(index)
         out.append(
             {
                 "index": index,
                 "body": {
                     "records": [records[i] for i in index],
-                    "routing_key": f"{origin}:{hour}",
-                    "event_time": hour.isoformat(),
+                    "routing_key": ":".join(str(v) for v in [*group, when]),
+                    "event_time": when.isoformat(),
                 },
             }
         )
@@ -104,7 +106,7 @@ def replay(url: str, raw, x, label, config, concurrency: int = 8):
     frame.attrs["retried_503"] = retried
     seconds = time.time() - started
     say(
-        f"  sent {len(frame)} flights in {len(requests)} requests in {seconds:.1f}s"
+        f"  sent {len(frame)} rows in {len(requests)} requests in {seconds:.1f}s"
         f" ({len(requests) / max(seconds, 1e-9):.0f} req/s)"
     )
     return frame

@@ -183,15 +183,16 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def _cmd_backtest(args: argparse.Namespace) -> int:
-    from pipelines import backtest, reports, storage
+    from pipelines import backtest, reports, storage, util
     from pipelines.config import load_config
     from pipelines.settings import Settings
 
     settings = Settings.from_env()
     config = load_config(args.config or settings.config_path)
     windows = [None if w == "all" else int(w) for w in args.windows.split(",")]
+    _, first, last = util.replay_months(config.schedule.start_date, config.schedule.end_date)
     result = backtest.run(
-        config, first=args.first, last=args.last, windows=windows,
+        config, first=args.first or first, last=args.last or last, windows=windows,
         progress=lambda m: print(f"[backtest] {m}", file=sys.stderr, flush=True),
     )  # fmt: skip
     out = args.out or storage.join(settings.artifact_root, "backtest", config.dataset.name)
@@ -265,8 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
         "backtest", help="replay months under retraining policies and compare them (no Airflow, no server)"
     )
     backtest.add_argument("--config", help="dataset config (default: MLOPS_CONFIG or the bundled flights)")
-    backtest.add_argument("--first", default="2013-04", help="first month served (YYYY-MM)")
-    backtest.add_argument("--last", default="2013-12", help="last month served (YYYY-MM)")
+    backtest.add_argument(
+        "--first", help="first month served (YYYY-MM; default: the fourth month of the config's span)"
+    )
+    backtest.add_argument("--last", help="last month served (default: the last full month of the span)")
     backtest.add_argument("--windows", default="3,6,12", help="training windows to compare (months, or all)")
     backtest.add_argument("--out", help="folder or URL for backtest.json and backtest.html")
     backtest.set_defaults(func=_cmd_backtest)

@@ -172,9 +172,15 @@ class Dataset(Strict):
     date_parts: dict[str, DatePart] | None = None
     # Features that come from a feature store rather than from the source rows.
     feature_store: FeatureStoreConfig | None = None
+    # How clients send rows to the model server, for the closed loop's replay of the history: the
+    # rows that share these columns and one time value form one request. []: a request per time value.
+    request_group: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _label_is_not_a_feature(self) -> Dataset:
+        unknown = sorted(set(self.request_group) - {*self.key, *self.features.all, *self.slices})
+        if unknown:
+            raise ValueError(f"request_group columns {unknown} must be key, feature or slice columns")
         leaking = {self.target.name, *self.target.required} & set(self.features.all)
         if leaking:
             raise ValueError(f"label columns {sorted(leaking)} cannot be features: they leak the outcome")

@@ -201,7 +201,7 @@ def drift_html(report: dict[str, Any], reference, current, dataset) -> str:
 def loop_html(model: str, table: list[dict[str, Any]]) -> str:
     """The closed loop month by month: live ROC AUC with retraining vs never retraining, and drift."""
     png = loop_png(model, table)
-    columns = ["month", "flights", "drift_share", "drifted", "live_auc", "never_retrain_auc", "verdict",
+    columns = ["month", "rows", "drift_share", "drifted", "live_auc", "never_retrain_auc", "verdict",
                "retrain", "new_version", "gate", "rollout", "serving", "unanswered"]  # fmt: skip
     return _render("report_loop.html.j2", model=model, figure_png=png, rows=table, columns=columns)
 

@@ -85,3 +85,25 @@ def next_month(month: str) -> str:
     year, mon = int(month[:4]), int(month[5:7])
     year, mon = (year + 1, 1) if mon == 12 else (year, mon + 1)
     return f"{year:04d}-{mon:02d}-01"
+
+
+def replay_months(
+    start_date: str, end_date: str | None, train_months: int = 3, now: datetime | None = None
+) -> tuple[str, str, str]:
+    """The months a replay of a dataset's span uses: ``(train_last, first, last)`` as ``YYYY-MM``.
+
+    The first champion trains on the span's first ``train_months`` months; each month after them is
+    served, up to the last full month of the span (``end_date`` is exclusive; no end: the last full
+    month before ``now``). A span too short for one served month is an error that says so.
+    """
+    end = end_date or (now or utc_now()).strftime("%Y-%m-%d")
+    year, month = int(end[:4]), int(end[5:7])  # the end's own month is not full (the end is exclusive)
+    year, month = (year - 1, 12) if month == 1 else (year, month - 1)
+    last = f"{year:04d}-{month:02d}"
+    span = months(start_date[:7], last) if start_date[:7] <= last else []
+    if len(span) <= train_months:
+        raise ConfigError(
+            f"schedule.start_date {start_date} to end_date {end_date or 'now'} holds {len(span)} full "
+            f"month(s): a replay needs more than {train_months} (the first champion trains on them)"
+        )
+    return span[train_months - 1], span[train_months], last

@@ -84,13 +84,13 @@ def _runs(home: Path, dag_id: str) -> list[tuple[str, str, str]]:
 def test_the_loop_runs_and_prints_the_month_by_month_table(loop):
     done, home = loop
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    assert "month    flights w.drift est.AUC live AUC  never monthly" in done.stdout
+    assert "month       rows w.drift est.AUC live AUC  never monthly" in done.stdout
     assert "mean ROC AUC: with the loop" in done.stdout and "a monthly cron 0." in done.stdout
     assert "2013-04: importance-weighted drift 0." in done.stdout  # each month's reasons
     table = json.loads((home / "artifacts" / "loop" / "loop.json").read_text())
     assert [row["month"] for row in table] == ["2013-04", "2013-05"]
     for row in table:
-        assert row["flights"] > 20_000 and row["unanswered"] == 0  # every flight got an answer
+        assert row["rows"] > 20_000 and row["unanswered"] == 0  # every flight got an answer
         assert 0.55 < row["live_auc"] < 0.9 and 0.55 < row["never_retrain_auc"] < 0.9
         assert 0.55 < row["monthly_cron_auc"] < 0.9
         # estimated from the calibrated probabilities before the labels, then checked against them
