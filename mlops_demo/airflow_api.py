@@ -15,7 +15,9 @@ from mlops_demo.console import say
 FINISHED = {"success", "failed"}
 # Airflow 3.3 shows a human-in-the-loop task waiting for its answer as "awaiting_input".
 WAITING_FOR_A_PERSON = {"awaiting_input", "deferred"}
-APPROVAL_DELAY_S = 4.0
+# How long an approval waits before the replay answers it (see ``wait``): 4 s was too short on a
+# loaded machine (two test workers on two cores), where each early answer cost a retry of 40-110 s.
+APPROVAL_DELAY_S = 15.0
 
 
 class Airflow:
@@ -85,8 +87,9 @@ class Airflow:
                 return {**run, "tasks": tasks}
             waiting = tasks.get("approve") in WAITING_FOR_A_PERSON
             waiting_since = (waiting_since or time.time()) if waiting else None
-            # Answer like a person: not within a second of the request. Airflow 3.3.2 fails the
-            # task (up_for_retry) when the answer re-queues it before the scheduler has taken
+            # Answer like a person: not within seconds of the request. Airflow 3.3.2 fails the
+            # task (up_for_retry: "Task Instance not found, it may have been moved to the Task
+            # Instance History table") when the answer re-queues it before the scheduler has taken
             # the pausing worker's exit event; a retried task asks again and is answered again.
             if waiting and self.auto_approve and time.time() - waiting_since >= APPROVAL_DELAY_S:
                 self.approve(dag_id, run_id)

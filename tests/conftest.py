@@ -43,10 +43,33 @@ os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{SESSION_HOME / 'mlflow.db'}"
 DEFAULT_CONFIG = ROOT / "pipelines" / "datasets" / "flights.yaml"
 
 
+def ephemeral_ports() -> range:
+    """The ports the kernel hands out to outgoing connections (``ip_local_port_range``)."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's default
+    return range(low, high + 1)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free loopback port for a server a test starts, below the ephemeral range.
+
+    A port the kernel picked (bind to 0) lies in the ephemeral range, where any outgoing connection
+    of the machine may take it before the server binds it: on two test workers, a stack's Airflow
+    API server once lost its port that way ("address already in use"). Below that range only
+    servers bind, and each picks at random.
+    """
+    low = max(ephemeral_ports().start, 10_001)
+    for _ in range(100):
+        port = 10_000 + int.from_bytes(os.urandom(4), "big") % (low - 10_000)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in 10000-{low - 1}")
 
 
 def wait_http(url: str, timeout: float) -> None:

@@ -99,3 +99,17 @@ def test_wait_http_gives_up_on_a_closed_port():
     started = time.monotonic()
     assert wait_http("http://127.0.0.1:9/health", timeout=0.5, interval=0.1) is False
     assert time.monotonic() - started < 5
+
+
+def test_the_tests_servers_get_ports_no_outgoing_connection_can_take():
+    import socket
+
+    from conftest import ephemeral_ports, free_port
+
+    ports = {free_port() for _ in range(50)}
+    assert len(ports) > 40  # picked at random, not one after the other
+    for port in ports:
+        assert 10_000 <= port < ephemeral_ports().start, port
+    port = ports.pop()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))  # and free when handed out
