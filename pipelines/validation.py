@@ -186,8 +186,10 @@ def describe_failure(result: dict[str, Any]) -> str:
     return f"{name}({cols}): observed {result['observed_value']!r}, expected {bounds}"
 
 
-def reference_expectations(profile: dict[str, Any]) -> list[dict[str, Any]]:
-    """Checks of a new snapshot against the training data of the current champion.
+def reference_expectations(
+    profile: dict[str, Any], frame: pd.DataFrame | None = None
+) -> list[dict[str, Any]]:
+    """Checks of a new snapshot (``frame``) against the training data of the current champion.
 
     They catch broken data (a unit change, a column of nulls, a renamed
     category set), not ordinary drift: the bands are wide on purpose, and
@@ -226,12 +228,24 @@ def reference_expectations(profile: dict[str, Any]) -> list[dict[str, Any]]:
                 "type": "expect_column_values_to_be_in_set",
                 "kwargs": {
                     "column": col,
-                    "value_set": sorted(stats["frequencies"]),
+                    "value_set": _known_categories(stats["frequencies"], frame, col),
                     "mostly": 1 - MAX_NEW_CATEGORY_SHARE,
                 },
             }
         )
     return spec
+
+
+def _known_categories(frequencies: dict[str, float], frame: pd.DataFrame | None, column: str) -> list[Any]:
+    """The champion's categories, as the profile keeps them (the strings the model reads) and as the
+    snapshot holds them (a boolean or integer source column): a value is known when the model would
+    read it as one of them."""
+    known = sorted(frequencies)
+    if frame is None or column not in frame.columns or frame[column].dtype == object:
+        return known
+    values = pd.Series(frame[column].dropna().unique())
+    as_read = values.astype("string")  # as modeling.model_input reads a category
+    return known + [v for v in values[as_read.isin(known)].tolist() if not isinstance(v, str)]
 
 
 def degenerate_expectations(features: list[str], profile: dict[str, Any] | None) -> list[dict[str, Any]]:

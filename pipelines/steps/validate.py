@@ -54,7 +54,7 @@ def run(ctx: StepContext, inputs: ValidateInputs) -> ValidateResult | Skipped:
         spec = validation.without_columns(spec, {ctx.config.dataset.target.name})
     profile, reference_version = _reference_profile(ctx)
     if profile:
-        spec = spec + validation.reference_expectations(profile)
+        spec = spec + validation.reference_expectations(profile, snapshot)
     if ingested.get("labelled") is not False:  # training data: a constant feature is broken data
         spec = spec + validation.degenerate_expectations(ctx.config.dataset.features.all, profile)
     docs_dir = storage.local_path(storage.join(out_dir, "data_docs")) or storage.join(

@@ -190,6 +190,41 @@ def test_reference_profile_catches_a_unit_change(sliced):
     assert failed and all("temp" in line for line in failed)
 
 
+def test_a_boolean_or_integer_category_passes_the_reference_check_it_came_from(tmp_path):
+    """The profile keeps categories as the model reads them (strings); the snapshot keeps the
+    source's types. The car loans' boolean ``repaid_loan_on_prev_car`` failed every retrain with
+    "100% unexpected values [True, False]" until the check compared like with like."""
+    from pipelines import validation
+    from pipelines.config import load_config
+    from pipelines.settings import DEFAULT_CONFIG
+
+    dataset = load_config(DEFAULT_CONFIG.with_name("car_loan.yaml")).dataset
+    n = 400
+    frame = pd.DataFrame(
+        {
+            "car_value": np.linspace(1e4, 9e4, n), "debt_to_income_ratio": np.linspace(0, 1, n),
+            "loan_length": np.arange(n) % 10, "driver_tenure": np.linspace(0, 9, n),
+            "salary_range": np.array(["0 - 20K €", "20K - 40K €"])[np.arange(n) % 2],
+            "size_of_downpayment": np.array(["0%", "10%", "20%"])[np.arange(n) % 3],
+            "repaid_loan_on_prev_car": np.arange(n) % 3 == 0,  # a bool column
+            dataset.target.name: np.arange(n) % 2 == 0,
+        }
+    )  # fmt: skip
+    frame["loan_length"] = frame["loan_length"].astype("int64")
+    profile = modeling.reference_profile(frame, dataset)
+    assert set(profile["categorical"]["repaid_loan_on_prev_car"]["frequencies"]) == {"True", "False"}
+    checks = validation.reference_expectations(profile, frame)
+    report = validation.validate_frame(frame, checks, "ref", str(tmp_path / "docs"))
+    failed = [validation.describe_failure(r) for r in report["results"] if not r["success"]]
+    assert report["success"], failed
+    # a category the champion never saw still fails, in the source's own type too
+    novel = frame.assign(size_of_downpayment="50%")
+    report = validation.validate_frame(novel, validation.reference_expectations(profile, novel), "ref",
+                                       str(tmp_path / "docs"))  # fmt: skip
+    failed = [validation.describe_failure(r) for r in report["results"] if not r["success"]]
+    assert failed and all("size_of_downpayment" in line for line in failed), failed
+
+
 def test_reference_nulls_are_checked_on_dense_columns_only():
     from pipelines import validation
 
