@@ -336,7 +336,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fresh", action="store_true", help="start from empty stores (wipes MLOPS_HOME)")
     parser.add_argument("--keep-up", action="store_true", help="leave the stack running at the end")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight while replaying")
-    parser.add_argument("--rollout-wait", type=float, default=300, help="seconds to wait for a verdict")
+    parser.add_argument(
+        "--rollout-wait", type=float, default=90,
+        help="seconds to wait for a rollout's verdict once the month's traffic is in; a sample that"
+        " needs more traffic goes on collecting it next month",
+    )  # fmt: skip
     parser.add_argument(
         "--swing-band", type=float, default=None, help="override gate.swing_band (wider swings need approval)"
     )
