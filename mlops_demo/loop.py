@@ -153,6 +153,18 @@ def _wait_for_deploy(
     return run_id, waiting
 
 
+def exit_on_sigterm() -> None:
+    """SIGTERM (a CI timeout, kill) exits through the ``finally`` that stops the stack, so that the
+    scheduler's workers are not orphaned; a second SIGTERM while that runs is ignored, or it would
+    cut the stopping short and leave Airflow running (as ``pkill`` twice once did)."""
+
+    def terminate(*_: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        sys.exit(143)
+
+    signal.signal(signal.SIGTERM, terminate)
+
+
 def run_loop(args: argparse.Namespace) -> int:
     home = Path(args.home or os.environ.get("MLOPS_HOME") or stack.ROOT / ".mlops").resolve()
     if args.fresh and home.exists():
@@ -170,8 +182,7 @@ def run_loop(args: argparse.Namespace) -> int:
     given = args.config or os.environ.get("MLOPS_CONFIG") or DEFAULT_CONFIG
     os.environ["MLOPS_CONFIG"] = str(loop_config(home, Path(given), args.swing_band))
     ports = {"airflow": args.airflow_port, "mlflow": args.mlflow_port, "server": args.serving_port}
-    # SIGTERM (a CI timeout, kill) must stop the stack too, not orphan the scheduler's workers.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    exit_on_sigterm()
     run, env = start_stack(home, ports)
     try:
         return _loop(args, home, env, ports)

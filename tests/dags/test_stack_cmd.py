@@ -14,3 +14,38 @@ def test_the_backend_uri_with_its_password_stays_off_the_command_line(tmp_path: 
     assert "db-secret-value" not in " ".join(argv) and "--backend-store-uri" not in argv
     embedded = mlflow_server_cmd(tmp_path, 5000, {})  # no secret in a SQLite path: given outright
     assert embedded[embedded.index("--backend-store-uri") + 1] == f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+STOPPING = """
+import sys, time
+from pathlib import Path
+from mlops_demo.loop import exit_on_sigterm
+exit_on_sigterm()
+try:
+    print("ready", flush=True)
+    time.sleep(60)
+finally:
+    print("stopping the stack", flush=True)
+    time.sleep(2)
+    Path(sys.argv[1]).write_text("stopped")
+"""
+
+
+def test_a_second_sigterm_does_not_cut_the_loops_cleanup_short(tmp_path: Path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    marker = tmp_path / "stopped"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STOPPING, str(marker)], stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )  # fmt: skip
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.stdout.readline().strip() == "stopping the stack"
+    proc.send_signal(signal.SIGTERM)  # kill, then kill again: the stack must still be stopped
+    assert proc.wait(30) == 143
+    assert marker.read_text() == "stopped"
