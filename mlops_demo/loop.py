@@ -98,8 +98,7 @@ def start_stack(home: Path, ports: dict[str, int]) -> tuple[processes.Supervisor
     say("preparing Airflow's metadata database and DAGs ...")
     subprocess.run(["airflow", "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
     subprocess.run(["airflow", "dags", "reserialize"], env=env, check=True, stdout=subprocess.DEVNULL)
-    for dag_id in DAGS:
-        subprocess.run(["airflow", "dags", "unpause", dag_id], env=env, check=True, stdout=subprocess.DEVNULL)
+    stack.unpause(DAGS, env)
     # MLflow first: it creates or upgrades its database, which nobody else may touch meanwhile.
     if not stack.start_registry(run.start, home, ports["mlflow"], env):
         raise SystemExit(f"MLflow did not start: see {home / 'logs' / 'mlflow.log'}")

@@ -14,10 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from pipelines import processes, registry_auth, util
@@ -83,6 +85,13 @@ def _apply_env(home: Path | None = None) -> dict[str, str]:
         if path not in sys.path:
             sys.path.insert(0, path)
     return env
+
+
+def unpause(dag_ids: Iterable[str], env: dict[str, str], check: bool = True) -> None:
+    """Unpause these DAGs, in one Airflow command (each command pays Airflow's import, ~3 s)."""
+    pattern = "^(" + "|".join(re.escape(d) for d in dag_ids) + ")$"
+    cmd = ["airflow", "dags", "unpause", "--yes", "--treat-dag-id-as-regex", pattern]
+    subprocess.run(cmd, env=env, check=check, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def migrate() -> None:
@@ -248,8 +257,8 @@ def up(args: argparse.Namespace) -> int:
     registry_auth.server_env(home, env)  # a missing secret stops here, before anything starts
     migrate()
     subprocess.run(["airflow", "dags", "reserialize"], env=env, check=True, stdout=subprocess.DEVNULL)
-    for dag_id in ("training", "deploy"):  # a registered challenger then flows on to deploy by itself
-        subprocess.run(["airflow", "dags", "unpause", dag_id], env=env, stdout=subprocess.DEVNULL)
+    # a registered challenger then flows on to deploy by itself
+    unpause(("training", "deploy"), env, check=False)
     # MLflow first: it creates or upgrades its database, which nobody else may touch meanwhile.
     # ``make down`` stops them by the process-group ids left in the run folder
     services = processes.Supervisor(logs=home / "logs", env=env, pid_dir=_run_dir())
