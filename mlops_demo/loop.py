@@ -209,10 +209,11 @@ def _loop(args: argparse.Namespace, home: Path, env: dict[str, str], ports: dict
     known = {dag: {r["dag_run_id"] for r in api.runs(dag)} for dag in DAGS}
     failures = []
 
-    # the months: as given, or the config's span (its first three months train the first champion)
-    default = util.replay_months(config.schedule.start_date, config.schedule.end_date)
-    given = (args.train_last, args.first, args.last)
-    train_last, first, last = (g or d for g, d in zip(given, default, strict=True))
+    # the months: as given, or from the config's span (its first three months train the first champion)
+    train_last, first, last = util.replay_months(
+        config.schedule.start_date, config.schedule.end_date,
+        train_last=args.train_last, first=args.first, last=args.last,
+    )  # fmt: skip
     first_end = util.next_month(train_last)
     say(
         f"1. training the first champion on up to {config.ingest.window_months} months before {first_end} ..."
@@ -335,7 +336,8 @@ def _baseline_model(settings, config):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mlops_demo.loop", description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--train-last", help="the first champion trains up to this month (default: the span's third month)"
+        "--train-last",
+        help="the first champion trains up to this month (default: before --first, else the span's third)",
     )
     parser.add_argument(
         "--first", help="first month to replay (YYYY-MM; default: the one after --train-last)"

@@ -190,9 +190,11 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     config = load_config(args.config or settings.config_path)
     windows = [None if w == "all" else int(w) for w in args.windows.split(",")]
-    _, first, last = util.replay_months(config.schedule.start_date, config.schedule.end_date)
+    _, first, last = util.replay_months(
+        config.schedule.start_date, config.schedule.end_date, first=args.first, last=args.last
+    )
     result = backtest.run(
-        config, first=args.first or first, last=args.last or last, windows=windows,
+        config, first=first, last=last, windows=windows,
         progress=lambda m: print(f"[backtest] {m}", file=sys.stderr, flush=True),
     )  # fmt: skip
     out = args.out or storage.join(settings.artifact_root, "backtest", config.dataset.name)

@@ -69,6 +69,12 @@ def env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
+def add_months(month: str, count: int) -> str:
+    """``month`` (``YYYY-MM``, or a full date) moved by ``count`` months, as ``YYYY-MM``."""
+    year, index = divmod(int(month[:4]) * 12 + int(month[5:7]) - 1 + count, 12)
+    return f"{year:04d}-{index + 1:02d}"
+
+
 def months(first: str, last: str) -> list[str]:
     """Each month from ``first`` to ``last`` inclusive, as ``YYYY-MM`` (either may be a full date)."""
     year, month = int(first[:4]), int(first[5:7])
@@ -88,22 +94,32 @@ def next_month(month: str) -> str:
 
 
 def replay_months(
-    start_date: str, end_date: str | None, train_months: int = 3, now: datetime | None = None
+    start_date: str,
+    end_date: str | None,
+    train_months: int = 3,
+    now: datetime | None = None,
+    *,
+    train_last: str | None = None,
+    first: str | None = None,
+    last: str | None = None,
 ) -> tuple[str, str, str]:
     """The months a replay of a dataset's span uses: ``(train_last, first, last)`` as ``YYYY-MM``.
 
-    The first champion trains on the span's first ``train_months`` months; each month after them is
-    served, up to the last full month of the span (``end_date`` is exclusive; no end: the last full
-    month before ``now``). A span too short for one served month is an error that says so.
+    Months given are kept; the replay starts the month after ``train_last``, which is the month
+    before ``first``. What is missing comes from the span: the first champion trains on its first
+    ``train_months`` months, and the replay runs to its last full month (``end_date`` is exclusive;
+    no end: the last full month before ``now``). A span too short for one served month is an error
+    that says so; the span is read only when a month is missing.
     """
-    end = end_date or (now or utc_now()).strftime("%Y-%m-%d")
-    year, month = int(end[:4]), int(end[5:7])  # the end's own month is not full (the end is exclusive)
-    year, month = (year - 1, 12) if month == 1 else (year, month - 1)
-    last = f"{year:04d}-{month:02d}"
-    span = months(start_date[:7], last) if start_date[:7] <= last else []
-    if len(span) <= train_months:
-        raise ConfigError(
-            f"schedule.start_date {start_date} to end_date {end_date or 'now'} holds {len(span)} full "
-            f"month(s): a replay needs more than {train_months} (the first champion trains on them)"
-        )
-    return span[train_months - 1], span[train_months], last
+    if first:
+        train_last = train_last or add_months(first, -1)
+    if not (train_last and last):
+        end = end_date or (now or utc_now()).strftime("%Y-%m-%d")
+        span = months(start_date, end)[:-1]  # the end's own month is not full (the end is exclusive)
+        if len(span) <= train_months:
+            raise ConfigError(
+                f"schedule.start_date {start_date} to end_date {end_date or 'now'} holds {len(span)} full "
+                f"month(s): a replay needs more than {train_months} (the first champion trains on them)"
+            )
+        train_last, last = train_last or span[train_months - 1], last or span[-1]
+    return train_last, first or add_months(train_last, 1), last

@@ -46,3 +46,21 @@ def test_a_span_too_short_for_a_replay_says_so():
         replay_months("2013-01-01", "2013-04-01")
     with pytest.raises(ConfigError, match="holds 0 full month"):
         replay_months("2013-05-01", "2013-04-01")
+
+
+def test_replay_months_given_are_kept_and_only_the_missing_come_from_the_span():
+    # the replay starts right after the given training months (the loop's --train-last alone)
+    assert replay_months("2013-01-01", "2014-01-01", train_last="2013-05") == (
+        "2013-05",
+        "2013-06",
+        "2013-12",
+    )
+    # a given first month: the champion trains up to the month before it
+    assert replay_months("2013-01-01", "2014-01-01", first="2013-08")[:2] == ("2013-07", "2013-08")
+    # everything given: the span is not read, so a short span is no error
+    given = {"train_last": "2013-01", "first": "2013-02", "last": "2013-03"}
+    assert replay_months("2013-01-01", "2013-04-01", **given) == ("2013-01", "2013-02", "2013-03")
+    assert replay_months("2013-01-01", "2013-04-01", first="2013-02", last="2013-03")[1:] == (
+        "2013-02",
+        "2013-03",
+    )
