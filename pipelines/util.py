@@ -77,20 +77,15 @@ def add_months(month: str, count: int) -> str:
 
 def months(first: str, last: str) -> list[str]:
     """Each month from ``first`` to ``last`` inclusive, as ``YYYY-MM`` (either may be a full date)."""
-    year, month = int(first[:4]), int(first[5:7])
-    stop = (int(last[:4]), int(last[5:7]))
-    out = []
-    while (year, month) <= stop:
-        out.append(f"{year:04d}-{month:02d}")
-        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
-    return out
+    out = [first[:7]]
+    while out[-1] <= last[:7]:
+        out.append(add_months(out[-1], 1))
+    return out[:-1]
 
 
 def next_month(month: str) -> str:
     """The first day of the month after ``month`` (``YYYY-MM``), as ``YYYY-MM-DD``."""
-    year, mon = int(month[:4]), int(month[5:7])
-    year, mon = (year + 1, 1) if mon == 12 else (year, mon + 1)
-    return f"{year:04d}-{mon:02d}-01"
+    return f"{add_months(month, 1)}-01"
 
 
 def replay_months(

@@ -241,7 +241,7 @@ def _known_categories(frequencies: dict[str, float], frame: pd.DataFrame | None,
     snapshot holds them (a boolean or integer source column): a value is known when the model would
     read it as one of them."""
     known = sorted(frequencies)
-    if frame is None or column not in frame.columns or frame[column].dtype == object:
+    if frame is None or column not in frame.columns:
         return known
     values = pd.Series(frame[column].dropna().unique())
     as_read = values.astype("string")  # as modeling.model_input reads a category
