@@ -70,9 +70,10 @@ def test_stopping_the_leader_takes_the_lingering_child_with_it(tmp_path):
     log = tmp_path / "leader.log"
     proc = start_group([sys.executable, "-c", LEADER], dict(os.environ), log)
     child = _child_pid(log)
-    started = time.monotonic()
-    stop_group(proc, first=signal.SIGINT, grace=10)
-    assert proc.returncode is not None and time.monotonic() - started < 8  # the leader left on SIGINT
+    # a generous grace: on a loaded machine the leader's exit may take seconds, and what matters is
+    # how it left (SIGINT, not the SIGKILL that follows the grace), not how fast
+    stop_group(proc, first=signal.SIGINT, grace=60)
+    assert proc.returncode == -signal.SIGINT  # the leader left on SIGINT (Python re-raises it on exit)
     assert _gone(child) and _group_gone(proc.pid)
 
 
