@@ -109,14 +109,21 @@ def retrain_requests(notification: Notification) -> tuple[list[Alert], list[dict
     return wanted, ignored
 
 
-def cooldown_hours() -> float:
-    """How long an episode lasts: the environment's setting, else the model config's."""
+def cooldown_hours(model: str | None = None) -> float:
+    """How long an episode of ``model`` lasts: the environment's setting, else the model's config's.
+
+    The model's config is its entry in the catalogue (``MLOPS_CONFIG_DIR``), else ``MLOPS_CONFIG``.
+    """
     if os.environ.get(COOLDOWN_ENV):
         return float(os.environ[COOLDOWN_ENV])
+    from pipelines.catalogue import find_model
     from pipelines.config import load_config
     from pipelines.settings import Settings
 
-    return load_config(Settings.from_env().config_path).monitoring.retrain.cooldown_hours
+    settings = Settings.from_env()
+    entry = find_model(model, settings) if model and settings.config_dir else None
+    config = entry.config if entry and entry.config else load_config(settings.config_path)
+    return config.monitoring.retrain.cooldown_hours
 
 
 def serving_champion(model: str) -> str | None:
@@ -254,7 +261,7 @@ def _act_on(notification: Notification) -> dict[str, Any]:
     models = sorted({a.labels["model"] for a in wanted})
     # Outside the transaction: the registry may be slow, and the asset rows stay locked meanwhile.
     champions = champions_within(models, CHAMPION_TIMEOUT_SECONDS)
-    cooldown = timedelta(hours=cooldown_hours())
+    cooldowns = {model: timedelta(hours=cooldown_hours(model)) for model in models}
     from airflow.models.asset import AssetModel
     from airflow.utils.session import create_session
     from sqlalchemy import select
@@ -273,7 +280,7 @@ def _act_on(notification: Notification) -> dict[str, Any]:
             assets[model] = asset
         for alert in wanted:
             model = alert.labels["model"]
-            outcome, event_id = _record(session, assets[model], alert, champions[model], cooldown)
+            outcome, event_id = _record(session, assets[model], alert, champions[model], cooldowns[model])
             entry = {"fingerprint": alert.fingerprint, "model": model, "event_id": event_id}
             outcomes[outcome].append(entry)
             log.info(

@@ -14,13 +14,47 @@ from airflow.sdk import Asset, AssetOrTimeSchedule, Param
 from mlops_airflow.notifiers import RetrainNotifier
 from mlops_airflow.schedules import DataSpanTimetable, dag_start
 from pipelines import run_parameters
+from pipelines.catalogue import Model, load_catalogue
 from pipelines.config import PipelineConfig, load_config
+from pipelines.errors import ConfigError
 from pipelines.settings import Settings
 
 
 def pipeline_config() -> PipelineConfig:
     """The pipeline config the environment names (``MLOPS_CONFIG``, else the bundled flights one)."""
     return load_config(Settings.from_env().config_path)
+
+
+def models() -> list[Model]:
+    """The models each DAG file builds its DAGs for: the catalogue's loaded configs.
+
+    With ``MLOPS_CONFIG_DIR`` that is every config of the folder (ids ``<dag>__<model>``); without,
+    the one config of ``MLOPS_CONFIG`` (plain ids). Configs that do not load, or a folder that does
+    not exist, give no DAG here: ``dags/catalogue.py`` reports them as its import error instead, so
+    that one model's bad file never stops the other models' DAGs.
+    """
+    try:
+        return [model for model in load_catalogue() if model.config is not None]
+    except ConfigError:
+        return []
+
+
+def raise_catalogue_errors() -> None:
+    """Raise one error naming every model whose config does not load, with its validation message."""
+    try:
+        broken = [model for model in load_catalogue() if model.error]
+    except ConfigError as exc:
+        raise CatalogueError(str(exc)) from None
+    if broken:
+        lines = [f"{model.path}: {model.error}" for model in broken]
+        raise CatalogueError(
+            f"{len(broken)} model config(s) of the catalogue do not load; their DAGs are left out, "
+            "the other models' DAGs are unaffected:\n" + "\n".join(lines)
+        )
+
+
+class CatalogueError(Exception):
+    """One or more configs of the model catalogue are invalid (shown as an import error)."""
 
 
 def model_assets(config: PipelineConfig) -> tuple[Asset, Asset]:

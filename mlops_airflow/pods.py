@@ -14,6 +14,8 @@ home are emptyDirs. Requests and limits come per step from the execution config.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
@@ -22,6 +24,7 @@ from kubernetes.client import models as k8s
 
 from mlops_airflow.execution import STEP_UID, Execution, load_execution, step_arguments
 from mlops_airflow.task_context import finish, run_context
+from pipelines.settings import DEFAULT_CONFIG
 
 XCOM_PATH = "/airflow/xcom/return.json"
 POD_SECURITY_CONTEXT = {
@@ -122,10 +125,21 @@ def _env_vars(cfg: Execution) -> list[k8s.V1EnvVar]:
 
 
 def step_pod_operator(
-    step: str, inputs: dict[str, Any], *, cfg: Execution | None = None, **kwargs: Any
+    step: str,
+    inputs: dict[str, Any],
+    *,
+    cfg: Execution | None = None,
+    config_path: str | None = None,
+    **kwargs: Any,
 ) -> StepPodOperator:
-    """The task that runs ``step`` as a pod, configured from the execution config."""
+    """The task that runs ``step`` as a pod, configured from the execution config.
+
+    ``config_path`` (a catalogue model's config) becomes the pod's ``MLOPS_CONFIG``: the catalogue
+    folder must be mounted at the same path in the pods (the chart's ``volumes``/``volume_mounts``).
+    """
     cfg = cfg or load_execution()
+    if config_path is not None and Path(config_path).resolve() != DEFAULT_CONFIG.resolve():
+        cfg = cfg.model_copy(update={"env": {**cfg.env, "MLOPS_CONFIG": config_path}})
     k = cfg.kubernetes
     kwargs.setdefault("task_id", step)
     return StepPodOperator(
@@ -160,6 +174,7 @@ def step_pod_operator(
 
 def run_step_in_pod(step: str, inputs: dict[str, Any], **context: Any) -> dict[str, Any]:
     """One pod run of ``step`` from inside another task (a sensor's poke): its raw result."""
-    op = step_pod_operator(step, inputs, task_id=f"{step}_poke")
+    # the sensor set the model's config for this poke (``step_tasks.model_environment``)
+    op = step_pod_operator(step, inputs, task_id=f"{step}_poke", config_path=os.environ.get("MLOPS_CONFIG"))
     op.set_step_arguments(context)
     return KubernetesPodOperator.execute(op, context) or {}

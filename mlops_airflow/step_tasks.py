@@ -16,13 +16,14 @@ at DAG-parse time.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -33,6 +34,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from mlops_airflow.containers import run_step_in_container
 from mlops_airflow.execution import load_execution
 from mlops_airflow.task_context import finish, last_error, run_context, skip_if_skipped
+from pipelines.catalogue import Model
 from pipelines.cli import EXIT_NOT_RETRYABLE, EXIT_SKIPPED
 from pipelines.pipeline import POLLED_STEPS, StepSpec
 
@@ -78,25 +80,49 @@ def run_step_in_subprocess(step: str, inputs: dict[str, Any], **context: Any) ->
             return finish(json.load(fh), context)
 
 
+@contextlib.contextmanager
+def model_environment(config_path: str | None) -> Iterator[None]:
+    """``MLOPS_CONFIG=config_path`` for the duration of one step (nothing when None), then the old one."""
+    if config_path is None:
+        yield
+        return
+    saved = os.environ.get("MLOPS_CONFIG")
+    os.environ["MLOPS_CONFIG"] = config_path
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("MLOPS_CONFIG", None)
+        else:
+            os.environ["MLOPS_CONFIG"] = saved
+
+
 def with_connections(callable_: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
-    """Run a step with the registry and serving credentials of the Airflow connections."""
+    """Run a step with the registry and serving credentials of the Airflow connections.
+
+    ``config_path`` (a keyword of the task) is the model's pipeline config: it becomes the step's
+    ``MLOPS_CONFIG`` in every mode (this process, the child, the container), so that one worker
+    runs the steps of every model of the catalogue.
+    """
 
     @functools.wraps(callable_)
-    def run(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    def run(*args: Any, config_path: str | None = None, **kwargs: Any) -> dict[str, Any]:
         from mlops_airflow.credentials import connection_environment
 
-        with connection_environment():
+        with connection_environment(), model_environment(config_path):
             return callable_(*args, **kwargs)
 
     return run
 
 
 def _python_task(callable_: Callable[..., Any]) -> Callable[..., PythonOperator]:
-    def build(step: str, inputs: dict[str, Any], **kwargs: Any) -> PythonOperator:
+    def build(
+        step: str, inputs: dict[str, Any], config_path: str | None = None, **kwargs: Any
+    ) -> PythonOperator:
         return PythonOperator(
             task_id=step,
             python_callable=with_connections(callable_),
-            op_kwargs={"step": step, "inputs": inputs},
+            op_kwargs={"step": step, "inputs": inputs, "config_path": config_path},
             doc_md=f"Runs `mlops step {step}`.",
             **kwargs,
         )
@@ -131,13 +157,15 @@ RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
 }
 
 
-def poke_step(step: str, inputs: dict[str, Any], mode: str, **context: Any) -> PokeReturnValue:
+def poke_step(
+    step: str, inputs: dict[str, Any], mode: str, config_path: str | None = None, **context: Any
+) -> PokeReturnValue:
     """One poke of a polled step: done when its result no longer says ``status: waiting``.
 
     In the container modes each poke is one short container or pod, so a long wait holds no
     resources between pokes.
     """
-    result = with_connections(RUNNERS[mode])(step, inputs, **context)
+    result = with_connections(RUNNERS[mode])(step, inputs, config_path=config_path, **context)
     return PokeReturnValue(is_done=result.get("status") != "waiting", xcom_value=result)
 
 
@@ -146,6 +174,7 @@ def sensor_task(
     inputs: dict[str, Any],
     *,
     mode: str,
+    config_path: str | None = None,
     poke_seconds: float = 60,
     timeout_seconds: float | None = None,
     **kwargs: Any,
@@ -165,7 +194,7 @@ def sensor_task(
         doc_md=f"Polls `mlops step {step}` every {poke_seconds:g} s until it decides.",
         **kwargs,
     )(poke_step)
-    return sensor(step=step, inputs=inputs, mode=mode)
+    return sensor(step=step, inputs=inputs, mode=mode, config_path=config_path)
 
 
 def step_task(step: str, inputs: dict[str, Any] | None = None, *, mode: str | None = None, **kwargs: Any):
@@ -187,11 +216,13 @@ def pipeline_tasks(
     mode: str | None = None,
     sensors: dict[str, dict[str, Any]] | None = None,
     task_kwargs: dict[str, dict[str, Any]] | None = None,
+    model: Model | None = None,
 ) -> dict[str, Any]:
     """One task per step of ``spec``, each fed the results of its inputs (which also orders them).
 
     Polled steps (``POLLED_STEPS``) become sensors; ``sensors`` gives their poke interval and timeout.
-    ``task_kwargs`` adds operator arguments per step (e.g. callbacks).
+    ``task_kwargs`` adds operator arguments per step (e.g. callbacks). ``model`` is the catalogue
+    entry the DAG is for: its config file is every step's ``MLOPS_CONFIG``.
     """
     execution = load_execution()
     mode = mode or execution.mode
@@ -202,6 +233,8 @@ def pipeline_tasks(
         # every task has a deadline: one try (a sensor's one poke) that hangs fails and is retried
         deadline = {"execution_timeout": execution.timeout_for(step.name)}
         extra = {**deadline, **(task_kwargs or {}).get(step.name, {})}
+        if model is not None:
+            extra["config_path"] = str(model.path.resolve())
         if step.name in POLLED_STEPS:
             poll = {**(sensors or {}).get(step.name, {}), **extra}
             tasks[step.name] = sensor_task(step.name, inputs, mode=mode, outlets=step_outlets, **poll)

@@ -233,10 +233,42 @@ def _cmd_suggest_expectations(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_models(args: argparse.Namespace) -> int:
+    """List the catalogue's models, their config files and DAG ids; exit 3 if a config does not load."""
+    from pipelines.catalogue import load_catalogue
+
+    models = load_catalogue()
+    width = max(len(m.name) for m in models)
+    for model in models:
+        state = f"error: {model.error}" if model.error else f"DAGs {model.dag_id('<dag>')}"
+        print(f"{model.name:<{width}}  {model.path}  {state}")
+    return EXIT_NOT_RETRYABLE if any(m.error for m in models) else 0
+
+
+def _use_model(name: str) -> None:
+    """Make the catalogue model ``name`` this command's config (``MLOPS_CONFIG``)."""
+    import os
+
+    from pipelines.catalogue import find_model, load_catalogue
+
+    model = find_model(name)
+    if model is None:
+        known = ", ".join(m.name for m in load_catalogue() if m.config) or "none"
+        raise ConfigError(f"no model {name!r} in the catalogue (MLOPS_CONFIG_DIR); its models: {known}")
+    os.environ["MLOPS_CONFIG"] = str(model.path)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlops", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument(
+        "-m", "--model", dest="catalogue_model", metavar="NAME",
+        help="run for this model of the catalogue (MLOPS_CONFIG_DIR) instead of MLOPS_CONFIG's",
+    )  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
+
+    models = sub.add_parser("models", help="list the models of the catalogue and check their configs")
+    models.set_defaults(func=_cmd_models)
 
     step = sub.add_parser("step", help="run one pipeline step and print its JSON result")
     step.add_argument("name", help="ingest, validate, train, evaluate or register")
@@ -304,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
+        if args.catalogue_model:
+            _use_model(args.catalogue_model)
         return args.func(args)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -22,6 +22,9 @@ class Settings:
     artifact_root: str
     tracking_uri: str
     config_path: str
+    # A folder of pipeline configs, one model each (``pipelines.catalogue``); empty: one model,
+    # the config of ``config_path``.
+    config_dir: str = ""
     # Where the model server logs predictions: empty = Parquet under the artifact root,
     # or a folder/URL for the Parquet parts, or a postgresql:// URL for a table.
     prediction_log_url: str = ""
@@ -43,6 +46,7 @@ class Settings:
             artifact_root=env.get("MLOPS_ARTIFACT_ROOT") or str(home / "artifacts"),
             tracking_uri=env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}",
             config_path=env.get("MLOPS_CONFIG") or str(DEFAULT_CONFIG),
+            config_dir=env.get("MLOPS_CONFIG_DIR", ""),
             prediction_log_url=env.get("MLOPS_PREDICTION_LOG", ""),
             prediction_spool=env.get("MLOPS_PREDICTION_SPOOL", ""),
             time_schedules=env.get("MLOPS_TIME_SCHEDULES", "on").lower() not in {"off", "false", "0", "no"},

@@ -257,6 +257,25 @@ def dataset_config(tmp_path: Path, uri: str, **changes) -> Path:
     return path
 
 
+def model_catalogue(folder: Path, model_names: dict[str, str] | None = None) -> Path:
+    """A catalogue folder (``MLOPS_CONFIG_DIR``) with the bundled flights and car-loan configs.
+
+    ``model_names`` renames models by config (``{"car_loan": "car-loan-x"}``), so that a test's
+    registry entries never meet another test's on the shared MLflow server.
+    """
+    import shutil
+
+    datasets = DEFAULT_CONFIG.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("flights", "car_loan"):
+        data = yaml.safe_load((datasets / f"{name}.yaml").read_text())
+        if model_names and name in model_names:
+            data["registry"]["model_name"] = model_names[name]
+        (folder / f"{name}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+        shutil.copy(datasets / f"{name}.expectations.yaml", folder)  # read by the config, not a model
+    return folder
+
+
 # -- serving and deployment -------------------------------------------------------------------------
 SERVING_MODEL = "flights-serving"
 

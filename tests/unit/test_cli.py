@@ -72,3 +72,37 @@ def test_the_interval_end_defaults_to_where_the_configs_data_ends(store, tmp_pat
     this_month = date.today().strftime("%Y-%m")
     assert proc.returncode == 3 and "no rows in the source between" in proc.stderr, proc.stderr
     assert f"and {this_month}" in proc.stderr, proc.stderr
+
+
+def test_models_lists_the_catalogue_and_fails_on_a_config_that_does_not_load(tmp_path):
+    import shutil
+
+    from conftest import model_catalogue
+
+    folder = model_catalogue(tmp_path / "models")
+    env = {**os.environ, "MLOPS_CONFIG_DIR": str(folder)}
+    listed = mlops("models", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert [line.split()[0] for line in listed.stdout.splitlines()] == ["car-loan", "flights-delay"]
+    assert "<dag>__car_loan" in listed.stdout
+    shutil.copy(folder / "flights.yaml", folder / "flights_copy.yaml")  # a second file for one model
+    broken = mlops("models", env=env)
+    assert broken.returncode == 3
+    assert "flights_copy.yaml: registry.model_name 'flights-delay' is already the model of" in broken.stdout
+
+
+def test_model_option_runs_a_command_with_that_models_config(store, tmp_path):
+    from conftest import model_catalogue
+
+    env = {**os.environ, "MLOPS_CONFIG_DIR": str(model_catalogue(tmp_path / "models"))}
+    env.pop("MLOPS_CONFIG")  # the store fixture names flights: --model must win over nothing else
+    suite = tmp_path / "suite.yaml"
+    args = ("suggest-expectations", "--interval-end", "2019-02-01", "--output", str(suite))
+    proc = mlops("--model", "car-loan", *args, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "car_value" in suite.read_text() and "dep_delay" not in suite.read_text()  # car loans' columns
+    unknown = mlops("--model", "churn", *args, env=env)
+    assert unknown.returncode == 3
+    assert "no model 'churn' in the catalogue (MLOPS_CONFIG_DIR); its models: car-loan, flights-delay" in (
+        unknown.stderr
+    )
