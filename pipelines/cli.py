@@ -128,6 +128,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if os.environ.get("MLOPS_SERVING_PARENT_PID"):
         _die_with(int(os.environ["MLOPS_SERVING_PARENT_PID"]))
 
+    # The server reads its own registries, one per model: in prometheus_client's multiprocess mode
+    # (switched on by this variable, which ``import feast`` sets for its own server and a parent
+    # may pass on) every model's series of one name and labels would share one value.
+    for name in ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir", "PROMETHEUS_MULTIPROCESS_DIR"):
+        os.environ.pop(name, None)
     # One OpenMP thread per worker: two workers with two threads each fight over two cores.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     # The registry watcher polls again every few seconds anyway: MLflow's own retries (seven, with
@@ -138,17 +143,22 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         os.environ["MLOPS_SERVING_VERSION"] = str(args.version)
     from pipelines.serving.config import ServingSettings
 
-    config = ServingSettings.from_env()  # fail here, with a clear message, not in every worker
+    configs, broken = ServingSettings.for_models()  # fail here, with a clear message, not in every worker
+    config = configs[0]
     import uvicorn
 
     where = f"inherited socket {args.fd}" if args.fd is not None else f"http://{args.host}:{args.port}"
+    served = ", ".join(c.model_name for c in configs)
     print(
-        f"serving {config.model_name}"
+        f"serving {served}"
         + (f" v{config.pinned_version}" if config.pinned_version else " @champion (following the registry)")
-        + f" on {where}  (auth {_auth_summary(config.tokens)})",
+        + f" on {where}  (auth {_auth_summary(config.tokens)})"
+        + ("" if len(configs) == 1 else "; by name: /models/<name>/predict, /v2/models/<name>/infer"),
         file=sys.stderr,
         flush=True,
     )
+    for name, error in broken.items():
+        print(f"not serving {name}: its config does not load: {error}", file=sys.stderr, flush=True)
     # A listening socket handed down by the parent (infra validation's sandbox): the port was
     # bound before this process started, so nothing else can take it in between.
     bind = {"fd": args.fd} if args.fd is not None else {"host": args.host, "port": args.port}

@@ -182,6 +182,7 @@ def table_name(store: FeatureStoreConfig, view: FeatureView) -> str:
 
 def definitions(settings: Settings, dataset: Dataset) -> list[Any]:
     """Feast entities, sources and feature views for the dataset's ``feature_store`` section."""
+    _import_feast()
     from feast import Entity, Field, FileSource, ValueType
     from feast import FeatureView as FeastView
     from feast.types import Float64, String

@@ -150,6 +150,38 @@ class ServingSettings:
             request_keys=_request_keys(config.dataset),
         )
 
+    @classmethod
+    def for_models(cls, env: dict[str, str] | None = None) -> tuple[list[ServingSettings], dict[str, str]]:
+        """The settings of every model this server serves, and the catalogue's models it cannot.
+
+        With a catalogue (``MLOPS_CONFIG_DIR``), every model whose config loads, each with its own
+        config (features, feature store, personal data); ``MLOPS_SERVING_MODEL`` narrows it to one.
+        Without, the one model of ``MLOPS_CONFIG``. The second value maps each model whose config
+        does not load to why: the others are served, and a request for it gets a 404 saying why.
+        """
+        from pipelines.catalogue import load_catalogue, model_key
+
+        env = dict(os.environ if env is None else env)
+        if not env.get("MLOPS_CONFIG_DIR"):
+            return [cls.from_env(env)], {}
+        models = load_catalogue(Settings.from_env(env))
+        if env.get("MLOPS_SERVING_MODEL"):
+            wanted = model_key(env["MLOPS_SERVING_MODEL"])
+            models = [m for m in models if m.key == wanted]
+            if not models:
+                name = env["MLOPS_SERVING_MODEL"]
+                raise ConfigError(f"MLOPS_SERVING_MODEL {name!r} is not in the catalogue")
+        good = [m for m in models if m.config is not None]
+        if len(good) > 1 and (env.get("MLOPS_SERVING_VERSION") or env.get("MLOPS_SERVING_MODEL_DIR")):
+            raise ConfigError(
+                "a pinned version (--version, MLOPS_SERVING_VERSION) serves one model: name it with "
+                "MLOPS_SERVING_MODEL"
+            )
+        broken = {m.name: m.error or "" for m in models if m.config is None}
+        if not good:
+            raise ConfigError("no model of the catalogue can be served: " + "; ".join(broken.values()))
+        return [cls.from_env({**env, "MLOPS_CONFIG": str(m.path)}) for m in good], broken
+
     @property
     def auth(self) -> bool:
         """Whether requests need a bearer token."""

@@ -39,14 +39,22 @@ def catalogue_bag(mlflow_server, airflow_db, tmp_path_factory):
         yield bag
 
 
-def test_the_car_loan_dag_of_a_catalogue_trains_and_registers_only_its_model(catalogue_bag, mlflow_server):
+@pytest.fixture(scope="module")
+def car_loan_run(catalogue_bag):
+    """The car-loan model's training DAG, run once: it registers ``car-loan-catalogue`` v1."""
+    dag = catalogue_bag.get_dag("training__car_loan_catalogue")
+    return dag.test(logical_date=pendulum.datetime(2019, 2, 1, tz=dag.timezone))
+
+
+def test_the_car_loan_dag_of_a_catalogue_trains_and_registers_only_its_model(
+    catalogue_bag, car_loan_run, mlflow_server
+):
     from airflow.models.asset import AssetEvent, AssetModel
     from airflow.utils.session import create_session
     from mlflow import MlflowClient
 
     assert {"training__car_loan_catalogue", "training__flights_catalogue"} <= set(catalogue_bag.dag_ids)
-    dag = catalogue_bag.get_dag("training__car_loan_catalogue")
-    run = dag.test(logical_date=pendulum.datetime(2019, 2, 1, tz=dag.timezone))
+    run = car_loan_run
     states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
     assert str(run.state) == "success", states
     assert "MLOPS_CONFIG" not in os.environ  # the model's config was the step's, and only for the step
@@ -67,3 +75,80 @@ def test_the_car_loan_dag_of_a_catalogue_trains_and_registers_only_its_model(cat
             .all()
         ]
     assert emitted == [f"{NAMES['car_loan']}.challenger"]
+
+
+def test_one_server_serves_every_model_of_the_catalogue_by_name(
+    car_loan_run, serving_home, april_rows, mlflow_server, tmp_path
+):
+    """``mlops serve`` on a catalogue: each model by its name, with its own schema, champion and metrics."""
+    import json
+    import shutil
+    import sys
+
+    import httpx
+    import pandas as pd
+    from mlflow import MlflowClient
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from conftest import SERVING_MODEL, ServerProcess
+    from pipelines import modeling
+    from pipelines.config import load_config
+
+    assert str(car_loan_run.state) == "success"
+    folder = model_catalogue(tmp_path / "models", NAMES)
+    (folder / "flights.yaml").unlink()  # flights is served as the serving tests' model, trained already
+    shutil.copy(serving_home["config"], folder / "flights_serving.yaml")
+    (folder / "churn.yaml").write_text("registry: {model_name: churn}\n")  # does not load
+    env = {
+        "MLOPS_CONFIG_DIR": str(folder),
+        "MLOPS_CONFIG": "",  # nothing but the catalogue names the configs
+        "MLFLOW_TRACKING_URI": mlflow_server,
+        "MLOPS_HOME": str(tmp_path / "serving-home"),
+        "MLOPS_PREDICTION_LOG": "",
+        # as ``import feast`` leaves it in a parent: the server must keep its models' series apart
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
+    }
+    source = pd.read_csv(
+        Path(sys.prefix)
+        / "lib/python3.11/site-packages/nannyml/datasets/data/synthetic_car_loan_analysis.csv"
+    )
+    car_records = json.loads(
+        modeling.model_input(source.head(3), load_config(folder / "car_loan.yaml").dataset).to_json(
+            orient="records"
+        )
+    )
+    flight_records = april_rows[0][:4]
+    champion = MlflowClient(mlflow_server, mlflow_server).get_model_version_by_alias(
+        SERVING_MODEL, "champion"
+    )
+
+    server = ServerProcess(env, tmp_path / "server.log").start().wait_ready()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            car = http.post(f"/models/{NAMES['car_loan']}/predict", json={"records": car_records})
+            flights = http.post(f"/models/{SERVING_MODEL}/predict", json={"records": flight_records})
+            crossed = http.post(f"/models/{NAMES['car_loan']}/predict", json={"records": flight_records})
+            unnamed = http.post("/predict", json={"records": flight_records})
+            broken = http.post("/models/churn/predict", json={"records": car_records})
+            ready = http.get(f"/v2/models/{NAMES['car_loan']}/ready")
+            metrics = http.get("/metrics").text
+    finally:
+        server.stop()
+
+    assert car.status_code == 200, car.text
+    assert car.json()["model_version"] == "1" and len(car.json()["predictions"]) == 3
+    assert flights.status_code == 200, flights.text
+    assert flights.json()["model_version"] == champion.version and len(flights.json()["predictions"]) == 4
+    assert crossed.status_code == 422  # each model checks rows against its own features
+    assert unnamed.status_code == 404 and "name one" in unnamed.json()["detail"]
+    assert NAMES["car_loan"] in unnamed.json()["detail"] and SERVING_MODEL in unnamed.json()["detail"]
+    assert broken.status_code == 404 and "its config does not load" in broken.json()["detail"]
+    assert ready.status_code == 200
+    rows = {
+        sample.labels["model"]: sample.value
+        for family in text_string_to_metric_families(metrics)  # one valid exposition for all models
+        if family.name == "mlops_predictions"
+        for sample in family.samples
+        if sample.name == "mlops_predictions_total"
+    }
+    assert rows == {NAMES["car_loan"]: 3, SERVING_MODEL: 4}
