@@ -1,4 +1,10 @@
-"""Catchup through the real Airflow scheduler: a backfill over Jan-Mar 2013 gives one model per month."""
+"""Two models side by side through the real Airflow scheduler, and catchup.
+
+The DAGs come from a catalogue folder (``MLOPS_CONFIG_DIR``): the flights and car-loan configs
+and a third config that does not load. A backfill of the flights model over Jan-Mar 2013 gives one
+model per month while a manual run of the car-loan model trains on its own months; their runs,
+registry entries and assets stay apart, and the bad config is one import error that breaks nothing.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, wait_http
+from conftest import free_port, model_catalogue, wait_http
 
 pytestmark = [pytest.mark.e2e, pytest.mark.scheduler]
 STACK = (
@@ -19,6 +25,7 @@ STACK = (
     "airflow dag-processor & airflow scheduler --skip-serve-logs & wait"
 )
 ROOT = Path(__file__).resolve().parents[2]
+FLIGHTS, CAR_LOAN = "training__flights_delay", "training__car_loan"
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +38,13 @@ def scheduler(airflow_db, tmp_path_factory):
     Production runs Airflow on PostgreSQL, where both write at once.
     """
     home = tmp_path_factory.mktemp("scheduler-home")
+    catalogue = model_catalogue(home / "models")
+    (catalogue / "churn.yaml").write_text("registry: {model_name: churn}\n")  # does not load
     port = free_port()
     env = {
         **os.environ,
+        "MLOPS_CONFIG_DIR": str(catalogue),
+        "MLOPS_CONFIG": "",  # only the catalogue names configs: each task gets its model's
         "MLOPS_HOME": str(home),
         "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
         "AIRFLOW__API__PORT": str(port),
@@ -46,13 +57,22 @@ def scheduler(airflow_db, tmp_path_factory):
         "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
     }
     subprocess.run(["airflow", "dags", "reserialize"], env=env, check=True, capture_output=True)
-    subprocess.run(["airflow", "dags", "unpause", "training"], env=env, check=True, capture_output=True)
+    subprocess.run(
+        ["airflow", "dags", "unpause", "--treat-dag-id-as-regex", "--yes", "^training__"],
+        env=env, check=True, capture_output=True,
+    )  # fmt: skip
     created = subprocess.run(
-        ["airflow", "backfill", "create", "--dag-id", "training",
+        ["airflow", "backfill", "create", "--dag-id", FLIGHTS,
          "--from-date", "2013-01-01", "--to-date", "2013-03-02", "--max-active-runs", "1"],
         env=env, capture_output=True, text=True,
     )  # fmt: skip
     assert created.returncode == 0, created.stdout[-2000:] + created.stderr[-3000:]
+    triggered = subprocess.run(
+        ["airflow", "dags", "trigger", CAR_LOAN, "--run-id", "car-loan-by-hand",
+         "--conf", '{"interval_end": "2019-02-01"}'],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert triggered.returncode == 0, triggered.stdout[-2000:] + triggered.stderr[-3000:]
     log = open(home / "airflow.log", "wb")  # noqa: SIM115 - held open for the processes' lifetime
     group = subprocess.Popen(
         ["bash", "-c", STACK],
@@ -73,24 +93,32 @@ def scheduler(airflow_db, tmp_path_factory):
         log.close()
 
 
-def _runs(env) -> list[dict]:
-    """The training DAG's runs, read from Airflow's metadata database."""
+def _query(env, sql: str, *args) -> list[tuple]:
+    """Rows of Airflow's metadata database."""
     with sqlite3.connect(Path(env["AIRFLOW_HOME"]) / "airflow.db") as db:
-        rows = db.execute("SELECT run_id, run_type, state FROM dag_run WHERE dag_id = 'training'").fetchall()
+        return db.execute(sql, args).fetchall()
+
+
+def _runs(env, dag_id: str) -> list[dict]:
+    """A DAG's runs, read from Airflow's metadata database."""
+    rows = _query(env, "SELECT run_id, run_type, state FROM dag_run WHERE dag_id = ?", dag_id)
     return [{"run_id": r[0], "run_type": r[1], "state": r[2]} for r in rows]
 
 
-def test_backfill_over_three_months_gives_one_model_per_month(scheduler):
+def test_backfill_over_three_months_gives_one_model_per_month_beside_a_second_model(scheduler):
     env, home = scheduler
     deadline = time.time() + 900
-    backfill = []
+    backfill, by_hand = [], []
     while time.time() < deadline:
-        backfill = [r for r in _runs(env) if r["run_type"] == "backfill"]
-        if len(backfill) == 3 and all(r["state"] in ("success", "failed") for r in backfill):
+        backfill = [r for r in _runs(env, FLIGHTS) if r["run_type"] == "backfill"]
+        by_hand = _runs(env, CAR_LOAN)
+        runs = [*backfill, *by_hand]
+        if len(runs) == 4 and all(r["state"] in ("success", "failed") for r in runs):
             break
         time.sleep(5)
     assert len(backfill) == 3, backfill
     assert {r["state"] for r in backfill} == {"success"}, backfill
+    assert [r["state"] for r in by_hand] == ["success"], by_hand
 
     from mlflow import MlflowClient
 
@@ -102,6 +130,22 @@ def test_backfill_over_three_months_gives_one_model_per_month(scheduler):
     model = client.get_registered_model("flights-delay")
     assert str(model.aliases["champion"]) == "1"  # the first model; promotion is the deploy step's job
     assert str(model.aliases["challenger"]) == "3"
+
+    # the second model: its own window, its own registry entry, its own asset
+    (car,) = client.search_model_versions("name = 'car-loan'")
+    assert car.tags["data.window_end"].startswith("2019-02-01") and car.tags["airflow.dag_id"] == CAR_LOAN
+    emitted = _query(
+        env,
+        "SELECT DISTINCT asset.name, asset_event.source_dag_id FROM asset_event JOIN asset"
+        " ON asset.id = asset_event.asset_id WHERE asset_event.source_dag_id IN (?, ?)",
+        FLIGHTS,
+        CAR_LOAN,
+    )
+    assert sorted(emitted) == [("car-loan.challenger", CAR_LOAN), ("flights-delay.challenger", FLIGHTS)]
+    # the bad third config: one import error, of the catalogue's file, naming it; the rest parsed
+    errors = _query(env, "SELECT filename, stacktrace FROM import_error")
+    assert [Path(name).name for name, _ in errors] == ["catalogue.py"], errors
+    assert "churn.yaml" in errors[0][1]
 
     # The tasks forked from a scheduler that had the step modules imported (mlops_airflow/executor.py)
     log = (home / "airflow.log").read_text(errors="replace")
