@@ -276,6 +276,28 @@ def model_catalogue(folder: Path, model_names: dict[str, str] | None = None) -> 
     return folder
 
 
+def walkthrough(page: str, name: str) -> list[str]:
+    """The command lines of the ``<!-- walkthrough: name ... -->`` block of a docs page, as written."""
+    text = (ROOT / "docs" / page).read_text()
+    marker = f"<!-- walkthrough: {name} "
+    assert marker in text, f"docs/{page} has no walkthrough {name!r}"
+    block = text[text.index(marker) :].split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line.strip()]
+
+
+def run_line(line: str, cwd: Path, env: dict[str, str], timeout: float = 600, inherit: bool = True) -> str:
+    """Run one documented command line in bash, as a user pastes it; its stdout (fails on an error).
+
+    ``inherit=False``: ``env`` is the whole environment (a new user's shell: no project variable).
+    """
+    proc = subprocess.run(
+        ["bash", "-c", f"set -eo pipefail; {line}"], cwd=cwd, env={**os.environ, **env} if inherit else env,
+        capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"{line}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    return proc.stdout
+
+
 # -- serving and deployment -------------------------------------------------------------------------
 SERVING_MODEL = "flights-serving"
 

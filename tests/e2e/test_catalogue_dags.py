@@ -15,7 +15,7 @@ from pathlib import Path
 import pendulum
 import pytest
 
-from conftest import model_catalogue
+from conftest import model_catalogue, run_line, walkthrough
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -152,3 +152,23 @@ def test_one_server_serves_every_model_of_the_catalogue_by_name(
         if sample.name == "mlops_predictions_total"
     }
     assert rows == {NAMES["car_loan"]: 3, SERVING_MODEL: 4}
+
+
+def test_the_documented_catalogue_walkthrough_runs_as_written(tmp_path):
+    """docs/your-data.md's catalogue lines, pasted into a new user's shell at a checkout's root."""
+    import json
+
+    for name in (".venv", "pipelines"):  # a checkout, without writing into this one
+        (tmp_path / name).symlink_to(ROOT / name)
+    shell = {k: v for k, v in os.environ.items() if not k.startswith(("MLOPS_", "MLFLOW_", "AIRFLOW"))}
+    copy, listing, train = walkthrough("your-data.md", "catalogue")
+    run_line(copy, tmp_path, shell, inherit=False)
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [
+        "car_loan.expectations.yaml", "car_loan.yaml", "flights.expectations.yaml", "flights.yaml",
+    ]  # fmt: skip
+    listed = run_line(listing, tmp_path, shell, inherit=False)
+    assert [line.split()[0] for line in listed.splitlines()] == ["car-loan", "flights-delay"], listed
+    trained = run_line(train, tmp_path, shell, inherit=False)
+    result = json.loads(trained[trained.index("{\n") :])
+    assert result["register"]["registered"] and result["register"]["version"] == "1"
+    assert result["ingest"]["window"]["end"].startswith("2019-02-01")  # the car loans' config, by --model

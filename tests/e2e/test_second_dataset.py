@@ -4,7 +4,8 @@
 ``make install`` installs for its data), with a schema that shares nothing with flights (an
 integer id, a timestamp with milliseconds in UTC, a float label joined from a second file, a
 boolean and two text categoricals). Every command is the CLI as a user types it, against the
-real MLflow server; car values shift from April 2019, which monitoring must see.
+real MLflow server; car values shift from April 2019, which monitoring must see. The training and
+the monitoring of the shift are the lines of docs/your-data.md's walkthrough, run as written.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import httpx
 import pandas as pd
 import pytest
 
-from conftest import ServerProcess
+from conftest import ServerProcess, run_line, walkthrough
 from pipelines import modeling
 from pipelines.config import load_config
 
@@ -46,13 +47,21 @@ def mlops(env: dict[str, str], *args: str) -> dict:
         env={**os.environ, **env}, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout[proc.stdout.index("{\n") :])  # the results, after the progress lines
+    return results(proc.stdout)
+
+
+def results(stdout: str) -> dict:
+    """The JSON results ``mlops run`` prints after its progress lines."""
+    return json.loads(stdout[stdout.index("{\n") :])
 
 
 def test_car_loans_train_register_serve_and_their_drift_is_seen(car_loan, tmp_path):
     from mlflow import MlflowClient
 
-    trained = mlops(car_loan, "run", "training", "--interval-end", "2019-02-01")
+    train_line, monitor_line = walkthrough("your-data.md", "car-loan")  # as the docs give them
+    assert "MLOPS_CONFIG=pipelines/datasets/car_loan.yaml" in train_line
+    documented = {k: v for k, v in car_loan.items() if k != "MLOPS_CONFIG"}  # the line sets it
+    trained = results(run_line(train_line, ROOT, documented))
     assert trained["ingest"]["window"] == {
         "start": "2018-11-01T00:00:00+00:00",
         "end": "2019-02-01T00:00:00+00:00",
@@ -84,7 +93,7 @@ def test_car_loans_train_register_serve_and_their_drift_is_seen(car_loan, tmp_pa
     assert all(0.0 <= p["probability"] <= 1.0 for p in answer["predictions"])
 
     calm = mlops(car_loan, "run", "monitoring", "--interval-end", "2019-02-01", "--param", "source=batch")
-    shifted = mlops(car_loan, "run", "monitoring", "--interval-end", "2019-05-01", "--param", "source=batch")
+    shifted = results(run_line(monitor_line, ROOT, documented))
     assert "car_value" not in calm["detect_drift"]["drift"]["drifted_features"]
     assert "car_value" in shifted["detect_drift"]["drift"]["drifted_features"]  # the April shift
     assert shifted["detect_drift"]["rows"]["window"] > 4_000
