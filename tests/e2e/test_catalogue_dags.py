@@ -132,6 +132,7 @@ def test_one_server_serves_every_model_of_the_catalogue_by_name(
             broken = http.post("/models/churn/predict", json={"records": car_records})
             ready = http.get(f"/v2/models/{NAMES['car_loan']}/ready")
             metrics = http.get("/metrics").text
+        scraped = scraped_by_model(server.url, tmp_path)  # as the chart's Prometheus sees the pod
     finally:
         server.stop()
 
@@ -152,6 +153,55 @@ def test_one_server_serves_every_model_of_the_catalogue_by_name(
         if sample.name == "mlops_predictions_total"
     }
     assert rows == {NAMES["car_loan"]: 3, SERVING_MODEL: 4}
+    # the chart's scrape job adds the pod's model label; the server's own per-model label wins
+    assert scraped == {NAMES["car_loan"]: 3, SERVING_MODEL: 4}, scraped
+
+
+def scraped_by_model(url: str, home: Path) -> dict[str, float]:
+    """Rows scored per ``model`` label, through a real Prometheus with the chart's scrape settings."""
+    import json
+    import shutil
+    import time
+
+    import httpx
+
+    from conftest import free_port, wait_http
+    from pipelines.processes import start_group, stop_group
+
+    job = (ROOT / "helm/mlops/files/monitoring/prometheus.yaml").read_text()
+    assert "honor_labels: true" in job  # the setting this mirrors
+    if shutil.which("prometheus") is None:
+        reason = "prometheus missing: `make test` as root installs Debian's package"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    port = free_port()
+    config = {
+        "global": {"scrape_interval": "1s"},
+        "scrape_configs": [{
+            "job_name": "model-server", "honor_labels": True,
+            "static_configs": [{"targets": [url.removeprefix("http://")], "labels": {"model": "pod-label"}}],
+        }],
+    }  # fmt: skip
+    (home / "prometheus.yaml").write_text(json.dumps(config))
+    proc = start_group(
+        ["prometheus", f"--config.file={home / 'prometheus.yaml'}", f"--storage.tsdb.path={home / 'tsdb'}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        dict(os.environ), home / "prometheus.log",
+    )  # fmt: skip
+    try:
+        wait_http(f"http://127.0.0.1:{port}/-/ready", 60)
+        deadline, found = time.time() + 60, {}
+        while time.time() < deadline and len(found) < 2:
+            answer = httpx.get(
+                f"http://127.0.0.1:{port}/api/v1/query",
+                params={"query": "sum by (model) (mlops_predictions_total)"},
+            ).json()
+            found = {r["metric"].get("model", ""): float(r["value"][1]) for r in answer["data"]["result"]}
+            time.sleep(1)
+        return found
+    finally:
+        stop_group(proc)
 
 
 def test_the_documented_catalogue_walkthrough_runs_as_written(tmp_path):

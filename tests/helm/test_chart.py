@@ -432,6 +432,7 @@ def test_monitoring_config(rollout: tuple[str, list[dict[str, Any]]]) -> None:
         job["relabel_configs"]
     )
     assert job["authorization"]["credentials_file"].endswith("serving-admin-token")
+    assert job["honor_labels"] is True  # a catalogue server's own model label wins over the pod's
     pod = one(docs, "Deployment", f"{RELEASE}-model-server")["spec"]["template"]["metadata"]
     assert pod["labels"]["mlops.io/model"] == "flights-delay"
     alertmanager = yaml.safe_load(
@@ -591,6 +592,7 @@ def test_production_pod_monitor_and_prometheus_discovery_role() -> None:
     assert {"sourceLabels": ["__meta_kubernetes_pod_label_mlops_io_model"], "targetLabel": "model"} in (
         endpoint["relabelings"]
     )
+    assert endpoint["honorLabels"] is True  # a catalogue server's own model label wins over the pod's
     assert not [r for r in by_kind(docs, "Role") if "prometheus" in r["metadata"]["name"]]
     values = merged(
         values_file("values-production.yaml"),
