@@ -5,7 +5,7 @@ Monthly on the data interval, or by hand. See ``pipelines.pipeline.BATCH_INFEREN
 
 from airflow.sdk import DAG, dag
 
-from mlops_airflow.dag_settings import every, form, models, timing
+from mlops_airflow.dag_settings import every, example_end, form, models, timing
 from mlops_airflow.step_tasks import DEFAULT_ARGS, pipeline_tasks
 from pipelines.catalogue import Model
 from pipelines.pipeline import BATCH_INFERENCE
@@ -21,7 +21,8 @@ def batch_inference_dag(model: Model) -> DAG:
         params=form(
             "batch_inference", config,
             interval_end=("Score up to (exclusive)",
-                          "End of the interval to score, e.g. 2013-05-01. Empty: the run's data interval."),
+                          f"End of the interval to score, e.g. {example_end(config, 1)}. "
+                          "Empty: the run's data interval."),
         ),
         max_active_runs=2,
         **timing(config),

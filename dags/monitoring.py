@@ -7,7 +7,15 @@ live in ``pipelines.steps``; this file only wires them (``pipelines.pipeline.MON
 
 from airflow.sdk import DAG, dag
 
-from mlops_airflow.dag_settings import every, form, model_assets, models, retrain_callbacks, timing
+from mlops_airflow.dag_settings import (
+    every,
+    example_end,
+    form,
+    model_assets,
+    models,
+    retrain_callbacks,
+    timing,
+)
 from mlops_airflow.step_tasks import DEFAULT_ARGS, pipeline_tasks
 from pipelines.catalogue import Model
 from pipelines.pipeline import MONITORING
@@ -25,7 +33,8 @@ def monitoring_dag(model: Model) -> DAG:
         params=form(
             "monitoring", config,
             interval_end=("Window ends (exclusive)",
-                          "Judge the month before this date, e.g. 2013-05-01. Empty: the run's interval."),
+                          f"Judge the month before this date, e.g. {example_end(config, 1)}. "
+                          "Empty: the run's interval."),
         ),
         max_active_runs=1,  # decisions read the last request: one at a time
         **timing(config),

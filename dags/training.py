@@ -7,7 +7,7 @@ them (see ``pipelines.pipeline.TRAINING``).
 
 from airflow.sdk import DAG, dag
 
-from mlops_airflow.dag_settings import form, model_assets, models, retrain_or_monthly, timing
+from mlops_airflow.dag_settings import example_end, form, model_assets, models, retrain_or_monthly, timing
 from mlops_airflow.step_tasks import DEFAULT_ARGS, pipeline_tasks
 from pipelines.catalogue import Model
 from pipelines.pipeline import TRAINING
@@ -24,7 +24,8 @@ def training_dag(model: Model) -> DAG:
         params=form(
             "training", config,
             interval_end=("Train up to (exclusive)",
-                          "End of the training window, e.g. 2013-04-01. Empty: the run's data interval."),
+                          f"End of the training window, e.g. {example_end(config)}. "
+                          "Empty: the run's data interval."),
         ),
         max_active_runs=1,
         **timing(config),

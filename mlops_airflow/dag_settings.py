@@ -13,7 +13,7 @@ from airflow.sdk import Asset, AssetOrTimeSchedule, Param
 
 from mlops_airflow.notifiers import RetrainNotifier
 from mlops_airflow.schedules import DataSpanTimetable, dag_start
-from pipelines import run_parameters
+from pipelines import run_parameters, util
 from pipelines.catalogue import Model, load_catalogue
 from pipelines.config import PipelineConfig, load_config
 from pipelines.errors import ConfigError
@@ -116,6 +116,16 @@ def form(
             run_parameters.default_of(parameter, config), title=parameter.title, **schema
         )
     return params
+
+
+def example_end(config: PipelineConfig, months_later: int = 0) -> str:
+    """A date to show in a form's help: three months into the data (where the demo's first champion
+    ends), plus ``months_later``.
+
+    ``2013-04-01`` for flights, ``2019-02-01`` for the car loans: each model's form shows a date its
+    own data has, never another dataset's.
+    """
+    return f"{util.add_months(config.schedule.start_date, 3 + months_later)}-01"
 
 
 def rollout_sensor(config: PipelineConfig) -> dict[str, dict[str, Any]]:

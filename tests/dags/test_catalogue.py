@@ -61,10 +61,12 @@ def test_a_bad_config_is_one_import_error_naming_it_and_the_others_still_parse(c
 
 def test_every_dag_is_built_from_its_own_models_config(catalogue_bag):
     bag, folder = catalogue_bag
+    examples = {"flights_delay": "2013-04-01", "car_loan": "2019-02-01"}  # each data's first full window
     for key, file in (("flights_delay", "flights.yaml"), ("car_loan", "car_loan.yaml")):
         config = load_config(folder / file)
         name = config.registry.model_name
         training = bag.dags[f"training__{key}"]
+        assert f"e.g. {examples[key]}." in training.params.get_param("interval_end").description
         assert {a.name for a in training.timetable.asset_condition.objects} == {f"{name}.retrain"}
         assert [o.name for o in training.get_task("register").outlets] == [f"{name}.challenger"]
         assert training.params.dump()["window_months"] == config.ingest.window_months
