@@ -177,6 +177,8 @@ def run_loop(args: argparse.Namespace) -> int:
     from pipelines.settings import DEFAULT_CONFIG
 
     os.environ["MLOPS_HOME"] = str(home)
+    if os.environ.pop("MLOPS_CONFIG_DIR", None):  # the loop drives one model's DAGs, by their plain ids
+        print("the loop replays one model: MLOPS_CONFIG_DIR is ignored (MLOPS_CONFIG=one.yaml picks it)")
     # --config, or the MLOPS_CONFIG a user set (`MLOPS_CONFIG=my.yaml make demo`), or the flights
     given = args.config or os.environ.get("MLOPS_CONFIG") or DEFAULT_CONFIG
     os.environ["MLOPS_CONFIG"] = str(loop_config(home, Path(given), args.swing_band))

@@ -87,9 +87,14 @@ def _apply_env(home: Path | None = None) -> dict[str, str]:
     return env
 
 
+def unpause_pattern(dag_ids: Iterable[str]) -> str:
+    """The regex of these DAGs and of every catalogue model's copy of them (``training__<model>``)."""
+    return "^(" + "|".join(re.escape(d) for d in dag_ids) + ")(__[a-z0-9_]+)?$"
+
+
 def unpause(dag_ids: Iterable[str], env: dict[str, str], check: bool = True) -> None:
-    """Unpause these DAGs, in one Airflow command (each command pays Airflow's import, ~3 s)."""
-    pattern = "^(" + "|".join(re.escape(d) for d in dag_ids) + ")$"
+    """Unpause these DAGs (each model's, with a catalogue), in one Airflow command (each pays ~3 s)."""
+    pattern = unpause_pattern(dag_ids)
     cmd = ["airflow", "dags", "unpause", "--yes", "--treat-dag-id-as-regex", pattern]
     subprocess.run(cmd, env=env, check=check, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

@@ -49,3 +49,15 @@ def test_a_second_sigterm_does_not_cut_the_loops_cleanup_short(tmp_path: Path):
     proc.send_signal(signal.SIGTERM)  # kill, then kill again: the stack must still be stopped
     assert proc.wait(30) == 143
     assert marker.read_text() == "stopped"
+
+
+def test_make_up_unpauses_each_catalogue_models_dags_and_only_those():
+    import re
+
+    from mlops_demo.stack import unpause_pattern
+
+    pattern = re.compile(unpause_pattern(("training", "deploy")))
+    for dag_id in ("training", "deploy", "training__flights_delay", "deploy__car_loan"):
+        assert pattern.match(dag_id), dag_id
+    for dag_id in ("monitoring", "monitoring__car_loan", "training_x", "batch_inference__training"):
+        assert not pattern.match(dag_id), dag_id
