@@ -391,6 +391,38 @@ def test_monitoring_from_the_form_requests_a_retrain_and_reject_keeps_the_champi
     with urllib.request.urlopen(f"{stack.server}/ready", timeout=10) as resp:
         ready = json.loads(resp.read())
     assert ready["champion"]["version"] == "1" and ready["challenger"] is None
+    REACHED.add("monitored")
+
+
+def test_the_models_page_shows_what_serves_the_rollout_the_verdicts_and_the_last_retrain(stack, page):
+    """The plugin's page, as a person opens it from the UI's navigation: the data, not only a page."""
+    needs("monitored")
+    views = stack.api("/plugins")["plugins"]
+    (mlops,) = [p for p in views if p["name"] == "mlops"]
+    assert [v["href"] for v in mlops["external_views"]] == ["/mlops/models"]
+    page.goto("/")  # signed in by the UI, as a person is
+    page.get_by_role("button", name="Browse").click()
+    page.get_by_role("link", name="Models").click()
+    frame = page.frame_locator("iframe")
+    section = frame.locator(f"section[data-model='{MODEL}']")
+    section.wait_for()
+    assert section.locator("[data-field=champion]").inner_text() == "v1"
+    assert section.locator("[data-field=challenger]").inner_text() == "v2"  # rejected: still the challenger
+    verdict = section.locator("[data-field=verdict]").inner_text()
+    assert "last window to 2013-05-01" in verdict and "drift share 0." in verdict, verdict
+    assert section.locator("tr[data-row=monitoring]").count() >= 1
+    assert section.locator("svg polyline.drift_share").get_attribute("points")  # the chart has a line
+    rollout = section.locator("[data-field=rollout]").inner_text()
+    assert "decided" in rollout and "promote" in rollout, rollout  # the approved rollout of v1
+    retrain = section.locator("[data-field=retrain]").inner_text()
+    assert "monitoring of the window to 2013-05-01" in retrain and "success" in retrain, retrain
+    shot = stack.home.parent / "models-page.png"
+    page.screenshot(path=str(shot), full_page=True)
+    print(f"screenshot: {shot}")
+    anonymous = urllib.request.Request(f"{stack.airflow}/mlops/models")
+    with pytest.raises(urllib.error.HTTPError) as refused:  # nobody signed in: no model facts
+        urllib.request.urlopen(anonymous, timeout=30)
+    assert refused.value.code == 401
 
 
 def test_make_down_stops_every_process(stack):
