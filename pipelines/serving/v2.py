@@ -179,7 +179,7 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
                 f"(BYTES, BOOL, INT8..INT64, UINT8..UINT64, FP16, FP32, FP64)",
             )
         shape = _int_shape(tensor.get("shape"), where)
-        size = (tensor.get("parameters") or {}).get("binary_data_size")
+        size = _object(tensor.get("parameters"), f"{where}: parameters").get("binary_data_size")
         if size is not None:
             if isinstance(size, bool) or not isinstance(size, int) or size < 0 or offset + size > len(binary):
                 raise _Reject(400, f"{where}: binary_data_size {size!r} does not fit the binary data sent")
@@ -212,6 +212,15 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
     )
 
 
+def _object(value: Any, what: str) -> dict[str, Any]:
+    """``value`` when it is a JSON object (absent: an empty one); a 422 naming ``what`` otherwise."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _Reject(422, f"{what} must be an object")
+    return value
+
+
 def _requested_outputs(outputs: Any, binary_default: bool) -> dict[str, bool]:
     if outputs is None:
         return dict.fromkeys(OUTPUTS, binary_default)
@@ -222,7 +231,9 @@ def _requested_outputs(outputs: Any, binary_default: bool) -> dict[str, bool]:
         name = item.get("name") if isinstance(item, dict) else None
         if name not in OUTPUTS:
             raise _Reject(422, f"output {name!r} does not exist; this model answers {sorted(OUTPUTS)}")
-        binary = (item.get("parameters") or {}).get("binary_data", binary_default)
+        binary = _object(item.get("parameters"), f"output {name!r}: parameters").get(
+            "binary_data", binary_default
+        )
         wanted[name] = bool(binary)
     return wanted
 

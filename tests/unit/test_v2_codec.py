@@ -137,3 +137,21 @@ def test_errors_locate_problems_by_input_and_row():
 )
 def test_named_paths_need_the_scope_of_their_endpoint(path, scope):
     assert security.needs(path) == scope
+
+
+@pytest.mark.parametrize(
+    ("request_body", "message"),
+    [
+        ({"inputs": [{"name": "x", "datatype": "FP64", "shape": [1], "data": [1.0], "parameters": -48}]},
+         "input 'x': parameters must be an object"),
+        ({"inputs": [{"name": "x", "datatype": "FP64", "shape": [1], "data": [1.0]}],
+          "outputs": [{"name": "prediction", "parameters": 96}]},
+         "output 'prediction': parameters must be an object"),
+    ],
+    ids=["tensor", "output"],
+)  # fmt: skip
+def test_parameters_that_are_not_objects_are_a_422_not_a_crash(request_body, message):
+    """Found by the API fuzz test: an integer ``parameters`` on a tensor was an AttributeError (500)."""
+    with pytest.raises(_Reject) as caught:
+        v2.parse_infer_request(orjson.dumps(request_body), None)
+    assert caught.value.status == 422 and message in caught.value.message
