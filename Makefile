@@ -60,6 +60,10 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[airflow,dev]"
+	# setuptools leaves a second copy of the package's metadata in the checkout; with the checkout on
+	# PYTHONPATH (the demo tooling), Airflow then finds the plugin's entry point twice and shows
+	# "Plugin 'mlops' already registered" as a plugin import error. The installed copy is the one.
+	rm -rf mlops_airflow.egg-info
 	# the second example dataset (pipelines/datasets/car_loan.yaml) ships inside NannyML's wheel:
 	# the wheel alone, for its data files (its dependencies would pull 2 GB into the pinned stack)
 	$(PY) -m pip install --quiet --no-deps nannyml==0.13.1
