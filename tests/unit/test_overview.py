@@ -63,3 +63,13 @@ def test_an_empty_model_says_what_has_not_happened_yet():
     for text in ("no deploy run yet", "no monitoring run yet", "no training run yet"):
         assert text in html
     assert '<span class="muted">none</span>' in html  # no champion, and no MLflow link without a UI
+
+
+def test_a_direct_rollout_has_no_version_or_sample_and_still_shows():
+    """The first champion's rollout is direct: its result is status, decision and reason only."""
+    model = overview.ModelOverview(
+        name="m", config_file="c.yaml", dag_ids={"training": "t", "deploy": "d", "monitoring": "mo"},
+        rollout={"run_id": "d1", "status": "decided", "decision": "promote", "reason": "no champion yet"},
+    )  # fmt: skip
+    html = overview.render([model], airflow_url="http://af", mlflow_url=None)
+    assert "<b>decided</b>, promote" in html and "no champion yet" in html and "<td>- needed</td>" in html
