@@ -93,6 +93,9 @@ def aliases(name: str) -> tuple[str | None, str | None, str | None]:
             str(found["challenger"]) if "challenger" in found else None,
         )
 
+    import mlflow.exceptions  # noqa: F401  # the first page view pays this import, not the registry's budget
+    from mlflow import MlflowClient  # noqa: F401
+
     pool = ThreadPoolExecutor(1)
     try:
         champion, challenger = pool.submit(read).result(REGISTRY_TIMEOUT_SECONDS)
