@@ -233,7 +233,9 @@ def pipeline_tasks(
         # every task has a deadline: one try (a sensor's one poke) that hangs fails and is retried
         deadline = {"execution_timeout": execution.timeout_for(step.name)}
         extra = {**deadline, **(task_kwargs or {}).get(step.name, {})}
-        if model is not None:
+        # A catalogue model's steps run with its config whatever the worker's MLOPS_CONFIG says; a
+        # single-model deployment's steps read MLOPS_CONFIG when they run, as they always have.
+        if model is not None and model.in_catalogue:
             extra["config_path"] = str(model.path.resolve())
         if step.name in POLLED_STEPS:
             poll = {**(sensors or {}).get(step.name, {}), **extra}

@@ -101,6 +101,9 @@ def test_in_kubernetes_mode_each_models_pods_get_its_config(tmp_path, monkeypatc
 def test_without_a_folder_the_one_config_keeps_the_plain_dag_ids(dagbag_plain):
     assert {"training", "deploy", "monitoring", "rollback"} <= set(dagbag_plain.dag_ids)
     assert not any("__" in dag_id for dag_id in dagbag_plain.dag_ids)
+    # and its steps read MLOPS_CONFIG when they run (a config fixed at parse time would hide a change)
+    ingest = dagbag_plain.dags["training"].get_task("ingest")
+    assert ingest.op_kwargs.get("config_path") is None
 
 
 @pytest.fixture
