@@ -24,6 +24,8 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+from pipelines import util
+
 log = logging.getLogger(__name__)
 
 
@@ -83,15 +85,7 @@ def step_environment() -> dict[str, str]:
 def connection_environment() -> Iterator[dict[str, str]]:
     """Set the connections' variables for the duration of one step, then restore the old ones."""
     env = step_environment()
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
     if env:
         log.info("credentials from Airflow connections: %s", sorted(env))  # names only, never values
-    try:
+    with util.environment(env):
         yield env
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value

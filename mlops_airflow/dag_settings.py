@@ -15,14 +15,9 @@ from mlops_airflow.notifiers import RetrainNotifier
 from mlops_airflow.schedules import DataSpanTimetable, dag_start
 from pipelines import run_parameters, util
 from pipelines.catalogue import Model, load_catalogue
-from pipelines.config import PipelineConfig, load_config
+from pipelines.config import PipelineConfig
 from pipelines.errors import ConfigError
 from pipelines.settings import Settings
-
-
-def pipeline_config() -> PipelineConfig:
-    """The pipeline config the environment names (``MLOPS_CONFIG``, else the bundled flights one)."""
-    return load_config(Settings.from_env().config_path)
 
 
 def models() -> list[Model]:

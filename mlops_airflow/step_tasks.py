@@ -16,14 +16,13 @@ at DAG-parse time.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -34,6 +33,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from mlops_airflow.containers import run_step_in_container
 from mlops_airflow.execution import load_execution
 from mlops_airflow.task_context import finish, last_error, run_context, skip_if_skipped
+from pipelines import util
 from pipelines.catalogue import Model
 from pipelines.cli import EXIT_NOT_RETRYABLE, EXIT_SKIPPED
 from pipelines.pipeline import POLLED_STEPS, StepSpec
@@ -80,23 +80,6 @@ def run_step_in_subprocess(step: str, inputs: dict[str, Any], **context: Any) ->
             return finish(json.load(fh), context)
 
 
-@contextlib.contextmanager
-def model_environment(config_path: str | None) -> Iterator[None]:
-    """``MLOPS_CONFIG=config_path`` for the duration of one step (nothing when None), then the old one."""
-    if config_path is None:
-        yield
-        return
-    saved = os.environ.get("MLOPS_CONFIG")
-    os.environ["MLOPS_CONFIG"] = config_path
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop("MLOPS_CONFIG", None)
-        else:
-            os.environ["MLOPS_CONFIG"] = saved
-
-
 def with_connections(callable_: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
     """Run a step with the registry and serving credentials of the Airflow connections.
 
@@ -109,7 +92,7 @@ def with_connections(callable_: Callable[..., dict[str, Any]]) -> Callable[..., 
     def run(*args: Any, config_path: str | None = None, **kwargs: Any) -> dict[str, Any]:
         from mlops_airflow.credentials import connection_environment
 
-        with connection_environment(), model_environment(config_path):
+        with connection_environment(), util.environment({"MLOPS_CONFIG": config_path} if config_path else {}):
             return callable_(*args, **kwargs)
 
     return run
