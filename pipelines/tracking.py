@@ -54,9 +54,39 @@ def client(settings: Settings):
     import mlflow
     from mlflow import MlflowClient
 
+    _create_sqlite_store_once(settings.tracking_uri)
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)
     return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+
+
+_OPENED: set[str] = set()
+
+
+def _create_sqlite_store_once(uri: str) -> None:
+    """Open an embedded SQLite store under a file lock, once per process.
+
+    MLflow creates and migrates the database in every process that finds it empty; two
+    processes doing so at once (two models' first tasks under LocalExecutor, two ``mlops run``)
+    collided on the migration ("Online migration expected to match one row"), and 7 of 9 such
+    processes failed. The lock lets the first create it and the others find it made. A server
+    or another database migrates in one place already (``mlflow server``, ``mlflow db upgrade``).
+    """
+    if not uri.startswith("sqlite:///") or uri in _OPENED:
+        return
+    import fcntl
+
+    from mlflow import MlflowClient
+
+    path = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+    if str(path) != ":memory:" and path.name:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_name(path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            opened = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            opened.search_experiments(max_results=1)  # creates (and migrates) the tracking tables
+            opened.search_registered_models(max_results=1)  # and the registry's
+    _OPENED.add(uri)
 
 
 def experiment_id(settings: Settings, name: str) -> str:

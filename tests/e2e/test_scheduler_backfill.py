@@ -56,11 +56,8 @@ def scheduler(airflow_db, tmp_path_factory):
         # Backfills need the DAG unpaused; with cron scheduling off, unpausing adds no scheduled run.
         "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
     }
-    # The embedded MLflow store (SQLite, no server) is created here, once: two models' first tasks
-    # creating it at the same moment race on its schema migration ("_alembic_tmp_... already exists")
-    from mlflow import MlflowClient
-
-    MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"]).search_experiments()
+    # No MLflow store is made here: two models' first tasks create the embedded one (SQLite, no
+    # server) at the same moment, as they would for a user (pipelines.tracking serialises that)
     subprocess.run(["airflow", "dags", "reserialize"], env=env, check=True, capture_output=True)
     subprocess.run(
         ["airflow", "dags", "unpause", "--treat-dag-id-as-regex", "--yes", "^training__"],
