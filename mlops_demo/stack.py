@@ -256,9 +256,26 @@ def start_registry(start, home: Path, port: int, env: dict[str, str]) -> bool:
     return True
 
 
+def running() -> dict[str, int]:
+    """The services of this ``MLOPS_HOME`` that a ``make up`` started and that still run."""
+    alive = {}
+    for pid_file in sorted(_run_dir().glob("*.pid")):
+        try:
+            pgid = int(pid_file.read_text())
+        except (OSError, ValueError):
+            continue
+        if processes.group_alive(pgid):
+            alive[pid_file.stem] = pgid
+    return alive
+
+
 def up(args: argparse.Namespace) -> int:
     env = {**os.environ, **_apply_env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     home = Path(env["MLOPS_HOME"])
+    if already := running():  # a second start would overwrite their pid files: `make down` would miss them
+        listed = ", ".join(f"{name} (process group {pgid})" for name, pgid in already.items())
+        print(f"the stack of {home} is already up: {listed}; `make down` stops it", file=sys.stderr)
+        return 1
     registry_auth.server_env(home, env)  # a missing secret stops here, before anything starts
     migrate()
     subprocess.run(["airflow", "dags", "reserialize"], env=env, check=True, stdout=subprocess.DEVNULL)

@@ -61,3 +61,33 @@ def test_make_up_unpauses_each_catalogue_models_dags_and_only_those():
         assert pattern.match(dag_id), dag_id
     for dag_id in ("monitoring", "monitoring__car_loan", "training_x", "batch_inference__training"):
         assert not pattern.match(dag_id), dag_id
+
+
+def test_a_second_make_up_refuses_while_the_first_stack_runs(tmp_path: Path):
+    """Regression: a second ``make up`` over a running one overwrote its pid files, and ``make down``
+    then left the first stack's processes running, holding the ports."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    home = tmp_path / "home"
+    (home / "run").mkdir(parents=True)
+    first = subprocess.Popen(["sleep", "60"], start_new_session=True)  # its own process group
+    try:
+        (home / "run" / "airflow.pid").write_text(str(first.pid))
+        (home / "run" / "mlflow.pid").write_text("999999")  # a stack stopped since: not in the way
+        env = {**os.environ, "MLOPS_HOME": str(home), "PYTHONPATH": str(root)}
+        done = subprocess.run(
+            [sys.executable, "-m", "mlops_demo.stack", "up"], env=env, capture_output=True, text=True,
+            timeout=120, cwd=root,
+        )  # fmt: skip
+        assert done.returncode == 1, done.stderr
+        assert f"already up: airflow (process group {first.pid})" in done.stderr
+        assert "mlflow" not in done.stderr.split("already up:")[1]
+        assert (home / "run" / "airflow.pid").read_text() == str(first.pid)  # left for `make down`
+        assert not (home / "logs").exists() and not (home / "mlflow.db").exists()  # nothing started
+        assert first.poll() is None
+    finally:
+        first.kill()
+        first.wait()
