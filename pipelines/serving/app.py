@@ -32,7 +32,7 @@ from pipelines import __version__
 from pipelines.serving import security, v2
 from pipelines.serving.config import ServingSettings
 from pipelines.serving.responses import ORJSONResponse, problem
-from pipelines.serving.server import Server
+from pipelines.serving.server import Budget, Server
 
 
 def _openapi_body(config: ServingSettings) -> dict[str, Any]:
@@ -88,7 +88,8 @@ def create_app(config: ServingSettings | list[ServingSettings] | None = None) ->
         configs, broken = ServingSettings.for_models()
     else:
         configs = config if isinstance(config, list) else [config]
-    servers = {c.model_name: Server(c) for c in configs}
+    budget = Budget()  # one memory bound for the process, whatever the number of models
+    servers = {c.model_name: Server(c, budget) for c in configs}
     models = Models(servers, broken)
     first = configs[0]
 

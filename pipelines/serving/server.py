@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
@@ -45,11 +46,26 @@ def _rest_payload(body: bytes) -> tuple:
     return (*_predict_payload(body), None)
 
 
+@dataclass
+class Budget:
+    """What the whole process holds: requests admitted and bytes of request bodies buffered.
+
+    One per process, shared by every model a catalogue server serves, so the caps
+    (``MLOPS_SERVING_MAX_PENDING``, ``_MAX_BUFFERED_BYTES``, ``_PARSE_SLOTS``) bound the process's memory,
+    not each model's: with ten models, ten times the bodies no longer fit under one pod's limit.
+    """
+
+    pending: int = 0
+    buffered: int = 0
+    parse_slots: asyncio.Semaphore | None = None  # large bodies parsed at once (MLOPS_SERVING_PARSE_SLOTS)
+
+
 class Server(Batcher, PredictionLogHandoff, ShadowScoring, InferenceProtocol):
     """State shared by the endpoints: deployment watcher, batcher, prediction log, metrics."""
 
-    def __init__(self, config: ServingSettings):
+    def __init__(self, config: ServingSettings, budget: Budget | None = None):
         self.config = config
+        self.budget = budget or Budget()
         self.metrics = ServerMetrics()
         self.log = (
             open_log(config.settings, config.model_name, fsync=config.fsync)
@@ -71,10 +87,10 @@ class Server(Batcher, PredictionLogHandoff, ShadowScoring, InferenceProtocol):
         # Why the prediction log cannot be written (a database or disk outage), until it can again:
         # /ready fails meanwhile, so traffic goes to replicas that can acknowledge predictions.
         self.log_outage: str | None = None
-        self.inflight = 0
-        self.buffered = 0  # bytes of request bodies held right now (max_buffered_bytes)
+        self.inflight = 0  # this model's requests in flight (the batcher waits only while there are more)
         self._next_ping = 0.0
-        self.parse_slots = asyncio.Semaphore(config.parse_slots)
+        self.budget.parse_slots = self.budget.parse_slots or asyncio.Semaphore(config.parse_slots)
+        self.parse_slots = self.budget.parse_slots
         self.queue: asyncio.Queue[Job] | None = None
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="model")
         self.shadow_executor = ThreadPoolExecutor(1, thread_name_prefix="shadow")
@@ -118,16 +134,16 @@ class Server(Batcher, PredictionLogHandoff, ShadowScoring, InferenceProtocol):
         return problem(404, f"no model {model_name!r} here; this server serves {self.config.model_name!r}")
 
     async def _bounded(self, request: Request, handler, *args) -> Response:
-        if self.inflight >= self.config.max_pending:  # before the body is read: memory stays bounded
+        if self.budget.pending >= self.config.max_pending:  # before the body is read: memory stays bounded
             self.metrics.requests.labels("predict", "503").inc()
-            response = problem(503, f"the server holds {self.inflight} requests already: retry shortly")
-            response.headers["retry-after"] = "1"
-            return response
+            return self._busy()
         self.inflight += 1
+        self.budget.pending += 1
         try:
             return await handler(request, *args)
         finally:
             self.inflight -= 1
+            self.budget.pending -= 1
             self.release_body(request)
 
     def _complete(self, records: list[Any], schema: Any) -> list[dict[str, Any]]:
@@ -170,9 +186,9 @@ class Server(Batcher, PredictionLogHandoff, ShadowScoring, InferenceProtocol):
         try:
             async with asyncio.timeout(config.body_timeout_seconds):
                 async for chunk in request.stream():
-                    if self.buffered + len(chunk) > config.max_buffered_bytes:
+                    if self.budget.buffered + len(chunk) > config.max_buffered_bytes:
                         raise _Reject(503, "the server holds too many request bodies: retry shortly")
-                    self.buffered += len(chunk)
+                    self.budget.buffered += len(chunk)
                     request.state.buffered += len(chunk)
                     body += chunk
                     if len(body) > limit:
@@ -184,7 +200,7 @@ class Server(Batcher, PredictionLogHandoff, ShadowScoring, InferenceProtocol):
         return bytes(body)
 
     def release_body(self, request: Request) -> None:
-        self.buffered -= getattr(request.state, "buffered", 0)
+        self.budget.buffered -= getattr(request.state, "buffered", 0)
         request.state.buffered = 0
 
     async def _off_loop(self, body: bytes, work, *args):
@@ -324,17 +340,20 @@ class Server(Batcher, PredictionLogHandoff, ShadowScoring, InferenceProtocol):
         """``POST /feedback`` (and ``/models/<name>/feedback``): labels for issued request ids."""
         if (missing := self._unknown_model(model_name)) is not None:
             return missing
-        if self.inflight >= self.config.max_pending:  # the same bounds as /predict
+        if self.budget.pending >= self.config.max_pending:  # the same bounds as /predict
             self.metrics.requests.labels("feedback", "503").inc()
-            response = problem(503, f"the server holds {self.inflight} requests already: retry shortly")
-            response.headers["retry-after"] = "1"
-            return response
-        self.inflight += 1
+            return self._busy()
+        self.budget.pending += 1
         try:
             return await self._feedback(request)
         finally:
-            self.inflight -= 1
+            self.budget.pending -= 1
             self.release_body(request)
+
+    def _busy(self) -> Response:
+        response = problem(503, f"the server holds {self.budget.pending} requests already: retry shortly")
+        response.headers["retry-after"] = "1"
+        return response
 
     async def _feedback(self, request: Request) -> Response:
         try:

@@ -20,6 +20,7 @@ from conftest import model_catalogue, run_line, walkthrough
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 NAMES = {"flights": "flights-catalogue", "car_loan": "car-loan-catalogue"}
+MAX_BODY = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +108,8 @@ def test_one_server_serves_every_model_of_the_catalogue_by_name(
         "MLOPS_PREDICTION_LOG": "",
         # as ``import feast`` leaves it in a parent: the server must keep its models' series apart
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
+        "MLOPS_SERVING_MAX_BODY_BYTES": str(MAX_BODY),
+        "MLOPS_SERVING_MAX_BUFFERED_BYTES": str(2 * MAX_BODY),
     }
     source = pd.read_csv(
         Path(sys.prefix)
@@ -132,6 +135,8 @@ def test_one_server_serves_every_model_of_the_catalogue_by_name(
             broken = http.post("/models/churn/predict", json={"records": car_records})
             ready = http.get(f"/v2/models/{NAMES['car_loan']}/ready")
             metrics = http.get("/metrics").text
+            budget = statuses_over_one_budget(server.port, SERVING_MODEL)
+            after = http.post(f"/models/{SERVING_MODEL}/predict", json={"records": flight_records[:1]})
         scraped = scraped_by_model(server.url, tmp_path)  # as the chart's Prometheus sees the pod
     finally:
         server.stop()
@@ -145,6 +150,10 @@ def test_one_server_serves_every_model_of_the_catalogue_by_name(
     assert NAMES["car_loan"] in unnamed.json()["detail"] and SERVING_MODEL in unnamed.json()["detail"]
     assert broken.status_code == 404 and "its config does not load" in broken.json()["detail"]
     assert ready.status_code == 200
+    # one memory bound for the process: bodies held for the car-loan model leave flights no room
+    # (each model's own 2 MiB would have taken it), and the bytes come back when they are answered
+    assert budget == {"other model": 503, "held": [400, 400]}, budget
+    assert after.status_code == 200, after.text
     rows = {
         sample.labels["model"]: sample.value
         for family in text_string_to_metric_families(metrics)  # one valid exposition for all models
@@ -154,7 +163,43 @@ def test_one_server_serves_every_model_of_the_catalogue_by_name(
     }
     assert rows == {NAMES["car_loan"]: 3, SERVING_MODEL: 4}
     # the chart's scrape job adds the pod's model label; the server's own per-model label wins
-    assert scraped == {NAMES["car_loan"]: 3, SERVING_MODEL: 4}, scraped
+    # (flights: the four, and the one after the budget check)
+    assert scraped == {NAMES["car_loan"]: 3, SERVING_MODEL: 5}, scraped
+
+
+def statuses_over_one_budget(port: int, other_model: str) -> dict[str, object]:
+    """Two bodies of 0.9 MiB held half-sent for the car-loan model, then one for ``other_model``."""
+    import socket
+    import time
+
+    size = int(MAX_BODY * 0.9)
+
+    def send(model: str) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        head = f"POST /models/{model}/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        sock.sendall(f"{head}Content-Length: {size}\r\n\r\n".encode() + b" " * (size - 100))
+        return sock
+
+    def status(sock: socket.socket) -> int:
+        answer = b""
+        while b"\r\n" not in answer:
+            chunk = sock.recv(4096)
+            assert chunk, f"the server closed without an answer: {answer!r}"
+            answer += chunk
+        return int(answer.split(b" ", 2)[1])
+
+    held = [send(NAMES["car_loan"]) for _ in range(2)]
+    try:
+        time.sleep(0.5)  # both bodies are read as far as sent
+        other = send(other_model)
+        refused = status(other)
+        other.close()
+        for sock in held:  # the rest of each body: not JSON, a 400, but read and answered
+            sock.sendall(b" " * 99 + b"x")
+        return {"other model": refused, "held": [status(sock) for sock in held]}
+    finally:
+        for sock in held:
+            sock.close()
 
 
 def scraped_by_model(url: str, home: Path) -> dict[str, float]:
