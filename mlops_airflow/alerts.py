@@ -50,6 +50,8 @@ from fastapi import FastAPI, Header, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field, ValidationError
 
+from mlops_airflow import registry_reads
+
 log = logging.getLogger(__name__)
 TOKEN_ENV, TOKEN_FILE_ENV = "MLOPS_ALERT_TOKEN", "MLOPS_ALERT_TOKEN_FILE"
 COOLDOWN_ENV = "MLOPS_ALERT_COOLDOWN_HOURS"
@@ -145,20 +147,14 @@ def serving_champion(model: str) -> str | None:
 
 
 # How long a notification waits on the registry for the champion (MLflow's client retries for
-# minutes); the reads run on two threads, so a hung registry holds two threads, not one per retry.
+# minutes); the reads run on registry_reads' two threads.
 CHAMPION_TIMEOUT_SECONDS = 15.0
-_REGISTRY_READS = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="mlops-champion")
 
 
 def champions_within(models: list[str], seconds: float) -> dict[str, str | None]:
     """:func:`serving_champion` of each model, None (said why) for those the registry has not
     answered within ``seconds`` all told: a body naming many models waits once, not once per model."""
-    # MLflow's client is imported here, before the clock starts: the API server's first alert pays
-    # that import (seconds, and more than the whole budget on a loaded machine), not the registry.
-    import mlflow.exceptions  # noqa: F401
-    from mlflow import MlflowClient  # noqa: F401
-
-    futures = {model: _REGISTRY_READS.submit(serving_champion, model) for model in models}
+    futures = {model: registry_reads.submit(serving_champion, model) for model in models}
     concurrent.futures.wait(futures.values(), timeout=seconds)
     champions: dict[str, str | None] = {}
     for model, future in futures.items():

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
+
+from mlops_airflow import registry_reads
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -93,20 +94,16 @@ def aliases(name: str) -> tuple[str | None, str | None, str | None]:
             str(found["challenger"]) if "challenger" in found else None,
         )
 
-    import mlflow.exceptions  # noqa: F401  # the first page view pays this import, not the registry's budget
-    from mlflow import MlflowClient  # noqa: F401
-
-    pool = ThreadPoolExecutor(1)
+    future = registry_reads.submit(read)
     try:
-        champion, challenger = pool.submit(read).result(REGISTRY_TIMEOUT_SECONDS)
+        champion, challenger = future.result(REGISTRY_TIMEOUT_SECONDS)
         return champion, challenger, None
     except FutureTimeout:
+        future.cancel()  # still queued behind a hung read: it never starts
         return None, None, f"the registry did not answer within {REGISTRY_TIMEOUT_SECONDS:g} s"
     except Exception as exc:  # not registered yet, or the registry is down: said on the page
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return None, None, text[:300]
-    finally:
-        pool.shutdown(wait=False)
 
 
 def _results(dag_id: str, task_id: str, limit: int) -> list[tuple[Any, dict[str, Any]]]:

@@ -88,7 +88,7 @@ def create_app(config: ServingSettings | list[ServingSettings] | None = None) ->
         configs, broken = ServingSettings.for_models()
     else:
         configs = config if isinstance(config, list) else [config]
-    budget = Budget()  # one memory bound for the process, whatever the number of models
+    budget = Budget.of(configs[0])  # one memory bound for the process, whatever the number of models
     servers = {c.model_name: Server(c, budget) for c in configs}
     models = Models(servers, broken)
     first = configs[0]

@@ -48,16 +48,18 @@ def _rest_payload(body: bytes) -> tuple:
 
 @dataclass
 class Budget:
-    """What the whole process holds: requests admitted and bytes of request bodies buffered.
+    """What the whole process holds, shared by every model a catalogue server serves: the caps
+    (``MLOPS_SERVING_MAX_PENDING``, ``_MAX_BUFFERED_BYTES``, ``_PARSE_SLOTS``) bound the process's
+    memory, not each model's (ten models held ten times the bodies under one pod's limit)."""
 
-    One per process, shared by every model a catalogue server serves, so the caps
-    (``MLOPS_SERVING_MAX_PENDING``, ``_MAX_BUFFERED_BYTES``, ``_PARSE_SLOTS``) bound the process's memory,
-    not each model's: with ten models, ten times the bodies no longer fit under one pod's limit.
-    """
-
+    parse_slots: asyncio.Semaphore  # large bodies parsed at once
     pending: int = 0
     buffered: int = 0
-    parse_slots: asyncio.Semaphore | None = None  # large bodies parsed at once (MLOPS_SERVING_PARSE_SLOTS)
+
+    @classmethod
+    def of(cls, config: ServingSettings) -> Budget:
+        """An empty budget with the parse slots ``config`` allows."""
+        return cls(asyncio.Semaphore(config.parse_slots))
 
 
 class Server(Batcher, PredictionLogHandoff, ShadowScoring, InferenceProtocol):
@@ -65,7 +67,7 @@ class Server(Batcher, PredictionLogHandoff, ShadowScoring, InferenceProtocol):
 
     def __init__(self, config: ServingSettings, budget: Budget | None = None):
         self.config = config
-        self.budget = budget or Budget()
+        self.budget = budget or Budget.of(config)
         self.metrics = ServerMetrics()
         self.log = (
             open_log(config.settings, config.model_name, fsync=config.fsync)
@@ -89,8 +91,6 @@ class Server(Batcher, PredictionLogHandoff, ShadowScoring, InferenceProtocol):
         self.log_outage: str | None = None
         self.inflight = 0  # this model's requests in flight (the batcher waits only while there are more)
         self._next_ping = 0.0
-        self.budget.parse_slots = self.budget.parse_slots or asyncio.Semaphore(config.parse_slots)
-        self.parse_slots = self.budget.parse_slots
         self.queue: asyncio.Queue[Job] | None = None
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="model")
         self.shadow_executor = ThreadPoolExecutor(1, thread_name_prefix="shadow")
@@ -269,7 +269,7 @@ class Server(Batcher, PredictionLogHandoff, ShadowScoring, InferenceProtocol):
         # A large body becomes ~10x its size in Python objects while it is parsed and checked:
         # only `parse_slots` of them at once, until the rows are compact arrays.
         big = len(body) >= self.config.parse_in_thread_bytes
-        async with self.parse_slots if big else contextlib.nullcontext():
+        async with self.budget.parse_slots if big else contextlib.nullcontext():
             prepared = await self._prepare(request, body, parse, version)
         if isinstance(prepared, Response):
             return prepared
@@ -359,7 +359,7 @@ class Server(Batcher, PredictionLogHandoff, ShadowScoring, InferenceProtocol):
         try:
             body = await self._read_body(request)
             big = len(body) >= self.config.parse_in_thread_bytes
-            async with self.parse_slots if big else contextlib.nullcontext():
+            async with self.budget.parse_slots if big else contextlib.nullcontext():
                 items = await self._off_loop(body, _feedback_payload, body, self.config.secret)
         except _Reject as rej:
             self.metrics.requests.labels("feedback", str(rej.status)).inc()
