@@ -19,9 +19,11 @@ what was a duplicate and what was ignored.
   gets a 503: the endpoint is never open by default.
 - **Idempotent per alert**: Alertmanager repeats firing alerts and retries
   failed posts. An alert (fingerprint + ``startsAt``) that already has an event
-  on the asset creates none. The check and the insert run in one transaction,
-  holding a row lock on the asset (PostgreSQL) or SQLite's single writer, so two
-  concurrent posts of the same alert cannot both create one.
+  on the asset creates none. The check and the insert run in one transaction
+  holding a row lock on the asset (PostgreSQL); on SQLite, which has no row
+  locks and reads outside the write transaction, under a lock of the process
+  and a file lock beside the database. So two concurrent posts of the same
+  alert, or of one episode, cannot both create one.
 - **One retrain per drift episode**, the rule ``decide_retrain`` applies: an
   episode belongs to the serving champion. After a retrain event of the model
   (from an alert or from the monitoring DAG), further alerts for the same
@@ -39,9 +41,13 @@ what was a duplicate and what was ignored.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import fcntl
 import hmac
 import logging
 import os
+import threading
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -234,6 +240,33 @@ def _record(
     return "created", created.id
 
 
+_WRITER = threading.Lock()
+
+
+@contextlib.contextmanager
+def _one_writer() -> Iterator[None]:
+    """Hold while a transaction checks for an event and creates one (see the module's docstring).
+
+    SQLite takes no row lock (``with_for_update`` is a no-op there) and pysqlite begins the
+    transaction at the first write, so two posts could both read "no event yet" and both insert:
+    a heat wave's alerts on two features, posted at once, made two retrains. The API server's
+    threads wait on a lock; its worker processes (``api-server -w N``) on a file lock.
+    """
+    from airflow import settings
+
+    with _WRITER:
+        url = settings.engine.url if settings.engine is not None else None
+        if url is None or url.get_backend_name() != "sqlite" or not url.database:
+            yield  # PostgreSQL and MySQL: the asset's row lock serialises the transactions
+            return
+        with open(f"{url.database}.mlops-alerts.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 app = FastAPI(title="MLOps alert webhook", description=__doc__)
 
 
@@ -267,7 +300,7 @@ def _act_on(notification: Notification) -> dict[str, Any]:
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
-    with create_session() as session:
+    with _one_writer(), create_session() as session:
         assets = {}
         for model in models:  # every asset first: an unknown model writes nothing for any alert
             # the row lock serialises concurrent posts for one model (PostgreSQL); SQLite has one writer

@@ -85,3 +85,48 @@ def test_a_hung_registry_does_not_stall_the_api_servers_event_loop(tmp_path):
         server.kill()
         server.wait(10)
         hole.close()
+
+
+def test_concurrent_posts_of_one_episode_create_one_retrain_event(airflow_db, tmp_path, monkeypatch):
+    """CI, 2026-12-07: Alertmanager posted two feature alerts of one heat wave at once and the
+    webhook created two retrain events. On SQLite the episode check read outside the write
+    transaction (no row lock there), so both posts saw no event and both created one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from airflow.models.asset import AssetActive, AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import func, select
+
+    from mlops_airflow import alerts
+
+    # no registry answers: the champion is unknown, which counts as the same episode
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv(alerts.COOLDOWN_ENV, "24")
+    rounds, posts = 3, 6
+    for round_ in range(rounds):
+        model = f"race-{round_}-{os.getpid()}"
+        with create_session() as session:
+            asset = AssetModel(name=f"{model}.retrain", uri=f"mlops://{model}/retrain", group="asset")
+            session.add(asset)
+            session.flush()
+            session.add(AssetActive.for_asset(asset))
+            asset_id = asset.id
+        bodies = [
+            alerts.Notification(status="firing", alerts=[alerts.Alert(
+                status="firing", startsAt="2026-01-01T00:00:00Z", fingerprint=f"{model}-{i}",
+                labels={"mlops_action": "retrain", "model": model, "feature": f"f{i}"})])
+            for i in range(posts)
+        ]  # fmt: skip
+        barrier = threading.Barrier(posts)
+
+        def post(body, barrier=barrier):
+            barrier.wait()
+            return alerts._act_on(body)
+
+        with ThreadPoolExecutor(posts) as pool:
+            answers = list(pool.map(post, bodies))
+        with create_session() as session:
+            events = session.scalar(select(func.count()).where(AssetEvent.asset_id == asset_id))
+        assert events == 1, f"round {round_}: {events} events for one episode: {answers}"
+        assert sum(len(a["created"]) for a in answers) == 1
+        assert sum(len(a["episode"]) for a in answers) == posts - 1
