@@ -2,7 +2,13 @@
 model), Prometheus evaluating the shipped drift rules over both, Alertmanager posting its webhook
 to the Airflow plugin, the scheduler starting the retrain. However many features and pods fire, one
 drift episode gives one retrain; a replayed alert creates nothing; a new champion starts a new
-episode; a wrong token is refused."""
+episode; a wrong token is refused.
+
+The scheduler creates and starts the retrain runs, but its pool has no slot, so their tasks never
+run: what training does with an event is the loop test's (``test_loop.py``). Training here would
+cost the machine two trainings nobody checks, and register versions of ``flights-serving`` under
+the feet of the serving tests that share this worker's models.
+"""
 
 from __future__ import annotations
 
@@ -83,6 +89,8 @@ def stack(serving_home, airflow_db, tmp_path_factory):
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
         "MLOPS_TIME_SCHEDULES": "off",
         "MLOPS_ALERT_TOKEN": TOKEN,
+        # read when `airflow db migrate` creates the default pool: runs start, their tasks wait
+        "AIRFLOW__CORE__DEFAULT_POOL_TASK_SLOT_COUNT": "0",
     }
     procs = []
     subprocess.run(["airflow", "db", "migrate"], env=env, check=True, capture_output=True)

@@ -164,8 +164,8 @@ def test_training_in_the_production_profile_writes_to_postgres_and_s3(production
 def test_model_server_in_the_production_profile_logs_to_postgres(production, databases, april_rows):
     records, _ = april_rows
     reader = {"MLFLOW_TRACKING_USERNAME": "server", "MLFLOW_TRACKING_PASSWORD": "server-secret-1"}
-    # the production registry, named: a session fixture first built in this test (april_rows trains
-    # on the tests' own MLflow server) leaves MLflow's tracking URI in the environment pointing there
+    # the production registry, named: whatever tracking URI an earlier test of this worker left in
+    # the environment (the serving models train on the tests' own MLflow server), not that one
     registry = {"MLFLOW_TRACKING_URI": production["tracking"], "MLFLOW_REGISTRY_URI": production["tracking"]}
     server = ServerProcess(
         {"MLOPS_SERVING_MODEL": MODEL, "MLOPS_PREDICTION_LOG": databases["log"], **reader, **registry},
