@@ -8,6 +8,7 @@ relies on. The Airflow dependency is declared but not downloaded, so its templat
 from __future__ import annotations
 
 import copy
+import json
 import re
 import shlex
 from pathlib import Path
@@ -466,10 +467,81 @@ def test_alert_token_secret() -> None:
     ]
 
 
+def resource_rules(steps_namespace: str) -> dict[str, Any]:
+    """The shipped resource rules as the chart fills them in for this release."""
+    text = (CHART / "files" / "monitoring" / "resource-rules.yaml").read_text()
+    return yaml.safe_load(
+        text.replace("RELEASE_NAMESPACE", NAMESPACE).replace("STEPS_NAMESPACE", steps_namespace)
+    )
+
+
 def test_production_prometheus_rule_carries_the_shipped_groups() -> None:
     (rule,) = by_kind(render("values-production.yaml"), "PrometheusRule")
     assert rule["apiVersion"] == "monitoring.coreos.com/v1"
-    assert rule["spec"]["groups"] == shipped("prometheus-rules.yaml")["groups"]
+    drift, resources = shipped("prometheus-rules.yaml")["groups"], resource_rules("mlops-steps")["groups"]
+    assert rule["spec"]["groups"] == drift + resources
+    (memory,) = [r for r in rule["spec"]["groups"][-1]["rules"] if r["alert"] == "MemoryNearLimit"]
+    assert f'namespace=~"{NAMESPACE}|mlops-steps"' in memory["expr"]  # the release's and the steps'
+
+
+def test_the_monitoring_config_carries_the_resource_rules(rollout: tuple[str, list[dict[str, Any]]]) -> None:
+    name, docs = rollout
+    prometheus = one(docs, "ConfigMap", f"{RELEASE}-prometheus")["data"]
+    steps = values_file(name).get("steps", {}).get("namespace") or NAMESPACE
+    assert yaml.safe_load(prometheus["resource-rules.yaml"]) == resource_rules(steps)
+    assert "RELEASE_NAMESPACE" not in prometheus["resource-rules.yaml"]
+    rule_files = yaml.safe_load(prometheus["prometheus.yaml"])["rule_files"]
+    assert rule_files == ["prometheus-rules.yaml", "resource-rules.yaml"]
+    assert set(rule_files) < set(prometheus)  # every file Prometheus loads is in the ConfigMap
+
+
+def dashboard_queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(panel["title"], t["expr"]) for panel in dashboard["panels"] for t in panel["targets"]]
+
+
+def test_the_grafana_dashboard_ships_for_the_sidecar_and_queries_real_metrics(tmp_path: Path) -> None:
+    """Every query of the dashboard parses as PromQL (promtool, as recording rules) and names only
+    metrics the model server exports: a renamed metric would leave an empty panel, not an error."""
+    import shutil
+    import subprocess
+
+    from pipelines.serving.metrics import ServerMetrics
+
+    docs = render("values-embedded.yaml")
+    config_map = one(docs, "ConfigMap", f"{RELEASE}-grafana-dashboard")
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(config_map["data"]["mlops-model-servers.json"])
+    assert dashboard == json.loads((CHART / "files" / "monitoring" / "grafana-dashboard.json").read_text())
+    titles = " ".join(p["title"] for p in dashboard["panels"]).lower()
+    for topic in ("requests", "latency", "errors", "drift", "serving"):
+        assert topic in titles, topic
+    queries = dashboard_queries(dashboard)
+    exported = {m.name for m in ServerMetrics().registry.collect()}
+    suffixes = ("_total", "_bucket", "_sum", "_count", "_created")
+    for title, expr in queries:
+        for metric in re.findall(r"\b(mlops_[a-z_]+)", expr):
+            base = next((metric[: -len(s)] for s in suffixes if metric.endswith(s)), metric)
+            assert metric in exported or base in exported, (title, metric)
+    recorded = [{"record": f"dashboard:query_{i}", "expr": expr} for i, (_, expr) in enumerate(queries)]
+    rules = {"groups": [{"name": "dashboard", "rules": recorded}]}
+    (tmp_path / "queries.yaml").write_text(yaml.safe_dump(rules))
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: `make test` installs Debian's prometheus"
+    done = subprocess.run(
+        [promtool, "check", "rules", "queries.yaml"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert done.returncode == 0 and f"SUCCESS: {len(queries)} rules found" in done.stdout, (
+        done.stdout + done.stderr
+    )
+    # and off, with labels of the user's Grafana
+    off = render(
+        merged(values_file("values-embedded.yaml"), {"monitoring": {"grafanaDashboard": {"enabled": False}}})
+    )
+    assert not [d for d in off if d["metadata"]["name"].endswith("grafana-dashboard")]
+    theirs = {"labels": {"dashboards": "mlops"}, "folder": "ML"}
+    other = merged(values_file("values-embedded.yaml"), {"monitoring": {"grafanaDashboard": theirs}})
+    meta = one(render(other), "ConfigMap", f"{RELEASE}-grafana-dashboard")["metadata"]
+    assert meta["labels"]["dashboards"] == "mlops" and meta["annotations"] == {"grafana_folder": "ML"}
 
 
 # --- broken values fail with a message naming the key ---------------------------------------
