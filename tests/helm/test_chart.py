@@ -73,11 +73,14 @@ def one(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
 
 
 def pod_specs(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {
+    """Every pod the chart runs: the workloads' templates and bare Pods (`helm test`'s smoke pod)."""
+    specs = {
         f"{d['kind']}/{d['metadata']['name']}": d["spec"]["template"]["spec"]
         for d in docs
         if d["kind"] in ("Deployment", "StatefulSet", "Job")
     }
+    specs.update({f"Pod/{d['metadata']['name']}": d["spec"] for d in docs if d["kind"] == "Pod"})
+    return specs
 
 
 @pytest.fixture(scope="module", params=ROLLOUT_FILES)
@@ -749,7 +752,11 @@ def test_network_policies_admit_only_the_pipeline_and_the_listed_peers() -> None
     (rule,) = mlflow["ingress"]
     release, steps, airflow = rule["from"][:3]
     assert release["podSelector"]["matchLabels"] == {"app.kubernetes.io/instance": RELEASE}
-    assert release["podSelector"]["matchExpressions"][0]["values"] == ["model-server", "mlflow-users"]
+    assert release["podSelector"]["matchExpressions"][0]["values"] == [
+        "model-server",
+        "mlflow-users",
+        "smoke-test",
+    ]
     assert airflow["podSelector"]["matchLabels"] == {"release": RELEASE, "tier": "airflow"}
     # the step pods, in their namespace
     assert steps["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": NAMESPACE}
@@ -760,9 +767,16 @@ def test_network_policies_admit_only_the_pipeline_and_the_listed_peers() -> None
         "app.kubernetes.io/component": "step",
     }
     serving = one(docs, "NetworkPolicy", f"{RELEASE}-model-server")["spec"]
-    assert serving["ingress"][0]["from"] == values_file("values.yaml")["networkPolicy"]["servingFrom"]
+    listed, smoke = serving["ingress"]
+    assert listed["from"] == values_file("values.yaml")["networkPolicy"]["servingFrom"]
+    smoke_pod = {"app.kubernetes.io/instance": RELEASE, "app.kubernetes.io/component": "smoke-test"}
+    assert smoke["from"] == [{"podSelector": {"matchLabels": smoke_pod}}]  # `helm test`, nothing else
+    assert "smoke-test" in release["podSelector"]["matchExpressions"][0]["values"]
     one(docs, "NetworkPolicy", f"{RELEASE}-postgresql")
     closed = render(merged(values_file("values-embedded.yaml"), {"networkPolicy": {"servingFrom": []}}))
+    assert one(closed, "NetworkPolicy", f"{RELEASE}-model-server")["spec"]["ingress"] == [smoke]
+    shut = {"networkPolicy": {"servingFrom": []}, "smokeTest": {"enabled": False}}
+    closed = render(merged(values_file("values-embedded.yaml"), shut))
     assert one(closed, "NetworkPolicy", f"{RELEASE}-model-server")["spec"]["ingress"] == []
     off = render(merged(values_file("values-embedded.yaml"), {"networkPolicy": {"enabled": False}}))
     assert not by_kind(off, "NetworkPolicy")

@@ -123,6 +123,106 @@ def test_workflow_triggers_jobs_and_permissions() -> None:
     assert attach["if"] == "github.ref_type == 'tag'" and "dist/*.tgz" in attach["run"]
 
 
+def test_deploy_jobs_follow_the_release_and_production_waits_for_staging_and_a_person() -> None:
+    jobs = workflow()["jobs"]
+    assert jobs["release"]["outputs"]["tag"] == "${{ steps.name.outputs.tag }}"
+    staging, production = jobs["deploy-staging"], jobs["deploy-production"]
+    assert staging["needs"] in ("release", ["release"]) and staging["environment"] == "staging"
+    assert set(production["needs"]) == {"release", "deploy-staging"}
+    assert production["environment"] == "production"  # its required reviewers are the approval
+    assert staging["if"] == "vars.DEPLOY_ENABLED == 'true'"  # no cluster configured: no deploy
+    assert production["if"] == "vars.DEPLOY_ENABLED == 'true' && github.ref_type == 'tag'"
+    for job in (staging, production):
+        assert job["permissions"] == {"contents": "read"}
+        download = next(
+            s for s in job["steps"] if s.get("uses", "").startswith("actions/download-artifact@v")
+        )
+        assert download["with"]["name"] == "release-${{ needs.release.outputs.tag }}"
+        (deploy,) = steps_running(job, ".ci/deploy")
+        assert "--chart dist/*.tgz" in deploy["run"] and "--namespace" in deploy["run"]
+        assert "${{ secrets.KUBECONFIG }}" in str(job["steps"])  # the environment's, not the repository's
+
+
+FAKE_HELM = """#!/usr/bin/env bash
+# The helm CLI's stand-in: no cluster and no helm binary run on this machine. It records each call
+# and answers as helm would for the case the test sets (HELM_HISTORY, HELM_TEST_EXIT).
+echo "$*" >> "$HELM_CALLS"
+case "$1" in
+  history)
+    [ -n "${HELM_HISTORY:-}" ] || { echo "Error: release: not found" >&2; exit 1; }
+    echo "$HELM_HISTORY" ;;
+  test) exit "${HELM_TEST_EXIT:-0}" ;;
+esac
+"""
+
+
+def run_deploy(tmp_path: Path, *args: str, **env: str) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """`.ci/deploy ARGS` with a recording helm first on PATH: the result and the helm calls made."""
+    import os
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "helm").write_text(FAKE_HELM)
+    (bin_dir / "helm").chmod(0o755)
+    calls = tmp_path / "calls"
+    calls.write_text("")
+    environment = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "HELM_CALLS": str(calls), **env}
+    proc = subprocess.run(
+        [str(ROOT / ".ci" / "deploy"), *args],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return proc, calls.read_text().splitlines()
+
+
+def test_deploy_script_upgrades_tests_and_rolls_back_a_failed_smoke_test(tmp_path: Path) -> None:
+    """The command sequence of .ci/deploy; what helm and the cluster then do is not run here."""
+    chart = tmp_path / "mlops-1.2.3.tgz"
+    chart.write_bytes(b"")
+    values = str(CHART / "values-production.yaml")
+    args = ("--chart", str(chart), "--namespace", "mlops-staging", "--values", values)
+
+    done, calls = run_deploy(tmp_path, *args, HELM_HISTORY='[{"revision": 3}]')
+    assert done.returncode == 0, done.stderr
+    assert [c.split()[0] for c in calls] == ["history", "upgrade", "test"]
+    upgrade = calls[1].split()
+    assert upgrade[:4] == ["upgrade", "--install", "mlops", str(chart)]
+    for flag in ("--atomic", "--wait", "--create-namespace"):
+        assert flag in upgrade
+    assert upgrade[upgrade.index("--values") + 1] == values and "mlops-staging" in upgrade
+    assert "passed its smoke test" in done.stderr
+
+    done, calls = run_deploy(tmp_path, *args, HELM_HISTORY='[{"revision": 3}]', HELM_TEST_EXIT="1")
+    assert done.returncode == 1 and "rolling mlops back to revision 3" in done.stderr
+    assert calls[-1].split()[:3] == ["rollback", "mlops", "3"]
+
+    done, calls = run_deploy(tmp_path, *args, HELM_TEST_EXIT="1")  # a first install: nothing before it
+    assert done.returncode == 1 and "first install" in done.stderr
+    assert [c.split()[0] for c in calls] == ["history", "upgrade", "test"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((), "--chart is required"),
+        (("--chart", "/nonexistent.tgz", "--namespace", "x"), "is not a file"),
+        (("--chart", str(CHART / "Chart.yaml")), "--namespace is required"),
+        (
+            ("--chart", str(CHART / "Chart.yaml"), "--namespace", "x", "--values", "nope.yaml"),
+            "'nope.yaml' is not a file",
+        ),
+        (("--wat",), "unknown argument '--wat'"),
+    ],
+)
+def test_deploy_script_refuses_bad_arguments_before_calling_helm(tmp_path: Path, args, message: str) -> None:
+    done, calls = run_deploy(tmp_path, *args)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert calls == []
+
+
 # --- the script: options --------------------------------------------------------------------
 
 
