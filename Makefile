@@ -18,9 +18,9 @@ endif
 endif
 
 help:  ## This list: each target and what it does
-	@awk 'BEGIN {FS = ":[^#]*## "} /^[a-z][a-z-]*:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":[^#]*## "} /^[a-z][a-z0-9-]*:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-.PHONY: help demo train-demo test-fast install monitoring-tools browser nannyml container-engine lock images test lint serve up down bench bench-serving wrk bench-drift bench-policy clean
+.PHONY: help demo train-demo test-fast install monitoring-tools browser nannyml container-engine lock images k8s-smoke test lint serve up down bench bench-serving wrk bench-drift bench-policy clean
 
 demo: install  ## The closed loop: train on Jan-Mar 2013, replay Apr-Dec through the scheduler, print the table
 	$(PY) -m mlops_demo.loop --fresh
@@ -90,6 +90,9 @@ lock: install  ## Re-lock the images' dependencies with hashes after a pyproject
 
 images: install container-engine  ## Build the step and serving images through the Docker API
 	$(PY) containers/build.py
+
+k8s-smoke:  ## On a real cluster (current kube context): install the chart, helm test, the training DAG once as pods
+	.ci/k8s-smoke
 
 test: install lint container-engine browser nannyml monitoring-tools  ## Lint, then the whole test suite (unit, DAG integrity, containers, helm, end-to-end, scheduler, the UI in a browser)
 	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadscope

@@ -46,6 +46,7 @@ COVERED = {
     "help": "test_help_lists_every_target",
     "test-fast": "test_test_fast_selects_the_quick_suites",
     "lint": ".ci/run (make test runs make lint first: ruff and the layering contracts)",
+    "k8s-smoke": "needs a cluster: test_k8s_smoke_dry_runs_and_refuses_without_a_cluster",
 }
 LONG = [target for target, how in COVERED.items() if how.startswith("dry-run")]
 
@@ -57,12 +58,12 @@ def documented_targets() -> set[str]:
         text = doc.read_text()
         code = re.findall(r"```.*?```", text, flags=re.S) + re.findall(r"`[^`\n]+`", text)
         for snippet in code:
-            found.update(re.findall(r"(?:^|[\s`;&|(])make ([a-z][a-z-]*)", snippet, flags=re.M))
+            found.update(re.findall(r"(?:^|[\s`;&|(])make ([a-z][a-z0-9-]*)", snippet, flags=re.M))
     return found
 
 
 def makefile_targets() -> set[str]:
-    return set(re.findall(r"^([a-z][a-z-]*):", (ROOT / "Makefile").read_text(), flags=re.M))
+    return set(re.findall(r"^([a-z][a-z0-9-]*):", (ROOT / "Makefile").read_text(), flags=re.M))
 
 
 def make(*args: str, cwd: Path = ROOT, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
@@ -105,10 +106,25 @@ def test_help_lists_every_target():
     """`make help` names every target that has a ``## `` comment in the Makefile."""
     helped = make("-s", "help")
     assert helped.returncode == 0, helped.stderr
-    described = re.findall(r"^([a-z][a-z-]*):.*## ", (ROOT / "Makefile").read_text(), flags=re.M)
+    described = re.findall(r"^([a-z][a-z0-9-]*):.*## ", (ROOT / "Makefile").read_text(), flags=re.M)
     assert len(described) > 10, described
-    listed = set(re.findall(r"^\s*make ([a-z][a-z-]*)\s", helped.stdout, flags=re.M))
+    listed = set(re.findall(r"^\s*make ([a-z][a-z0-9-]*)\s", helped.stdout, flags=re.M))
     assert set(described) <= listed, f"missing from `make help`: {set(described) - listed}"
+
+
+def test_k8s_smoke_dry_runs_and_refuses_without_a_cluster(tmp_path):
+    """`make k8s-smoke` needs a cluster, which no machine of this project's CI has: its recipe, its
+    help and its refusal, naming what is missing, are what can be checked here."""
+    dry = make("--dry-run", "k8s-smoke")
+    assert dry.returncode == 0 and dry.stdout.strip().splitlines()[-1] == ".ci/k8s-smoke", dry.stdout
+    script = ROOT / ".ci" / "k8s-smoke"
+    helped = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=30)
+    assert helped.returncode == 0 and "kubernetes mode" in helped.stdout, helped.stdout
+    # this machine: a kubectl client (or none) and no cluster; an empty kubeconfig names none either
+    (tmp_path / "kubeconfig").write_text("")
+    refused = make("k8s-smoke", KUBECONFIG=str(tmp_path / "kubeconfig"))
+    why = "no cluster in the current kube context" if shutil.which("kubectl") else "kubectl is not on PATH"
+    assert refused.returncode != 0 and f"k8s-smoke: {why}" in refused.stderr, refused.stderr
 
 
 def test_test_fast_selects_the_quick_suites():
@@ -159,16 +175,19 @@ def test_lock_runs_for_real():
 
     It writes the tracked lock file, as a user's run does; the committed one is put back afterwards.
     """
-    lock = ROOT / "containers" / "requirements.lock"
-    committed = lock.read_bytes()
+    lock, tools = ROOT / "containers" / "requirements.lock", ROOT / "containers" / "build-tools.lock"
+    committed = {path: path.read_bytes() for path in (lock, tools)}
     try:
         locked = make("-s", "lock", timeout=600)
         assert locked.returncode == 0, locked.stdout[-2000:] + locked.stderr[-2000:]
-        text = lock.read_text()
+        text, tools_text = lock.read_text(), tools.read_text()
     finally:
-        lock.write_bytes(committed)
+        for path, content in committed.items():
+            path.write_bytes(content)
     pins = dict(re.findall(r"^([A-Za-z0-9._-]+)==(\S+) \\$", text, flags=re.M))
     assert f"wrote containers/requirements.lock: {len(pins)} packages" in locked.stdout, locked.stdout
+    assert "wrote containers/build-tools.lock" in locked.stdout
+    assert tools_text == committed[tools].decode()  # the same uv, the same hashes
     blocks = re.split(r"\n(?=[A-Za-z0-9])", text.split("Do not edit by hand.\n", 1)[1].strip())
     assert len(blocks) == len(pins) > 50
     assert all("--hash=sha256:" in block for block in blocks), [b for b in blocks if "--hash" not in b]

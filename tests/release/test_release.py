@@ -208,7 +208,7 @@ def test_deploy_script_upgrades_tests_and_rolls_back_a_failed_smoke_test(tmp_pat
     ("args", "message"),
     [
         ((), "--chart is required"),
-        (("--chart", "/nonexistent.tgz", "--namespace", "x"), "is not a file"),
+        (("--chart", "/nonexistent.tgz", "--namespace", "x"), "'/nonexistent.tgz' does not exist"),
         (("--chart", str(CHART / "Chart.yaml")), "--namespace is required"),
         (
             ("--chart", str(CHART / "Chart.yaml"), "--namespace", "x", "--values", "nope.yaml"),
