@@ -48,8 +48,22 @@ def test_the_lock_has_pyprojects_versions():
 
 def test_the_image_installs_the_lock_with_hashes_required():
     dockerfile = (ROOT / "containers" / "Dockerfile").read_text()
-    assert "pip install --require-hashes --no-deps -r /src/requirements.lock" in dockerfile
-    assert "!containers/requirements.lock" in (ROOT / ".dockerignore").read_text()
+    # the installer first, itself hash-checked, then the lock with every hash required
+    assert "pip install --require-hashes --no-deps -r /src/build-tools.lock" in dockerfile
+    install = re.search(r"uv pip install ([^&]*)-r /src/requirements.lock", dockerfile)
+    assert install and "--require-hashes" in install.group(1) and "--no-deps" in install.group(1)
+    assert "pip uninstall --yes uv" in dockerfile  # in the same RUN: no layer keeps it
+    ignore = (ROOT / ".dockerignore").read_text()
+    assert "!containers/requirements.lock" in ignore and "!containers/build-tools.lock" in ignore
+
+
+def test_the_build_tools_lock_pins_the_uv_the_project_pins_with_hashes():
+    text = (ROOT / "containers" / "build-tools.lock").read_text()
+    (pin,) = re.findall(r"^uv==(\S+) \\$", text, flags=re.M)
+    dev = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    pinned = {_name(r): r.split("==", 1)[1] for extra in dev.values() for r in extra if "==" in r}
+    assert pinned["uv"] == pin
+    assert len(re.findall(r"--hash=sha256:[0-9a-f]{64}", text)) >= 5  # every platform's file
 
 
 def test_a_release_can_pin_the_base_image_by_digest():
