@@ -330,7 +330,7 @@ def test_publish_stores_the_card_with_the_version_in_a_real_mlflow(tmp_path, mon
     x = pd.DataFrame({"a": np.arange(40.0), "b": np.arange(40.0) % 7})
     with mlflow.start_run(experiment_id=experiment) as run:
         model = LogisticRegression().fit(x, (x["a"] > 20).astype(int))
-        info = mlflow.sklearn.log_model(model, name="model")
+        info = mlflow.sklearn.log_model(model, name="model", pip_requirements=["scikit-learn"])
     version = mlflow.register_model(info.model_uri, "card-test").version
     run_id = run.info.run_id
 

@@ -41,7 +41,12 @@ def _saved(path: pathlib.Path, model, x: pd.DataFrame | None = None, **options) 
 
     x = _frame()[0] if x is None else x
     signature = infer_signature(x, np.zeros((len(x), 2)))
-    mlflow.sklearn.save_model(model, str(path), signature=signature, input_example=x, **options)
+    # requirements given, as pipelines.model_format gives them: MLflow would otherwise start a Python
+    # process per save to find the imported modules (~5 s of CPU each)
+    reqs = ["scikit-learn"]
+    mlflow.sklearn.save_model(
+        model, str(path), signature=signature, input_example=x, pip_requirements=reqs, **options
+    )
     return path
 
 

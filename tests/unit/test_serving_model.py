@@ -103,7 +103,8 @@ def _saved(pipeline, example, path):
 
     mlflow.sklearn.save_model(
         pipeline, str(path), signature=infer_signature(example, pipeline.predict_proba(example)),
-        input_example=example, pyfunc_predict_fn="predict_proba", **model_format.save_options(pipeline),
+        input_example=example, pyfunc_predict_fn="predict_proba", pip_requirements=["scikit-learn"],
+        **model_format.save_options(pipeline),
     )  # fmt: skip
     return path
 
