@@ -150,11 +150,23 @@ tests:
 """
 
 
+def promtool_test(tmp_path: Path, rules: str, tests: str) -> subprocess.CompletedProcess[str]:
+    """``promtool test rules`` of ``tests`` (its unit-test file) on the shipped rule file ``rules``."""
+    shutil.copy(MONITORING / rules, tmp_path)
+    (tmp_path / "tests.yaml").write_text(tests)
+    return subprocess.run(
+        [tool("promtool"), "test", "rules", "tests.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def test_the_rules_pool_pods_and_survive_restarts_in_prometheus(tmp_path: Path) -> None:
-    shutil.copy(MONITORING / "prometheus-rules.yaml", tmp_path)
-    (tmp_path / "tests.yaml").write_text(RULE_TESTS)
-    out = check(tool("promtool"), "test", "rules", "tests.yaml", cwd=tmp_path)
-    assert "SUCCESS" in out
+    done = promtool_test(tmp_path, "prometheus-rules.yaml", RULE_TESTS)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS" in done.stdout + done.stderr
 
 
 # The resource rules on series shaped like kube-state-metrics' and cAdvisor's, in the namespace
@@ -231,18 +243,14 @@ tests:
 
 
 def test_the_resource_rules_page_on_memory_restarts_oom_and_throttling(tmp_path: Path) -> None:
-    shutil.copy(MONITORING / "resource-rules.yaml", tmp_path)
-    (tmp_path / "tests.yaml").write_text(RESOURCE_RULE_TESTS)
-    out = check(tool("promtool"), "test", "rules", "tests.yaml", cwd=tmp_path)
-    assert "SUCCESS" in out
+    done = promtool_test(tmp_path, "resource-rules.yaml", RESOURCE_RULE_TESTS)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS" in done.stdout + done.stderr
 
 
 def test_the_resource_rules_test_can_fail(tmp_path: Path) -> None:
     """The check above can fail: a limit raised to 2 GiB leaves the server at 46%, and promtool
     reports the alert it expected and did not see."""
-    shutil.copy(MONITORING / "resource-rules.yaml", tmp_path)
-    (tmp_path / "tests.yaml").write_text(RESOURCE_RULE_TESTS.replace("'1073741824x30'", "'2147483648x30'", 1))
-    done = subprocess.run(
-        [tool("promtool"), "test", "rules", "tests.yaml"], cwd=tmp_path, capture_output=True, text=True
-    )
+    raised = RESOURCE_RULE_TESTS.replace("'1073741824x30'", "'2147483648x30'", 1)
+    done = promtool_test(tmp_path, "resource-rules.yaml", raised)
     assert done.returncode != 0 and "MemoryNearLimit" in done.stdout + done.stderr
