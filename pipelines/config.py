@@ -374,6 +374,13 @@ class Deploy(Strict):
     # Infra validation: the candidate, served in a sandbox, must answer single rows this fast (p95).
     latency_budget_ms: float = Field(100, gt=0)
     infra_queries: int = Field(50, ge=1, le=10_000)
+    # Then as many clients at once, each answer checked against its own row's expected probability
+    # (a server that mixes up concurrent requests is caught before it takes traffic).
+    infra_concurrency: int = Field(8, ge=1, le=256)
+    # The sandbox's peak resident memory must stay under this (MB): the serving pods' limit in the
+    # chart (serving.resources.limits.memory, 1Gi), so a model that would be OOM-killed there is
+    # stopped here. Empty: no ceiling.
+    infra_memory_limit_mb: float | None = Field(1024, gt=0)
 
 
 class Batch(Strict):

@@ -206,6 +206,9 @@ class ValidateServingResult(TypedDict):
     max_abs_diff: float
     p50_ms: float
     p95_ms: float
+    concurrent_requests: int  # answered correctly with deploy.infra_concurrency clients at once
+    concurrent_p95_ms: float
+    peak_rss_mb: float | None  # the sandbox's peak resident memory (None where /proc is not there)
     approval_reason: str | None  # the version's approval.reason tag: a person must approve
 
 

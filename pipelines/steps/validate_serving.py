@@ -213,6 +213,59 @@ def check_served(ctx: StepContext, version: str, url: str, client, records, expe
     return {"rows_checked": len(expected), "max_abs_diff": gap, "p50_ms": p50, "p95_ms": p95}
 
 
+def check_concurrent(ctx: StepContext, url: str, client, records, expected) -> dict[str, Any]:
+    """``deploy.infra_concurrency`` clients at once, ``deploy.infra_queries`` single-row requests in
+    all: every one answered, each with its own row's probability (the server batches concurrent
+    requests; an answer given to the wrong request is a failure, not noise)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    deploy = ctx.config.deploy
+    total = max(deploy.infra_queries, deploy.infra_concurrency)
+
+    def one(i: int) -> tuple[int, float]:
+        row = i % len(records)
+        started = time.perf_counter()
+        answer = client.post(f"{url}/predict", json={"records": [records[row]]}, timeout=30)
+        elapsed = (time.perf_counter() - started) * 1000
+        if answer.status_code != 200:
+            raise InfraValidationFailed(
+                f"with {deploy.infra_concurrency} clients at once, query {i} got HTTP {answer.status_code}:"
+                f" {answer.text[:300]}"
+            )
+        got = float(answer.json()["predictions"][0]["probability"])
+        if not abs(got - expected[row]) <= TOLERANCE:
+            raise InfraValidationFailed(
+                f"with {deploy.infra_concurrency} clients at once, row {row} was answered {got:.6f}, "
+                f"not its own {expected[row]:.6f}: concurrent requests got each other's answers"
+            )
+        return row, elapsed
+
+    with ThreadPoolExecutor(deploy.infra_concurrency) as pool:
+        timings = [ms for _, ms in pool.map(one, range(total))]
+    return {"concurrent_requests": total, "concurrent_p95_ms": float(np.percentile(timings, 95))}
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """A process's peak resident memory so far (Linux ``VmHWM``), in MB; None where /proc is not."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            line = next(line for line in fh if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return None
+    return int(line.split()[1]) / 1024
+
+
+def check_memory(ctx: StepContext, pid: int) -> dict[str, Any]:
+    """The sandbox's peak memory, after loading and answering, under ``deploy.infra_memory_limit_mb``."""
+    limit, peak = ctx.config.deploy.infra_memory_limit_mb, peak_rss_mb(pid)
+    if limit is not None and peak is not None and peak > limit:
+        raise InfraValidationFailed(
+            f"the server took {peak:.0f} MB at peak, over the memory ceiling of {limit:.0f} MB "
+            "(deploy.infra_memory_limit_mb: the serving pods' limit): it would be OOM-killed there"
+        )
+    return {"peak_rss_mb": peak}
+
+
 def run(ctx: StepContext, inputs: NoInputs) -> ValidateServingResult | Skipped:
     """Start the candidate in a sandbox, query it, stop it; raise if it fails."""
     import httpx
@@ -243,6 +296,8 @@ def run(ctx: StepContext, inputs: NoInputs) -> ValidateServingResult | Skipped:
                     model_dir, sandbox_env(workdir, ctx.settings), workdir
                 )
                 checks = check_served(ctx, version, sandbox.url, http, records, expected)
+                checks |= check_concurrent(ctx, sandbox.url, http, records, expected)  # httpx: thread-safe
+                checks |= check_memory(ctx, sandbox.proc.pid)
             finally:
                 sandbox.stop()
     except InfraValidationFailed as exc:
@@ -251,10 +306,16 @@ def run(ctx: StepContext, inputs: NoInputs) -> ValidateServingResult | Skipped:
     result = {"version": str(version), "runtime": ready["champion"]["runtime"], **checks}
     client_.set_model_version_tag(name, version, "infra_validation", "passed")
     client_.set_model_version_tag(name, version, "infra_validation.p95_ms", f"{checks['p95_ms']:.2f}")
+    if (peak := checks["peak_rss_mb"]) is not None:
+        client_.set_model_version_tag(name, version, "infra_validation.peak_rss_mb", f"{peak:.0f}")
     with tracking.pipeline_run(ctx, "validate_serving"):
-        mlflow.log_metrics({f"infra_{k}": v for k, v in checks.items()})
+        mlflow.log_metrics({f"infra_{k}": v for k, v in checks.items() if v is not None})
         mlflow.set_tag("deploy.version", str(version))
-    log.info("infra validation of v%s passed: p95 %.1f ms, exact answers", version, checks["p95_ms"])
+    log.info(
+        "infra validation of v%s passed: p95 %.1f ms, exact answers, %d at once (p95 %.1f ms), peak %s MB",
+        version, checks["p95_ms"], checks["concurrent_requests"], checks["concurrent_p95_ms"],
+        "?" if checks["peak_rss_mb"] is None else f"{checks['peak_rss_mb']:.0f}",
+    )  # fmt: skip
     # Set at registration when the gate saw a swing wider than its band: a person decides.
     approval_reason = client_.get_model_version(name, version).tags.get("approval.reason")
     return cast(

@@ -31,10 +31,10 @@ ROOT = Path(__file__).resolve().parents[2]
 def config_with(serving_home, tmp_path: Path, **rollout) -> Path:
     """The serving config with deploy settings changed (e.g. a large effect for a small sample)."""
     data = yaml.safe_load(Path(serving_home["config"]).read_text())
-    budget = rollout.pop("latency_budget_ms", None)
+    for key in ("latency_budget_ms", "infra_memory_limit_mb", "infra_concurrency"):  # deploy's own
+        if key in rollout:
+            data["deploy"][key] = rollout.pop(key)
     data["deploy"]["rollout"].update(rollout)
-    if budget is not None:
-        data["deploy"]["latency_budget_ms"] = budget
     path = tmp_path / "deploy.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -167,8 +167,12 @@ def test_infra_validation_passes_a_servable_model(serving_home, monkeypatch):
     assert result["version"] == "2" and result["runtime"] == "lean-hgb"
     assert result["max_abs_diff"] < 1e-6 and result["rows_checked"] > 10
     assert result["p95_ms"] < 100
+    # then 8 clients at once (the default), each answer its own row's: 50 requests in all
+    assert result["concurrent_requests"] == 50 and result["concurrent_p95_ms"] > 0
+    assert 50 < result["peak_rss_mb"] < 1024  # a real server's peak, under the chart's 1Gi limit
     tags = tracking.client(serving_home["settings"]).get_model_version(SERVING_MODEL, "2").tags
     assert tags["infra_validation"] == "passed"
+    assert tags["infra_validation.peak_rss_mb"] == f"{result['peak_rss_mb']:.0f}"
 
 
 def test_infra_validation_rejects_a_model_that_cannot_load(serving_home, tmp_path):
@@ -205,6 +209,19 @@ def test_infra_validation_rejects_a_model_over_the_latency_budget(serving_home, 
     config = config_with(serving_home, tmp_path, latency_budget_ms=0.01)
     with pytest.raises(InfraValidationFailed, match="too slow: p95"):
         execute_step("validate_serving", context(serving_home, config, version="2"), {})
+
+
+def test_infra_validation_rejects_a_model_over_the_memory_ceiling(serving_home, tmp_path):
+    """A server whose peak memory is over ``deploy.infra_memory_limit_mb`` (the pods' limit) would
+    be OOM-killed in the cluster: it is stopped here, and the champion is untouched."""
+    settings = serving_home["settings"]
+    reset_deployment(settings)
+    config = config_with(serving_home, tmp_path, infra_memory_limit_mb=40)  # any Python server is over
+    with pytest.raises(InfraValidationFailed, match=r"took \d+ MB at peak, over the memory ceiling of 40 MB"):
+        execute_step("validate_serving", context(serving_home, config, version="2"), {})
+    tags = tracking.client(settings).get_model_version(SERVING_MODEL, "2").tags
+    assert tags["infra_validation"].startswith("failed: the server took")
+    assert deploy.aliases(settings, SERVING_MODEL) == {"champion": "1"}
 
 
 def test_canary_of_a_worse_challenger_is_aborted(serving_home, server, april_rows, tmp_path):
