@@ -141,7 +141,9 @@ def test_concurrent_runs_on_postgres_and_s3_keep_their_own_artifacts_and_lineage
                 response = http.post("/predict", json={"records": [records[i % len(records)]]})
                 answers.append((response.status_code, response.json().get("request_id")))
                 i += 2
-                time.sleep(0.01)
+                # ~20 requests/s per client: traffic throughout the runs and the swaps, without
+                # taking from the tasks the CPU that the load tests measure elsewhere
+                time.sleep(0.05)
 
     clients = [threading.Thread(target=traffic, args=(s,)) for s in range(2)]
     for t in clients:
