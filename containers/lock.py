@@ -53,6 +53,11 @@ def main() -> int:
     LOCK.write_text(header + LOCK.read_text())
     print(f"wrote {LOCK.relative_to(ROOT)}: {LOCK.read_text().count('==')} packages")
     lock_build_tools()
+    # skops' default trust list for this scikit-learn, recorded so that loading a model skips
+    # skops' import-time walk over scikit-learn (pipelines.model_format.skops_io)
+    from pipelines.model_format import write_known_estimators
+
+    print(f"wrote {write_known_estimators().relative_to(ROOT)}")
     return 0
 
 

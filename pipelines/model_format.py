@@ -44,6 +44,64 @@ TRUSTED_TYPES = frozenset(
 )
 
 
+# The scikit-learn estimators skops trusts by default, as ``sklearn.utils.all_estimators()`` lists
+# them for one scikit-learn version. skops computes that list when imported, by importing every
+# scikit-learn module: ~1.4 s of CPU in every process that loads or saves a model (each model
+# server's start, infra validation's sandbox, the train step), a quarter of a server's start.
+# Written by `make lock` (containers/lock.py) for the version installed; any other version
+# computes the list as skops does. tests/unit/test_model_format.py checks both lists are equal.
+KNOWN_ESTIMATORS = Path(__file__).with_name("sklearn_estimators.json")
+
+
+def known_estimators() -> list[tuple[str, str, str]] | None:
+    """``(name, module, class name)`` of every estimator, if recorded for this scikit-learn."""
+    import json
+
+    import sklearn
+
+    try:
+        recorded = json.loads(KNOWN_ESTIMATORS.read_text())
+    except (OSError, ValueError):
+        return None
+    if recorded.get("scikit-learn") != sklearn.__version__:
+        return None
+    return [tuple(entry) for entry in recorded["estimators"]]
+
+
+def write_known_estimators() -> Path:
+    """Record :func:`known_estimators` for the installed scikit-learn (run by ``make lock``)."""
+    import json
+
+    import sklearn
+    from sklearn.utils import all_estimators
+
+    estimators = [[name, cls.__module__, cls.__name__] for name, cls in all_estimators()]
+    lines = ",\n".join(json.dumps(entry) for entry in estimators)
+    KNOWN_ESTIMATORS.write_text(f'{{"scikit-learn": "{sklearn.__version__}", "estimators": [\n{lines}\n]}}\n')
+    return KNOWN_ESTIMATORS
+
+
+def skops_io() -> Any:
+    """``skops.io``, imported with the recorded estimator list instead of skops' walk over every
+    scikit-learn module (the same names: only their module and class name are read)."""
+    import sys
+
+    if "skops.io" in sys.modules:
+        return sys.modules["skops.io"]
+    known = known_estimators()
+    import sklearn.utils
+
+    original = sklearn.utils.all_estimators
+    if known is not None:
+        stand_ins = [(name, type(cls, (), {"__module__": module})) for name, module, cls in known]
+        sklearn.utils.all_estimators = lambda *args, **kwargs: stand_ins
+    try:
+        import skops.io
+    finally:
+        sklearn.utils.all_estimators = original
+    return skops.io
+
+
 def check_types(types: Iterable[str], what: str) -> list[str]:
     """``types`` sorted, if every one is trusted; else :class:`UntrustedModel` naming the others."""
     types = sorted(set(types))
@@ -146,15 +204,15 @@ def uri_digest(settings: Any, model_uri: str) -> str:
 
 def save_options(model: Any) -> dict[str, Any]:
     """``mlflow.sklearn.log_model`` arguments that save ``model`` as skops, its types checked."""
-    import skops.io
+    skops = skops_io()
 
-    types = check_types(skops.io.get_untrusted_types(data=skops.io.dumps(model)), "the trained model")
+    types = check_types(skops.get_untrusted_types(data=skops.dumps(model)), "the trained model")
     return {"serialization_format": SKOPS, "skops_trusted_types": types}
 
 
 def load_pipeline(model_dir: str | Path) -> Any:
     """The scikit-learn model in a downloaded MLflow model folder, loaded only from skops."""
-    import skops.io
+    skops = skops_io()
 
     model_dir = Path(model_dir)
     try:
@@ -173,10 +231,10 @@ def load_pipeline(model_dir: str | Path) -> Any:
         raise UntrustedModel(f"the model's file {name!r} is not a file inside {model_dir}")
     check_size(path)
     try:
-        types = skops.io.get_untrusted_types(file=path)
+        types = skops.get_untrusted_types(file=path)
     except Exception as exc:  # not a skops archive at all
         raise UntrustedModel(f"{path} is not a readable skops file: {exc}") from exc
-    return skops.io.load(path, trusted=check_types(types, f"the model file {path}"))
+    return skops.load(path, trusted=check_types(types, f"the model file {path}"))
 
 
 def load_uri(settings: Any, model_uri: str, digest: str | None = None) -> Any:

@@ -176,11 +176,12 @@ def test_lock_runs_for_real():
     It writes the tracked lock file, as a user's run does; the committed one is put back afterwards.
     """
     lock, tools = ROOT / "containers" / "requirements.lock", ROOT / "containers" / "build-tools.lock"
-    committed = {path: path.read_bytes() for path in (lock, tools)}
+    estimators = ROOT / "pipelines" / "sklearn_estimators.json"
+    committed = {path: path.read_bytes() for path in (lock, tools, estimators)}
     try:
         locked = make("-s", "lock", timeout=600)
         assert locked.returncode == 0, locked.stdout[-2000:] + locked.stderr[-2000:]
-        text, tools_text = lock.read_text(), tools.read_text()
+        text, tools_text, estimators_text = lock.read_text(), tools.read_text(), estimators.read_text()
     finally:
         for path, content in committed.items():
             path.write_bytes(content)
@@ -188,6 +189,8 @@ def test_lock_runs_for_real():
     assert f"wrote containers/requirements.lock: {len(pins)} packages" in locked.stdout, locked.stdout
     assert "wrote containers/build-tools.lock" in locked.stdout
     assert tools_text == committed[tools].decode()  # the same uv, the same hashes
+    assert "wrote pipelines/sklearn_estimators.json" in locked.stdout
+    assert estimators_text == committed[estimators].decode()  # the scikit-learn tested here
     blocks = re.split(r"\n(?=[A-Za-z0-9])", text.split("Do not edit by hand.\n", 1)[1].strip())
     assert len(blocks) == len(pins) > 50
     assert all("--hash=sha256:" in block for block in blocks), [b for b in blocks if "--hash" not in b]

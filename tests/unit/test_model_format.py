@@ -144,3 +144,44 @@ def test_a_model_file_that_decompresses_past_the_limit_is_refused_before_it_is_r
     monkeypatch.delenv("MLOPS_MODEL_MAX_BYTES")
     with pytest.raises(UntrustedModel, match=r"posix\.system"):
         load_model_dir(path, name="hostile", version="4", threshold=None)
+
+
+def _skops_default_trust(recorded: bool) -> list[str]:
+    """skops' default trusted estimator names in a fresh interpreter: imported as the project does
+    (the recorded list) or as skops alone does (its walk over scikit-learn)."""
+    import json
+    import subprocess
+    import sys
+
+    load = "model_format.skops_io()" if recorded else "import skops.io"
+    code = (
+        f"from pipelines import model_format; {load}; import sys; "
+        "from skops.io._trusted_types import SKLEARN_ESTIMATOR_TYPE_NAMES as names; "
+        "modules = sum(m.startswith('sklearn') for m in sys.modules); "
+        "import json; print(json.dumps({'names': names, 'modules': modules}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_the_recorded_estimators_give_skops_its_own_default_trust_list():
+    """The recorded list is for the scikit-learn installed (`make lock` rewrites it) and gives skops
+    exactly the names its own import computes, without importing every scikit-learn module."""
+    import sklearn
+
+    stale = f"{model_format.KNOWN_ESTIMATORS.name} is not for scikit-learn {sklearn.__version__}: make lock"
+    assert model_format.known_estimators() is not None, stale
+    recorded, walked = _skops_default_trust(recorded=True), _skops_default_trust(recorded=False)
+    assert len(walked["names"]) > 150 and recorded["names"] == walked["names"]
+    # the walk imports ~140 scikit-learn modules that loading a model never needs
+    assert recorded["modules"] < walked["modules"] - 100, (recorded["modules"], walked["modules"])
+
+
+def test_another_scikit_learn_falls_back_to_skops_own_walk(tmp_path, monkeypatch):
+    """A recording for another scikit-learn version is not used: skops computes the list itself."""
+    stale = tmp_path / "sklearn_estimators.json"
+    stale.write_text('{"scikit-learn": "0.0.1", "estimators": [["Made", "os", "system"]]}')
+    monkeypatch.setattr(model_format, "KNOWN_ESTIMATORS", stale)
+    assert model_format.known_estimators() is None
