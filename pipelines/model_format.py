@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -53,52 +54,70 @@ TRUSTED_TYPES = frozenset(
 KNOWN_ESTIMATORS = Path(__file__).with_name("sklearn_estimators.json")
 
 
-def known_estimators() -> list[tuple[str, str, str]] | None:
-    """``(name, module, class name)`` of every estimator, if recorded for this scikit-learn."""
-    import json
+def _versions() -> dict[str, str]:
+    """The versions a recording is for: scikit-learn's estimators, read the way this skops reads them."""
+    from importlib.metadata import version
 
-    import sklearn
+    return {"scikit-learn": version("scikit-learn"), "skops": version("skops")}
+
+
+def known_estimators() -> list[tuple[str, str, str]] | None:
+    """``(name, module, class name)`` of every estimator, if recorded for this scikit-learn and skops;
+    None (skops then walks scikit-learn itself) for other versions or a file that does not parse."""
+    import json
 
     try:
         recorded = json.loads(KNOWN_ESTIMATORS.read_text())
-    except (OSError, ValueError):
+        if recorded["versions"] != _versions():
+            return None
+        entries = [tuple(entry) for entry in recorded["estimators"]]
+    except (OSError, ValueError, KeyError, TypeError):
         return None
-    if recorded.get("scikit-learn") != sklearn.__version__:
+    if not entries or not all(
+        len(e) == 3 and all(isinstance(part, str) for part in e) and e[1].startswith("sklearn.")
+        for e in entries
+    ):
         return None
-    return [tuple(entry) for entry in recorded["estimators"]]
+    return entries
 
 
 def write_known_estimators() -> Path:
-    """Record :func:`known_estimators` for the installed scikit-learn (run by ``make lock``)."""
+    """Record :func:`known_estimators` for the installed scikit-learn and skops (``make lock`` runs it)."""
     import json
 
-    import sklearn
     from sklearn.utils import all_estimators
 
     estimators = [[name, cls.__module__, cls.__name__] for name, cls in all_estimators()]
     lines = ",\n".join(json.dumps(entry) for entry in estimators)
-    KNOWN_ESTIMATORS.write_text(f'{{"scikit-learn": "{sklearn.__version__}", "estimators": [\n{lines}\n]}}\n')
+    KNOWN_ESTIMATORS.write_text(f'{{"versions": {json.dumps(_versions())}, "estimators": [\n{lines}\n]}}\n')
     return KNOWN_ESTIMATORS
+
+
+_SKOPS_LOCK = threading.Lock()
 
 
 def skops_io() -> Any:
     """``skops.io``, imported with the recorded estimator list instead of skops' walk over every
-    scikit-learn module (the same names: only their module and class name are read)."""
+    scikit-learn module (the same names: only their module and class name are read).
+
+    Under a lock: a model server loads several models on their own threads, and a second thread
+    must neither see a half-imported ``skops.io`` nor take the stand-in list for the real one.
+    """
     import sys
 
-    if "skops.io" in sys.modules:
-        return sys.modules["skops.io"]
-    known = known_estimators()
-    import sklearn.utils
+    with _SKOPS_LOCK:
+        if "skops.io" not in sys.modules and (known := known_estimators()) is not None:
+            import sklearn.utils
+            from sklearn.utils.discovery import all_estimators
 
-    original = sklearn.utils.all_estimators
-    if known is not None:
-        stand_ins = [(name, type(cls, (), {"__module__": module})) for name, module, cls in known]
-        sklearn.utils.all_estimators = lambda *args, **kwargs: stand_ins
-    try:
-        import skops.io
-    finally:
-        sklearn.utils.all_estimators = original
+            stand_ins = [(name, type(cls, (), {"__module__": module})) for name, module, cls in known]
+            sklearn.utils.all_estimators = lambda *args, **kwargs: stand_ins
+            try:
+                import skops.io
+            finally:
+                sklearn.utils.all_estimators = all_estimators
+        import skops.io  # already imported, or (another version) with skops' own walk
+
     return skops.io
 
 

@@ -7,9 +7,11 @@ marker file when unpickled), and a skops model that allow-lists ``os.system`` in
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import pickle
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -146,7 +148,7 @@ def test_a_model_file_that_decompresses_past_the_limit_is_refused_before_it_is_r
         load_model_dir(path, name="hostile", version="4", threshold=None)
 
 
-def _skops_default_trust(recorded: bool) -> list[str]:
+def _skops_default_trust(recorded: bool) -> dict[str, Any]:
     """skops' default trusted estimator names in a fresh interpreter: imported as the project does
     (the recorded list) or as skops alone does (its walk over scikit-learn)."""
     import json
@@ -179,9 +181,55 @@ def test_the_recorded_estimators_give_skops_its_own_default_trust_list():
     assert recorded["modules"] < walked["modules"] - 100, (recorded["modules"], walked["modules"])
 
 
-def test_another_scikit_learn_falls_back_to_skops_own_walk(tmp_path, monkeypatch):
-    """A recording for another scikit-learn version is not used: skops computes the list itself."""
+@pytest.mark.parametrize(
+    "content",
+    [
+        '{"versions": {"scikit-learn": "0.0.1", "skops": "0.16.0"}, "estimators": [["M", "sklearn.m", "M"]]}',
+        '{"estimators": [["M", "sklearn.m", "M"]]}',
+        "[1, 2]",
+        "not json",
+    ],
+    ids=["another-version", "no-versions", "a-list", "not-json"],
+)
+def test_a_recording_for_another_version_or_unreadable_falls_back_to_skops_own_walk(
+    tmp_path, monkeypatch, content
+):
+    """Only a recording for the installed scikit-learn and skops is used; anything else: skops' walk."""
     stale = tmp_path / "sklearn_estimators.json"
-    stale.write_text('{"scikit-learn": "0.0.1", "estimators": [["Made", "os", "system"]]}')
+    stale.write_text(content)
     monkeypatch.setattr(model_format, "KNOWN_ESTIMATORS", stale)
     assert model_format.known_estimators() is None
+
+
+def test_an_entry_outside_scikit_learn_is_not_taken(tmp_path, monkeypatch):
+    """The recording can only name scikit-learn classes: one that names another module is ignored."""
+    recorded = json.loads(model_format.KNOWN_ESTIMATORS.read_text())
+    recorded["estimators"].append(["System", "os", "system"])
+    forged = tmp_path / "sklearn_estimators.json"
+    forged.write_text(json.dumps(recorded))
+    monkeypatch.setattr(model_format, "KNOWN_ESTIMATORS", forged)
+    assert model_format.known_estimators() is None
+
+
+def test_threads_importing_skops_at_once_all_get_the_whole_module():
+    """A model server loads models on several threads at start-up: each gets a complete skops.io, and
+    scikit-learn's own ``all_estimators`` is back afterwards."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, threading, time; from pipelines import model_format\n"
+        "got = []\n"
+        "def early():  # asks while the first thread's import is under way\n"
+        "    while 'skops.io' not in sys.modules: time.sleep(0.0005)\n"
+        "    got.append(hasattr(model_format.skops_io(), 'load'))\n"
+        "threads = [threading.Thread(target=early)]\n"
+        "threads += [threading.Thread(target=lambda: got.append(hasattr(model_format.skops_io(), 'load')))]\n"
+        "[t.start() for t in threads]; [t.join() for t in threads]\n"
+        "import sklearn.utils, sklearn.utils.discovery\n"
+        "assert got == [True, True], got  # the old code gave the early thread a module without load()\n"
+        "assert sklearn.utils.all_estimators is sklearn.utils.discovery.all_estimators\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
