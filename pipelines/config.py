@@ -376,10 +376,11 @@ class Deploy(Strict):
     infra_queries: int = Field(50, ge=1, le=10_000)
     # Then as many clients at once, each answer checked against its own row's expected probability
     # (a server that mixes up concurrent requests is caught before it takes traffic).
-    infra_concurrency: int = Field(8, ge=1, le=256)
+    infra_concurrency: int = Field(8, ge=1, le=100)
     # The sandbox's peak resident memory must stay under this (MB): the serving pods' limit in the
-    # chart (serving.resources.limits.memory, 1Gi), so a model that would be OOM-killed there is
-    # stopped here. Empty: no ceiling.
+    # chart (serving.resources.limits.memory: 1Gi in values.yaml, 2Gi in values-production.yaml;
+    # keep them in step). The candidate alone is measured: a canary's pods hold the champion too.
+    # Empty: no ceiling.
     infra_memory_limit_mb: float | None = Field(1024, gt=0)
 
 

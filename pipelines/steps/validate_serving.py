@@ -204,6 +204,10 @@ def check_served(ctx: StepContext, version: str, url: str, client, records, expe
             raise InfraValidationFailed(
                 f"single-row query {i} got HTTP {single.status_code}: {single.text[:300]}"
             )
+        row = i % len(records)
+        alone = float(single.json()["predictions"][0]["probability"])
+        if not abs(alone - expected[row]) <= TOLERANCE:
+            raise InfraValidationFailed(f"row {row} alone was answered {alone:.6f}, not {expected[row]:.6f}")
     p50, p95 = (float(np.percentile(timings, q)) for q in (50, 95))
     if p95 > deploy.latency_budget_ms:
         raise InfraValidationFailed(
@@ -214,34 +218,56 @@ def check_served(ctx: StepContext, version: str, url: str, client, records, expe
 
 
 def check_concurrent(ctx: StepContext, url: str, client, records, expected) -> dict[str, Any]:
-    """``deploy.infra_concurrency`` clients at once, ``deploy.infra_queries`` single-row requests in
-    all: every one answered, each with its own row's probability (the server batches concurrent
-    requests; an answer given to the wrong request is a failure, not noise)."""
-    from concurrent.futures import ThreadPoolExecutor
+    """``deploy.infra_concurrency`` clients at once, ``max(infra_queries, infra_concurrency)``
+    single-row requests in all: every one answered, each with its own row's probability (the server
+    batches concurrent requests; an answer given to the wrong request is a failure, not noise). Each
+    row was answered correctly alone before (:func:`check_served`), so a wrong answer here is the
+    concurrency's. Rows are sent in order of distinct expected probabilities, so that two requests in
+    flight that swapped answers cannot both look right."""
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
     deploy = ctx.config.deploy
-    total = max(deploy.infra_queries, deploy.infra_concurrency)
+    total, clients = max(deploy.infra_queries, deploy.infra_concurrency), deploy.infra_concurrency
+    _, distinct = np.unique(np.round(np.asarray(expected, dtype=float), 9), return_index=True)
+    order = [int(i) for i in np.sort(distinct)]
+    if len(order) < clients:
+        log.warning(
+            "only %d rows with distinct answers for %d clients: some swaps cannot show", len(order), clients
+        )
 
-    def one(i: int) -> tuple[int, float]:
-        row = i % len(records)
+    def one(i: int) -> float:
+        row = order[i % len(order)]
         started = time.perf_counter()
-        answer = client.post(f"{url}/predict", json={"records": [records[row]]}, timeout=30)
-        elapsed = (time.perf_counter() - started) * 1000
-        if answer.status_code != 200:
+        try:
+            answer = client.post(f"{url}/predict", json={"records": [records[row]]}, timeout=30)
+            elapsed = (time.perf_counter() - started) * 1000
+            got = float(answer.json()["predictions"][0]["probability"]) if answer.status_code == 200 else None
+        except Exception as exc:  # a hang (timeout), a dropped connection, an answer of the wrong shape
             raise InfraValidationFailed(
-                f"with {deploy.infra_concurrency} clients at once, query {i} got HTTP {answer.status_code}:"
-                f" {answer.text[:300]}"
+                f"with {clients} clients at once, query {i} failed: {exc!r}"
+            ) from None
+        if got is None:
+            raise InfraValidationFailed(
+                f"with {clients} clients at once, query {i} got HTTP {answer.status_code}: "
+                f"{answer.text[:200]}"
             )
-        got = float(answer.json()["predictions"][0]["probability"])
         if not abs(got - expected[row]) <= TOLERANCE:
             raise InfraValidationFailed(
-                f"with {deploy.infra_concurrency} clients at once, row {row} was answered {got:.6f}, "
-                f"not its own {expected[row]:.6f}: concurrent requests got each other's answers"
+                f"with {clients} clients at once, row {row} was answered {got:.6f}, not its own "
+                f"{expected[row]:.6f} (as it was alone): concurrent requests got each other's answers"
             )
-        return row, elapsed
+        return elapsed
 
-    with ThreadPoolExecutor(deploy.infra_concurrency) as pool:
-        timings = [ms for _, ms in pool.map(one, range(total))]
+    pool = ThreadPoolExecutor(clients)
+    try:
+        futures = [pool.submit(one, i) for i in range(total)]
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        for future in done:
+            if future.exception() is not None:
+                raise future.exception()  # type: ignore[misc]
+        timings = [future.result() for future in futures]
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     return {"concurrent_requests": total, "concurrent_p95_ms": float(np.percentile(timings, 95))}
 
 
@@ -255,9 +281,17 @@ def peak_rss_mb(pid: int) -> float | None:
     return int(line.split()[1]) / 1024
 
 
-def check_memory(ctx: StepContext, pid: int) -> dict[str, Any]:
-    """The sandbox's peak memory, after loading and answering, under ``deploy.infra_memory_limit_mb``."""
-    limit, peak = ctx.config.deploy.infra_memory_limit_mb, peak_rss_mb(pid)
+def check_memory(ctx: StepContext, proc: Any) -> dict[str, Any]:
+    """The sandbox's peak memory, after loading and answering, under ``deploy.infra_memory_limit_mb``.
+
+    The candidate alone, as a direct rollout holds it: during a canary, A/B or shadow rollout a
+    server holds the champion too, so leave room for both in the ceiling.
+    """
+    if proc.poll() is not None:
+        raise InfraValidationFailed(f"the server exited ({proc.returncode}) while it was being checked")
+    limit, peak = ctx.config.deploy.infra_memory_limit_mb, peak_rss_mb(proc.pid)
+    if limit is not None and peak is None:
+        log.warning("the sandbox's peak memory cannot be read here (no /proc): the ceiling is not checked")
     if limit is not None and peak is not None and peak > limit:
         raise InfraValidationFailed(
             f"the server took {peak:.0f} MB at peak, over the memory ceiling of {limit:.0f} MB "
@@ -297,7 +331,7 @@ def run(ctx: StepContext, inputs: NoInputs) -> ValidateServingResult | Skipped:
                 )
                 checks = check_served(ctx, version, sandbox.url, http, records, expected)
                 checks |= check_concurrent(ctx, sandbox.url, http, records, expected)  # httpx: thread-safe
-                checks |= check_memory(ctx, sandbox.proc.pid)
+                checks |= check_memory(ctx, sandbox.proc)
             finally:
                 sandbox.stop()
     except InfraValidationFailed as exc:
