@@ -180,6 +180,11 @@ class Sandbox:
         processes.stop_group(self.proc, first=signal.SIGTERM)
 
 
+def _probability(answer) -> float:
+    """The one probability of a single-row ``/predict`` answer."""
+    return float(answer.json()["predictions"][0]["probability"])
+
+
 def check_served(ctx: StepContext, version: str, url: str, client, records, expected) -> dict[str, Any]:
     """Real queries against a running server: correct answers and the latency budget."""
     deploy = ctx.config.deploy
@@ -205,7 +210,7 @@ def check_served(ctx: StepContext, version: str, url: str, client, records, expe
                 f"single-row query {i} got HTTP {single.status_code}: {single.text[:300]}"
             )
         row = i % len(records)
-        alone = float(single.json()["predictions"][0]["probability"])
+        alone = _probability(single)
         if not abs(alone - expected[row]) <= TOLERANCE:
             raise InfraValidationFailed(f"row {row} alone was answered {alone:.6f}, not {expected[row]:.6f}")
     p50, p95 = (float(np.percentile(timings, q)) for q in (50, 95))
@@ -224,7 +229,7 @@ def check_concurrent(ctx: StepContext, url: str, client, records, expected) -> d
     row was answered correctly alone before (:func:`check_served`), so a wrong answer here is the
     concurrency's. Rows are sent in order of distinct expected probabilities, so that two requests in
     flight that swapped answers cannot both look right."""
-    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+    from concurrent.futures import ThreadPoolExecutor, as_completed
 
     deploy = ctx.config.deploy
     total, clients = max(deploy.infra_queries, deploy.infra_concurrency), deploy.infra_concurrency
@@ -241,7 +246,7 @@ def check_concurrent(ctx: StepContext, url: str, client, records, expected) -> d
         try:
             answer = client.post(f"{url}/predict", json={"records": [records[row]]}, timeout=30)
             elapsed = (time.perf_counter() - started) * 1000
-            got = float(answer.json()["predictions"][0]["probability"]) if answer.status_code == 200 else None
+            got = _probability(answer) if answer.status_code == 200 else None
         except Exception as exc:  # a hang (timeout), a dropped connection, an answer of the wrong shape
             raise InfraValidationFailed(
                 f"with {clients} clients at once, query {i} failed: {exc!r}"
@@ -258,16 +263,13 @@ def check_concurrent(ctx: StepContext, url: str, client, records, expected) -> d
             )
         return elapsed
 
-    pool = ThreadPoolExecutor(clients)
-    try:
+    with ThreadPoolExecutor(clients) as pool:
         futures = [pool.submit(one, i) for i in range(total)]
-        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-        for future in done:
-            if future.exception() is not None:
-                raise future.exception()  # type: ignore[misc]
-        timings = [future.result() for future in futures]
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        try:
+            timings = [future.result() for future in as_completed(futures)]
+        except InfraValidationFailed:
+            pool.shutdown(cancel_futures=True)  # the first failure decides: the queued rest never go out
+            raise
     return {"concurrent_requests": total, "concurrent_p95_ms": float(np.percentile(timings, 95))}
 
 

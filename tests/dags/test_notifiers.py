@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from conftest import QuietHandler, http_stub
 from mlops_airflow.notifiers import RetrainNotifier, redacted
 
 SECRET_PATH = "/services/T0001/B0002/xoxb-very-secret-part"
@@ -29,20 +28,15 @@ class _Ti:
 def hook():
     received: list[tuple[str, dict]] = []
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             received.append((self.path, body))
             self.send_response(200 if self.path.startswith(SECRET_PATH) else 404)
             self.end_headers()
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}", received
-    server.shutdown()
+    with http_stub(Handler) as url:
+        yield url, received
 
 
 def test_the_notification_arrives_and_the_log_hides_the_secret(hook, caplog):

@@ -8,18 +8,16 @@ import os
 import sqlite3
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, free_port
+from conftest import ROOT, QuietHandler, free_port, http_stub
 
 pytestmark = [pytest.mark.e2e, pytest.mark.scheduler]
 
 
-class _Webhook(BaseHTTPRequestHandler):
+class _Webhook(QuietHandler):
     """A Slack-style incoming webhook: records what the notifier posts."""
 
     received: list = []
@@ -31,16 +29,11 @@ class _Webhook(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(b"ok")
 
-    def log_message(self, *args):
-        pass
-
 
 @pytest.fixture(scope="module")
 def webhook():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Webhook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hooks/mlops", _Webhook.received
-    server.shutdown()
+    with http_stub(_Webhook) as url:
+        yield f"{url}/hooks/mlops", _Webhook.received
 
 
 def _config(folder: Path) -> Path:

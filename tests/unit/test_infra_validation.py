@@ -8,16 +8,14 @@ for one client at a time, wrong as soon as two requests overlap, the bug a batch
 from __future__ import annotations
 
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 import httpx
 import numpy as np
 import pytest
 
-from conftest import DEFAULT_CONFIG
+from conftest import DEFAULT_CONFIG, QuietHandler, http_stub
 from pipelines.config import load_config
 from pipelines.errors import InfraValidationFailed
 from pipelines.steps.validate_serving import check_concurrent
@@ -26,7 +24,7 @@ EXPECTED = np.linspace(0.1, 0.9, 20)
 RECORDS = [{"row": i} for i in range(len(EXPECTED))]
 
 
-class _LastRowWins(BaseHTTPRequestHandler):
+class _LastRowWins(QuietHandler):
     last: list[int] = [0]
 
     def do_POST(self):
@@ -40,16 +38,11 @@ class _LastRowWins(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(answer)
 
-    def log_message(self, *args):
-        pass
-
 
 @pytest.fixture(scope="module")
 def mixing_server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _LastRowWins)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with http_stub(_LastRowWins) as url:
+        yield url
 
 
 def _ctx(concurrency: int) -> SimpleNamespace:
